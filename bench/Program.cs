@@ -1,0 +1,50 @@
+using System.Text.Json;
+using MechInterp;
+using MechInterp.Bench;
+using MechInterp.Kernels;
+using MechInterp.Native;
+using MechInterp.Runtime;
+using static TorchSharp.torch;
+
+// Times each case against its libtorch baselines in one run and writes artifacts/bench/bench.json.
+TorchRuntime.EnsureLoaded();
+if (!NativeKernels.IsAvailable)
+{
+    Console.Error.WriteLine($"bench: the native library is unavailable ({NativeKernels.UnavailableReason}); run `dotnet fsi build.fsx native`.");
+    return 1;
+}
+Console.WriteLine($"threads: {Settings.Threads}, AVX2: {NativeKernels.CpuHasAvx2}");
+
+var results = new List<BenchResult>();
+
+foreach (var (rows, cols) in new[] { (8L * 8 * 256, 256L), (4096L, 1024L) })
+{
+    using var scope = NewDisposeScope();
+    var x = randn(rows, cols);
+    double ours = Timing.MedianMs(() => { using var _ = Kernel.SoftmaxLastDim(x, KernelBackend.Native); });
+    double baseline = Timing.MedianMs(() => { using var _ = x.softmax(-1); });
+    results.Add(new BenchResult($"softmax rows {rows}x{cols}", ours, "torch.softmax", baseline));
+}
+
+Console.WriteLine($"{"case",-36} {"ours ms",10} {"baseline",-16} {"base ms",10} {"speedup",8}");
+foreach (var r in results)
+    Console.WriteLine($"{r.Case,-36} {r.OursMs,10:F3} {r.Baseline,-16} {r.BaselineMs,10:F3} {r.Speedup,8:F2}");
+
+string outDir = Path.Combine(FindRoot(), "artifacts", "bench");
+Directory.CreateDirectory(outDir);
+string json = JsonSerializer.Serialize(results.Select(r => new Dictionary<string, object>
+{
+    ["case"] = r.Case, ["ours_ms"] = r.OursMs, ["baseline"] = r.Baseline, ["baseline_ms"] = r.BaselineMs, ["speedup"] = r.Speedup,
+}), new JsonSerializerOptions { WriteIndented = true });
+string path = Path.Combine(outDir, "bench.json");
+File.WriteAllText(path + ".tmp", json);
+File.Move(path + ".tmp", path, overwrite: true);
+Console.WriteLine($"wrote {path}");
+return 0;
+
+static string FindRoot()
+{
+    for (var dir = new DirectoryInfo(Directory.GetCurrentDirectory()); dir is not null; dir = dir.Parent)
+        if (File.Exists(Path.Combine(dir.FullName, "MechInterp.sln"))) return dir.FullName;
+    return Directory.GetCurrentDirectory();
+}

@@ -1,0 +1,160 @@
+// The one entry point. Usage: dotnet fsi build.fsx [target] [--full]
+//   (default)  native + build + experiments at quick scale + report (the main job)
+//   build      native library and dotnet build -c Release
+//   native     CMake configure and build of native/
+//   test       ctest and dotnet test; ends with one line "N passed, N failed"
+//   bench      the benchmark program: ratios against libtorch, artifacts/bench/bench.json
+//   clean      removes build/, artifacts/ and every bin/ and obj/
+#r "nuget: CliWrap, 3.10.5"
+
+open System
+open System.IO
+open System.Text.RegularExpressions
+open CliWrap
+
+let root = __SOURCE_DIRECTORY__
+let nativeBuild = Path.Combine(root, "build", "native")
+let args = fsi.CommandLineArgs |> Array.skip 1
+let target = args |> Array.tryFind (fun a -> not (a.StartsWith "--")) |> Option.defaultValue "main"
+let full = args |> Array.contains "--full"
+
+exception BuildFailed of string
+
+let fail message = raise (BuildFailed message)
+
+let stamp () = DateTime.Now.ToString "HH:mm:ss"
+let step title = printfn "\n[%s] ==> %s" (stamp ()) title
+
+/// Runs a command, streaming its output, returning (exit code, all output lines).
+let run (exe: string) (arguments: string list) (workDir: string) (env: (string * string) list) =
+    let lines = Collections.Generic.List<string>()
+    let sink (line: string) =
+        lock lines (fun () -> lines.Add line)
+        printfn "%s" line
+    let cmd =
+        Cli.Wrap(exe)
+            .WithArguments(arguments)
+            .WithWorkingDirectory(workDir)
+            .WithEnvironmentVariables(readOnlyDict [ for k, v in env -> k, v ])
+            .WithStandardOutputPipe(PipeTarget.ToDelegate(sink))
+            .WithStandardErrorPipe(PipeTarget.ToDelegate(sink))
+            .WithValidation(CommandResultValidation.None)
+    let result = cmd.ExecuteAsync().Task.GetAwaiter().GetResult()
+    result.ExitCode, List.ofSeq lines
+
+let runOrFail exe arguments workDir =
+    let code, _ = run exe arguments workDir []
+    if code <> 0 then fail $"`{exe} {String.Join(' ', arguments)}` exited with {code}"
+
+let onPath (exe: string) =
+    (Environment.GetEnvironmentVariable "PATH").Split(':')
+    |> Array.exists (fun dir -> File.Exists(Path.Combine(dir, exe)))
+
+/// A prerequisite is installed from Debian when we are root, else named with the package to install.
+let require (what: string) (isPresent: unit -> bool) (debianPackage: string) =
+    if not (isPresent ()) then
+        let isRoot = Environment.UserName = "root"
+        if isRoot && onPath "apt-get" then
+            printfn "%s is missing: installing Debian package %s" what debianPackage
+            run "apt-get" [ "update"; "-q" ] root [] |> ignore
+            let code, _ = run "apt-get" [ "install"; "-y"; "-q"; debianPackage ] root [ "DEBIAN_FRONTEND", "noninteractive" ]
+            if code <> 0 || not (isPresent ()) then
+                fail $"{what} is missing and `apt-get install {debianPackage}` did not provide it."
+        else
+            fail $"{what} is missing. Install it with: sudo apt-get install {debianPackage}"
+
+let checkPrerequisites () =
+    require "cmake" (fun () -> onPath "cmake") "cmake"
+    require "a C++ compiler (g++)" (fun () -> onPath "g++" || onPath "c++") "g++"
+    require "GoogleTest (CMake package GTest)" (fun () ->
+        File.Exists "/usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake"
+        || File.Exists "/usr/lib/cmake/GTest/GTestConfig.cmake"
+        || File.Exists "/usr/lib/x86_64-linux-gnu/libgtest.a") "libgtest-dev"
+
+let buildNative () =
+    step "native: CMake configure and build (Release)"
+    checkPrerequisites ()
+    runOrFail "cmake" [ "-S"; root; "-B"; nativeBuild; "-DCMAKE_BUILD_TYPE=Release" ] root
+    runOrFail "cmake" [ "--build"; nativeBuild; "-j"; string Environment.ProcessorCount ] root
+
+let buildDotnet () =
+    step "dotnet build -c Release"
+    runOrFail "dotnet" [ "build"; Path.Combine(root, "MechInterp.sln"); "-c"; "Release"; "-nologo"; "-v"; "minimal" ] root
+
+let buildAll () =
+    buildNative ()
+    buildDotnet ()
+
+/// ctest's "N% tests passed, F tests failed out of T".
+let parseCtest (lines: string list) =
+    lines
+    |> List.tryPick (fun l ->
+        let m = Regex.Match(l, @"tests passed, (\d+) tests? failed out of (\d+)")
+        if m.Success then
+            let failed = int m.Groups.[1].Value
+            Some(int m.Groups.[2].Value - failed, failed)
+        else None)
+
+/// dotnet test's per-assembly "Passed!  - Failed:     0, Passed:    13, Skipped: ..." lines, summed.
+let parseDotnetTest (lines: string list) =
+    lines
+    |> List.choose (fun l ->
+        let m = Regex.Match(l, @"Failed:\s+(\d+), Passed:\s+(\d+), Skipped:\s+(\d+)")
+        if m.Success then Some(int m.Groups.[2].Value, int m.Groups.[1].Value) else None)
+    |> List.fold (fun (p, f) (p', f') -> p + p', f + f') (0, 0)
+
+let test () =
+    buildAll ()
+    step "ctest"
+    let ctestCode, ctestLines = run "ctest" [ "--test-dir"; nativeBuild; "--output-on-failure" ] root []
+    let ctestPassed, ctestFailed =
+        match parseCtest ctestLines with
+        | Some counts -> counts
+        | None -> 0, (if ctestCode <> 0 then 1 else 0)
+    step "dotnet test"
+    let testCode, testLines =
+        run "dotnet" [ "test"; Path.Combine(root, "MechInterp.sln"); "-c"; "Release"; "--no-build"; "-nologo" ] root []
+    let dnPassed, dnFailed = parseDotnetTest testLines
+    // A crashed test host prints no summary: count it as a failure rather than as nothing.
+    let dnFailed = if testCode <> 0 && dnFailed = 0 then dnFailed + 1 else dnFailed
+    printfn ""
+    printfn "ctest: %d passed, %d failed" ctestPassed ctestFailed
+    printfn "dotnet test: %d passed, %d failed" dnPassed dnFailed
+    let passed, failed = ctestPassed + dnPassed, ctestFailed + dnFailed
+    printfn "%d passed, %d failed" passed failed
+    if failed > 0 || ctestCode <> 0 || testCode <> 0 then exit 1
+
+let experiments () =
+    step (sprintf "experiments (%s scale) and report" (if full then "full" else "quick"))
+    let scale = if full then "--full" else "--quick"
+    runOrFail "dotnet" [ "run"; "--project"; Path.Combine(root, "src", "Experiments"); "-c"; "Release"; "--no-build"; "--"; scale ] root
+
+let bench () =
+    buildAll ()
+    step "bench"
+    runOrFail "dotnet" [ "run"; "--project"; Path.Combine(root, "bench"); "-c"; "Release"; "--no-build" ] root
+
+let clean () =
+    step "clean"
+    for dir in [ Path.Combine(root, "build"); Path.Combine(root, "artifacts") ] do
+        if Directory.Exists dir then Directory.Delete(dir, true)
+    for pattern in [ "bin"; "obj" ] do
+        for dir in Directory.GetDirectories(root, pattern, SearchOption.AllDirectories) do
+            if Directory.Exists dir then Directory.Delete(dir, true)
+
+let started = DateTime.Now
+try
+    match target with
+    | "main" ->
+        buildAll ()
+        experiments ()
+    | "build" -> buildAll ()
+    | "native" -> buildNative ()
+    | "test" -> test ()
+    | "bench" -> bench ()
+    | "clean" -> clean ()
+    | other -> fail $"unknown target '{other}'; targets: (none), build, native, test, bench, clean"
+    printfn "\n[%s] done in %.0f s" (stamp ()) (DateTime.Now - started).TotalSeconds
+with BuildFailed message ->
+    eprintfn "\nbuild.fsx: %s" message
+    exit 1

@@ -1,0 +1,56 @@
+// Shared by every kernel file: the thread-local error, argument checks, the status guard.
+#pragma once
+
+#include "mechinterp.h"
+
+#include <cstdint>
+#include <exception>
+#include <string>
+
+namespace mi {
+
+// Sets the thread-local message and returns the status, so checks read `return fail(...)`.
+mi_status fail(mi_status status, const std::string& message);
+void clear_error();
+
+// Thrown inside kernels, turned into a status by guard().
+struct Error {
+    mi_status status;
+    std::string message;
+};
+
+inline void require_pointer(const void* p, const char* name) {
+    if (p == nullptr) throw Error{MI_ERR_NULL_POINTER, std::string(name) + " is a null pointer"};
+}
+
+inline void require_positive(int64_t v, const char* name) {
+    if (v <= 0) throw Error{MI_ERR_INVALID_SIZE, std::string(name) + " must be positive, got " + std::to_string(v)};
+}
+
+// a*b, or an MI_ERR_OVERFLOW naming both factors.
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+    int64_t r;
+    if (__builtin_mul_overflow(a, b, &r))
+        throw Error{MI_ERR_OVERFLOW, std::string(what) + ": " + std::to_string(a) + " * " + std::to_string(b) + " overflows int64"};
+    return r;
+}
+
+// Runs a kernel body, converting Error and any C++ exception into a status: nothing escapes the C ABI.
+template <class F>
+mi_status guard(F&& body) noexcept {
+    try {
+        clear_error();
+        body();
+        return MI_OK;
+    } catch (const Error& e) {
+        return fail(e.status, e.message);
+    } catch (const std::bad_alloc&) {
+        return fail(MI_ERR_INTERNAL, "out of memory");
+    } catch (const std::exception& e) {
+        return fail(MI_ERR_INTERNAL, std::string("internal error: ") + e.what());
+    } catch (...) {
+        return fail(MI_ERR_INTERNAL, "internal error: unknown exception");
+    }
+}
+
+}  // namespace mi

@@ -1,0 +1,106 @@
+#include "parallel.hpp"
+
+namespace mi {
+namespace {
+thread_local bool inside_pool = false;
+}
+
+ThreadPool& ThreadPool::instance() {
+    static ThreadPool pool;
+    return pool;
+}
+
+ThreadPool::ThreadPool() {
+    unsigned hw = std::thread::hardware_concurrency();
+    start(hw == 0 ? 1 : static_cast<int>(hw));
+}
+
+ThreadPool::~ThreadPool() { stop(); }
+
+void ThreadPool::start(int n) {
+    threads_ = n;
+    stopping_ = false;
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+void ThreadPool::stop() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+}
+
+void ThreadPool::set_threads(int n) {
+    std::lock_guard<std::mutex> submit(submit_);
+    if (n == threads_.load()) return;
+    stop();
+    start(n);
+}
+
+void ThreadPool::run_tasks() {
+    for (;;) {
+        int64_t i = next_.fetch_add(1);
+        if (i >= total_) return;
+        try {
+            (*body_)(i);
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (!error_) error_ = std::current_exception();
+            next_ = total_;  // stop handing out work
+        }
+    }
+}
+
+void ThreadPool::worker_loop() {
+    inside_pool = true;
+    uint64_t seen = 0;
+    for (;;) {
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+            if (stopping_) return;
+            seen = generation_;
+            ++active_;
+        }
+        run_tasks();
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (--active_ == 0) done_.notify_all();
+        }
+    }
+}
+
+void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& body) {
+    if (n <= 0) return;
+    if (inside_pool || n == 1 || threads_.load() == 1) {
+        for (int64_t i = 0; i < n; ++i) body(i);
+        return;
+    }
+    std::lock_guard<std::mutex> submit(submit_);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        body_ = &body;
+        total_ = n;
+        next_ = 0;
+        error_ = nullptr;
+        ++generation_;
+    }
+    wake_.notify_all();
+    inside_pool = true;
+    run_tasks();
+    inside_pool = false;
+    std::exception_ptr error;
+    {
+        std::unique_lock<std::mutex> lock(mutex_);
+        done_.wait(lock, [&] { return active_ == 0 && next_.load() >= total_; });
+        body_ = nullptr;
+        error = error_;
+        error_ = nullptr;
+    }
+    if (error) std::rethrow_exception(error);
+}
+
+}  // namespace mi

@@ -1,0 +1,67 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MechInterp.Native;
+
+/// <summary>Softmax over the last dimension by the native kernel, with its native backward.</summary>
+internal sealed class SoftmaxFunction : autograd.SingleTensorFunction<SoftmaxFunction>
+{
+    public override string Name => "MechInterpNativeSoftmax";
+
+    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var x = (Tensor)vars[0];
+        var y = NativeTensors.SoftmaxRows(x);
+        ctx.save_for_backward([y]);
+        return y;
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor grad)
+    {
+        var y = ctx.get_saved_variables()[0];
+        return [NativeTensors.SoftmaxRowsBackward(y, grad)];
+    }
+}
+
+/// <summary>Tensor-level wrappers: validate dtype/device, make contiguous, call the kernel.</summary>
+internal static unsafe class NativeTensors
+{
+    public static Tensor SoftmaxRows(Tensor x)
+    {
+        RequireFloat32Cpu(x, "x");
+        if (x.dim() == 0) throw new ArgumentException("softmax needs at least one dimension, got a scalar tensor");
+        using var xc = x.contiguous();
+        var y = empty_like(xc);
+        long cols = x.shape[^1];
+        long rows = cols == 0 ? 0 : xc.numel() / cols;
+        if (rows == 0) return y;
+        Ensure.Ok(NativeMethods.mi_softmax_rows_f32(Ptr(xc), Ptr(y), rows, cols),
+                  nameof(NativeMethods.mi_softmax_rows_f32));
+        return y;
+    }
+
+    public static Tensor SoftmaxRowsBackward(Tensor y, Tensor dy)
+    {
+        RequireFloat32Cpu(dy, "grad");
+        using var yc = y.contiguous();
+        using var dyc = dy.contiguous();
+        var dx = empty_like(yc);
+        long cols = y.shape[^1];
+        long rows = cols == 0 ? 0 : yc.numel() / cols;
+        if (rows == 0) return dx;
+        Ensure.Ok(NativeMethods.mi_softmax_rows_backward_f32(Ptr(yc), Ptr(dyc), Ptr(dx), rows, cols),
+                  nameof(NativeMethods.mi_softmax_rows_backward_f32));
+        return dx;
+    }
+
+    /// <summary>The float data of a contiguous float32 CPU tensor.</summary>
+    public static float* Ptr(Tensor t) => (float*)NativeMethods.THSTensor_data(t.Handle);
+
+    public static void RequireFloat32Cpu(Tensor t, string name)
+    {
+        if (t.dtype != ScalarType.Float32)
+            throw new ArgumentException($"{name} must be float32 for the native kernels, got {t.dtype}");
+        if (t.device_type != DeviceType.CPU)
+            throw new ArgumentException($"{name} must be on the CPU for the native kernels, got {t.device}");
+    }
+}

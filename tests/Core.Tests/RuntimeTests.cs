@@ -1,0 +1,37 @@
+using MechInterp.Runtime;
+using static TorchSharp.torch;
+
+namespace MechInterp.Tests;
+
+public class RuntimeTests
+{
+    [Fact]
+    public void MatmulRunsThroughTorchSharp()
+    {
+        using var a = tensor(new float[] { 1, 2, 3, 4 }, 2, 2);   // [2, 2]
+        using var b = tensor(new float[] { 5, 6, 7, 8 }, 2, 2);   // [2, 2]
+        using var c = a.matmul(b);
+        Assert.Equal(new float[] { 19, 22, 43, 50 }, c.data<float>().ToArray());
+    }
+
+    [Fact]
+    public void EnsureLoadedIsIdempotentAndThreadSafe()
+    {
+        Parallel.For(0, 8, _ => TorchRuntime.EnsureLoaded());
+        Assert.True(TorchRuntime.IsLoaded);
+        Assert.NotNull(TorchRuntime.LoadedFrom);
+    }
+
+    [Fact]
+    public void ThreadSettingReachesLibtorch()
+    {
+        int before = Settings.Threads;
+        try
+        {
+            Settings.Threads = 1;
+            Assert.Equal(1, get_num_threads());
+        }
+        finally { Settings.Threads = before; }
+        Assert.Throws<ArgumentOutOfRangeException>(() => Settings.Threads = 0);
+    }
+}
