@@ -18,4 +18,37 @@ public static class Kernel
             ? SoftmaxFunction.apply(x)
             : x.softmax(-1);
     }
+
+    /// <summary>
+    /// Scaled dot-product attention, scale 1/sqrt(d_head). q, k, v: [batch, head, pos, d_head].
+    /// Returns z [batch, head, query, d_head]; with <paramref name="returnPattern"/> also the
+    /// (masked, scaled) scores and the pattern [batch, head, query, key]. Differentiable.
+    /// </summary>
+    public static AttentionResult Attention(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern = false, KernelBackend? backend = null)
+    {
+        TorchRuntime.EnsureLoaded();
+        AttentionShapes.Check(q, k, v);
+        return NativeKernels.ShouldUseNative(backend ?? Settings.Kernels) && NativeAttention.IsImplemented
+            ? NativeAttention.Forward(q, k, v, causal, returnPattern)
+            : ManagedAttention.Forward(q, k, v, causal, returnPattern);
+    }
+
+    /// <summary>
+    /// Top-k mixture-of-experts MLP: every token goes through its k experts, outputs weighted by gates.
+    /// x [tokens, d_model], expertIndex [tokens, k] (int64), gates [tokens, k], weights per expert:
+    /// wIn [E, d_model, d_mlp], bIn [E, d_mlp], wOut [E, d_mlp, d_model], bOut [E, d_model].
+    /// Returns [tokens, d_model]. Differentiable in x, gates and the weights.
+    /// </summary>
+    public static Tensor ExpertMlp(Tensor x, Tensor expertIndex, Tensor gates, Tensor wIn, Tensor bIn, Tensor wOut, Tensor bOut,
+                                   Func<Tensor, Tensor> activation, KernelBackend? backend = null)
+    {
+        TorchRuntime.EnsureLoaded();
+        ExpertShapes.Check(x, expertIndex, gates, wIn, bIn, wOut, bOut);
+        return NativeKernels.ShouldUseNative(backend ?? Settings.Kernels) && NativeExperts.IsImplemented
+            ? NativeExperts.Forward(x, expertIndex, gates, wIn, bIn, wOut, bOut, activation)
+            : ManagedExperts.Forward(x, expertIndex, gates, wIn, bIn, wOut, bOut, activation);
+    }
 }
+
+/// <summary>Attention output; Scores and Pattern are null unless asked for. Dispose what you keep.</summary>
+public sealed record AttentionResult(Tensor Z, Tensor? Scores, Tensor? Pattern);

@@ -1,0 +1,41 @@
+using static TorchSharp.torch;
+
+namespace MechInterp.Kernels;
+
+/// <summary>The managed twin of the attention kernel: libtorch SDPA, or materialized when the pattern is wanted.</summary>
+internal static class ManagedAttention
+{
+    public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern)
+    {
+        if (!returnPattern)
+            return new AttentionResult(nn.functional.scaled_dot_product_attention(q, k, v, is_casual: causal), null, null);
+        var scores = Scores(q, k, causal);               // [batch, head, query, key]
+        var pattern = scores.softmax(-1);                // [batch, head, query, key]
+        return new AttentionResult(pattern.matmul(v), scores, pattern);
+    }
+
+    /// <summary>q k^T / sqrt(d_head), with -inf above the diagonal when causal (as TransformerLens' hook_attn_scores).</summary>
+    public static Tensor Scores(Tensor q, Tensor k, bool causal)
+    {
+        long dHead = q.shape[^1], tq = q.shape[^2], tk = k.shape[^2];
+        var scores = q.matmul(k.transpose(-2, -1)).div(Math.Sqrt(dHead));   // [batch, head, query, key]
+        if (!causal) return scores;
+        using var mask = ones(tq, tk, dtype: ScalarType.Bool, device: q.device).triu(1 + tk - tq);
+        return scores.masked_fill(mask, float.NegativeInfinity);
+    }
+}
+
+internal static class AttentionShapes
+{
+    public static void Check(Tensor q, Tensor k, Tensor v)
+    {
+        if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
+            throw new ArgumentException($"attention wants q, k, v as [batch, head, pos, d_head]; got ranks {q.dim()}, {k.dim()}, {v.dim()}");
+        if (q.shape[0] != k.shape[0] || q.shape[1] != k.shape[1] || q.shape[3] != k.shape[3])
+            throw new ArgumentException($"q {Shape(q)} and k {Shape(k)} must agree in batch, head and d_head");
+        if (!k.shape.SequenceEqual(v.shape))
+            throw new ArgumentException($"k {Shape(k)} and v {Shape(v)} must have the same shape");
+    }
+
+    public static string Shape(Tensor t) => "[" + string.Join(", ", t.shape) + "]";
+}
