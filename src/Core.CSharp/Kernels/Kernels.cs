@@ -28,7 +28,7 @@ public static class Kernel
     {
         TorchRuntime.EnsureLoaded();
         AttentionShapes.Check(q, k, v);
-        return NativeKernels.ShouldUseNative(backend ?? Settings.Kernels) && NativeAttention.IsImplemented
+        return UseNative(backend, q) && NativeAttention.IsImplemented
             ? NativeAttention.Forward(q, k, v, causal, returnPattern)
             : ManagedAttention.Forward(q, k, v, causal, returnPattern);
     }
@@ -44,9 +44,21 @@ public static class Kernel
     {
         TorchRuntime.EnsureLoaded();
         ExpertShapes.Check(x, expertIndex, gates, wIn, bIn, wOut, bOut);
-        return NativeKernels.ShouldUseNative(backend ?? Settings.Kernels) && NativeExperts.IsImplemented
+        return UseNative(backend, x) && NativeExperts.IsImplemented
             ? NativeExperts.Forward(x, expertIndex, gates, wIn, bIn, wOut, bOut, activation)
             : ManagedExperts.Forward(x, expertIndex, gates, wIn, bIn, wOut, bOut, activation);
+    }
+
+    /// <summary>
+    /// The native kernels take float32 CPU tensors; under Auto anything else (float64 gradient checks)
+    /// runs the managed twin, while an explicit Native choice reports the mismatch.
+    /// </summary>
+    private static bool UseNative(KernelBackend? backend, Tensor sample)
+    {
+        var choice = backend ?? Settings.Kernels;
+        if (choice == KernelBackend.Auto && (sample.dtype != ScalarType.Float32 || sample.device_type != TorchSharp.DeviceType.CPU))
+            return false;
+        return NativeKernels.ShouldUseNative(choice);
     }
 }
 

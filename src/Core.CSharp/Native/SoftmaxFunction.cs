@@ -54,6 +54,16 @@ internal static unsafe class NativeTensors
         return dx;
     }
 
+    /// <summary>The raw bytes of a contiguous CPU tensor (any dtype); valid while the tensor lives.</summary>
+    public static Span<byte> Bytes(Tensor t)
+    {
+        if (!t.is_contiguous()) throw new ArgumentException("Bytes needs a contiguous tensor");
+        if (t.device_type != DeviceType.CPU) throw new ArgumentException($"Bytes needs a CPU tensor, got {t.device}");
+        long length = t.numel() * t.ElementSize;
+        if (length == 0) return Span<byte>.Empty;
+        return new Span<byte>((void*)NativeMethods.THSTensor_data(t.Handle), checked((int)length));
+    }
+
     /// <summary>The float data of a contiguous float32 CPU tensor.</summary>
     public static float* Ptr(Tensor t) => (float*)NativeMethods.THSTensor_data(t.Handle);
 

@@ -1,0 +1,44 @@
+// A researcher's first script: train a 2-layer attention-only model on repeated random tokens,
+// save it, load it back, and look at what the cache holds.
+#load "Prelude.fsx"
+
+open System
+open TorchSharp
+open MechInterp.Model
+open MechInterp.Data
+open MechInterp.Training
+
+// Settings: change freely.
+let steps = 600
+let checkpoint = "artifacts/checkpoints/induction-script.safetensors"
+
+let task = InductionTask(vocabSize = 64, halfLength = 16)
+let config =
+    DecoderConfig(d_model = 64, n_layers = 2, n_heads = 4, attn_only = true,
+                  d_vocab = task.VocabSize, n_ctx = task.SequenceLength, normalization_type = "LN", seed = 0)
+let model = new HookedTransformer(config)
+
+let repeatedHalfLoss (m: HookedTransformer) (batch: TokenBatch) =
+    use _ = torch.NewDisposeScope()
+    let logits = m.forward batch.Tokens
+    let mask = task.RepeatedHalfMask(int batch.Tokens.shape.[0])
+    readOnlyDict [ "repeated_half_loss", float (Losses.Masked(logits, batch.Tokens, mask).item<float32>()) ]
+
+let trainer =
+    Trainer(model, task, TrainingConfig(Steps = steps, BatchSize = 32, LearningRate = 1e-3, EvalEvery = 100),
+            Metrics = Func<_, _, _>(repeatedHalfLoss))
+let result = trainer.Run()
+for e in result.Evals do
+    printfn "step %4d  eval loss %.3f  repeated-half loss %.3f" e.Step e.Loss e.Metrics.["repeated_half_loss"]
+printfn "trained %d steps in %.1f s (%.0f tokens/s)" steps result.Seconds result.TokensPerSecond
+
+model.Save checkpoint
+let reloaded = HookedTransformer.Load checkpoint
+let tokens = task.Sample(1, Random 123).Tokens
+let same = (model.forward tokens - reloaded.forward tokens).abs().max().item<float32>()
+printfn "saved %s; reloaded logits differ by at most %g" checkpoint same
+
+let struct (logits, cache) = reloaded.RunWithCache tokens
+printfn "cache keys (%d):" cache.Count
+for key in cache.Keys do
+    printfn "  %-32s %A" key cache.[key].shape

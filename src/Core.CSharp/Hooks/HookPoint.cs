@@ -1,0 +1,63 @@
+using static TorchSharp.torch;
+
+namespace MechInterp.Hooks;
+
+/// <summary>
+/// A hook function: sees the activation at a hook point and returns a replacement, or null to keep it.
+/// </summary>
+public delegate Tensor? HookFn(Tensor activation, HookPoint hook);
+
+/// <summary>
+/// A named place in the forward pass where hooks can read or replace an activation
+/// (TransformerLens' HookPoint). With no hooks attached it costs one list check.
+/// </summary>
+public sealed class HookPoint(string name)
+{
+    private readonly List<(HookFn Fn, bool Observer)> hooks = [];
+
+    /// <summary>The TransformerLens-style name, e.g. "blocks.0.attn.hook_pattern".</summary>
+    public string Name { get; } = name;
+
+    /// <summary>True when any hook (replacing or caching) is attached.</summary>
+    public bool IsActive => hooks.Count > 0;
+
+    /// <summary>True when a hook that may replace the activation is attached (observers only read it).</summary>
+    public bool HasReplacingHooks => hooks.Exists(h => !h.Observer);
+
+    internal void Add(HookFn fn, bool observer) => hooks.Add((fn, observer));
+
+    internal void Remove(HookFn fn) => hooks.RemoveAll(h => h.Fn == fn);
+
+    internal void Clear() => hooks.Clear();
+
+    /// <summary>Runs every attached hook in order; each sees the previous one's result.</summary>
+    public Tensor Run(Tensor activation)
+    {
+        if (hooks.Count == 0) return activation;
+        foreach (var (fn, observer) in hooks.ToArray())
+        {
+            var replacement = fn(activation, this);
+            if (replacement is null || observer || ReferenceEquals(replacement, activation)) continue;
+            if (!replacement.shape.SequenceEqual(activation.shape))
+                throw new InvalidOperationException(
+                    $"hook on '{Name}' returned shape [{string.Join(", ", replacement.shape)}] but the activation is [{string.Join(", ", activation.shape)}]");
+            activation = replacement;
+        }
+        return activation;
+    }
+
+    public override string ToString() => Name;
+}
+
+/// <summary>A hook to attach for one call: by exact name, or to every hook point a filter accepts.</summary>
+public sealed record Hook(Func<string, bool> Filter, HookFn Fn)
+{
+    /// <summary>A hook on the hook point with this exact name.</summary>
+    public Hook(string name, HookFn fn) : this(n => n == name, fn)
+    {
+        ExactName = name;
+    }
+
+    /// <summary>The name when the hook was made for one hook point; used to report unknown names.</summary>
+    public string? ExactName { get; }
+}

@@ -1,0 +1,72 @@
+using MechInterp.Hooks;
+using MechInterp.Kernels;
+using MechInterp.Model;
+using static TorchSharp.torch;
+
+namespace MechInterp.Tests;
+
+public class ModelTests
+{
+    internal static DecoderConfig Tiny(string norm = "LN", bool attnOnly = false, int experts = 0, string pos = "standard") => new()
+    {
+        d_model = 16, n_layers = 2, n_heads = 4, d_vocab = 11, n_ctx = 12, d_mlp = 24,
+        normalization_type = norm, attn_only = attnOnly, positional_embedding_type = pos,
+        n_experts = experts, experts_per_token = experts > 0 ? 2 : 0, seed = 3,
+    };
+
+    internal static Tensor Tokens(long batch, long pos, int vocab, int seed) =>
+        randint(0, vocab, [batch, pos], dtype: ScalarType.Int64, generator: new Generator((ulong)seed));
+
+    [Fact]
+    public void ForwardGivesLogitsOfTheRightShape()
+    {
+        using var scope = NewDisposeScope();
+        using var model = new HookedTransformer(Tiny());
+        var logits = model.Forward(Tokens(3, 7, 11, 1));
+        Assert.Equal(new long[] { 3, 7, 11 }, logits.shape);
+        Assert.False(logits.isnan().any().item<bool>());
+    }
+
+    [Fact]
+    public void ManagedAttentionEqualsTorchSdpaWithin1e5()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(11);
+        var q = randn(2, 3, 9, 8);
+        var k = randn(2, 3, 9, 8);
+        var v = randn(2, 3, 9, 8);
+        var sdpa = nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true);
+        var materialized = Kernel.Attention(q, k, v, causal: true, returnPattern: true, backend: KernelBackend.Managed);
+        Assert.True(materialized.Z.allclose(sdpa, atol: 1e-5), $"max diff {(materialized.Z - sdpa).abs().max().item<float>()}");
+        Assert.True(materialized.Pattern!.sum(-1).allclose(ones(2, 3, 9), atol: 1e-5));
+        Assert.Equal(0f, materialized.Pattern![.., .., 0, 1..].abs().max().item<float>());   // causal: nothing above the diagonal
+    }
+
+    [Fact]
+    public void CacheHoldsEveryHookPointWithTransformerLensShapes()
+    {
+        using var scope = NewDisposeScope();
+        using var model = new HookedTransformer(Tiny() with { use_attn_result = true });
+        var (_, cache) = model.RunWithCache(Tokens(2, 5, 11, 2));
+        using (cache)
+        {
+            Assert.Equal(model.Hooks.Names.ToHashSet(), cache.Keys.ToHashSet());
+            Assert.Equal(new long[] { 2, 5, 4, 4 }, cache["blocks.0.attn.hook_q"].shape);
+            Assert.Equal(new long[] { 2, 4, 5, 5 }, cache["blocks.1.attn.hook_pattern"].shape);
+            Assert.Equal(new long[] { 2, 5, 4, 16 }, cache["blocks.1.attn.hook_result"].shape);
+            Assert.Equal(new long[] { 2, 5, 24 }, cache["blocks.0.mlp.hook_post"].shape);
+            Assert.Equal(new long[] { 2, 5, 1 }, cache["ln_final.hook_scale"].shape);
+            Assert.Equal(new long[] { 2, 5, 16 }, cache["hook_pos_embed"].shape);
+        }
+    }
+
+    [Fact]
+    public void NamesFilterCachesOnlyWhatItAsksFor()
+    {
+        using var scope = NewDisposeScope();
+        using var model = new HookedTransformer(Tiny());
+        var (_, cache) = model.RunWithCache(Tokens(1, 4, 11, 2), name => name.EndsWith("hook_resid_post"));
+        using (cache)
+            Assert.Equal(["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], cache.Keys.ToArray());
+    }
+}
