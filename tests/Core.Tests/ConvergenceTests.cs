@@ -1,0 +1,49 @@
+using MechInterp.Data;
+using MechInterp.Model;
+using MechInterp.Training;
+using static TorchSharp.torch;
+
+namespace MechInterp.Tests;
+
+/// <summary>The tiny-scale versions of the learning targets: they fail if the model or trainer cannot learn.</summary>
+public class ConvergenceTests
+{
+    [Fact]
+    public void TwoLayerAttentionOnlyModelLearnsInduction()
+    {
+        var task = new InductionTask(vocabSize: 64, halfLength: 16);
+        using var model = new HookedTransformer(new DecoderConfig
+        {
+            d_model = 64, n_layers = 2, n_heads = 4, attn_only = true, d_vocab = task.VocabSize, n_ctx = task.SequenceLength, seed = 0,
+        });
+        new Trainer(model, task, new TrainingConfig { Steps = 500, BatchSize = 32, LearningRate = 1e-3, EvalEvery = 0, Progress = false }).Run();
+
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        using var batch = task.Sample(128, new Random(99));
+        var logits = model.forward(batch.Tokens);
+        double repeated = Losses.Masked(logits, batch.Tokens, task.RepeatedHalfMask(128)).item<float>();
+        Assert.True(repeated < 1.0, $"loss on the repeated half is {repeated:F3} nats after 500 steps");
+    }
+
+    [Fact]
+    public void OneLayerModelFitsModularAdditionTrainingSet()
+    {
+        var task = new ModularAddition(p: 113, trainFraction: 0.3, splitSeed: 0);
+        using var model = new HookedTransformer(new DecoderConfig
+        {
+            d_model = 128, n_layers = 1, n_heads = 4, d_mlp = 512, act_fn = "relu", normalization_type = "none",
+            d_vocab = task.VocabSize, n_ctx = 4, seed = 0,
+        });
+        new Trainer(model, task, new TrainingConfig
+        {
+            Steps = 300, BatchSize = 512, LearningRate = 1e-2, WeightDecay = 0.01, WarmupSteps = 20, EvalEvery = 0, Progress = false,
+        }).Run();
+
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        using var train = task.All(trainSet: true);
+        double accuracy = Losses.Accuracy(model.forward(train.Tokens), train.Tokens, train.LossMask);
+        Assert.True(accuracy >= 0.99, $"train accuracy {accuracy:P2} on {task.TrainSize} pairs after 300 steps");
+    }
+}
