@@ -30,10 +30,16 @@ public sealed class HookPoint(string name)
 
     internal void Clear() => hooks.Clear();
 
+    /// <summary>
+    /// For the benchmark only: when set, every hook point returns at once, as if the hook calls were
+    /// compiled out; the bench compares this against the normal no-hook path.
+    /// </summary>
+    internal static bool CompiledOut;
+
     /// <summary>Runs every attached hook in order; each sees the previous one's result.</summary>
     public Tensor Run(Tensor activation)
     {
-        if (hooks.Count == 0) return activation;
+        if (CompiledOut || hooks.Count == 0) return activation;
         foreach (var (fn, observer) in hooks.ToArray())
         {
             var replacement = fn(activation, this);
