@@ -72,12 +72,20 @@ public sealed class TrainingTests : IDisposable
     }
 
     private int history;
+}
 
+/// <summary>RSS is process-wide: this runs alone, so no other test's allocations move it.</summary>
+[CollectionDefinition("serial", DisableParallelization = true)]
+public class SerialCollection;
+
+[Collection("serial")]
+public class MemoryTests
+{
     [Fact]
     public void ResidentMemoryStaysFlatOverAThousandSteps()
     {
         var task = new InductionTask(16, 6);
-        using var model = TinyInductionModel(task);
+        using var model = new HookedTransformer(new DecoderConfig { d_model = 32, n_layers = 2, n_heads = 2, attn_only = true, d_vocab = task.VocabSize, n_ctx = task.SequenceLength });
         long at100 = 0, at1000 = 0;
         long Rss()
         {
