@@ -48,6 +48,9 @@ MI_API mi_status mi_set_num_threads(int32_t n);
 MI_API int32_t mi_get_num_threads(void);
 /* 1 when the kernels have an AVX2/FMA path and this CPU runs it. */
 MI_API int32_t mi_cpu_has_avx2(void);
+/* enabled = 0 forces the portable kernels even where AVX2 runs (for tests and comparisons); 1 (the default)
+ * uses AVX2/FMA when mi_cpu_has_avx2(). Process-wide. */
+MI_API mi_status mi_set_simd(int32_t enabled);
 /* 1 when CUDA kernels were compiled into this library. */
 MI_API int32_t mi_has_cuda(void);
 
@@ -57,6 +60,24 @@ MI_API int32_t mi_has_cuda(void);
 MI_API mi_status mi_softmax_rows_f32(const float* x, float* y, int64_t rows, int64_t cols);
 /* Backward: dx = y * (dy - sum(dy * y, row)). y, dy, dx: [rows, cols]; dx may alias dy. */
 MI_API mi_status mi_softmax_rows_backward_f32(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);
+
+/* ---- attention: z = softmax(q k^T / sqrt(d_head) + mask) v ------------------------------------
+ * q: [batch, heads, q_len, d_head]; k, v: [batch, heads, kv_len, d_head]; all dense row-major.
+ * causal = 1 masks key j for query i when j > i + kv_len - q_len (the last query sees every key);
+ * a query that sees no key gets z = 0 and lse = -inf. */
+
+/* out: [batch, heads, q_len, d_head]; lse: [batch, heads, q_len] (log-sum-exp of the scaled scores,
+ * kept for the backward). scores and pattern, [batch, heads, q_len, kv_len], may each be NULL; when
+ * given, scores = q k^T / sqrt(d_head) with -inf where masked, pattern = exp(scores - lse). */
+MI_API mi_status mi_attention_forward_f32(const float* q, const float* k, const float* v, int64_t batch, int64_t heads,
+                                          int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* out,
+                                          float* lse, float* scores, float* pattern);
+/* Gradients from the forward's out and lse and the output gradient dout (the pattern is recomputed).
+ * dq like q; dk, dv like k. */
+MI_API mi_status mi_attention_backward_f32(const float* q, const float* k, const float* v, const float* out,
+                                           const float* lse, const float* dout, int64_t batch, int64_t heads,
+                                           int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* dq,
+                                           float* dk, float* dv);
 
 #ifdef __cplusplus
 }
