@@ -18,6 +18,8 @@ using mi::kAttnBlockK;
 using mi::kAttnBlockQ;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Rows per GEMM call on diagonal blocks: the AVX2 tile height, so masked columns are skipped per tile.
+constexpr int64_t kStrip = 6;
 
 // Per-thread scratch reused across tasks and calls: no allocation in the hot loop.
 float* scratch(size_t floats) {
@@ -82,8 +84,15 @@ void forward(const AttentionDims& g, const float* q, const float* k, const float
         const int64_t kv_end = g.causal ? std::clamp<int64_t>(q0 + nq + g.offset(), 0, tk) : tk;
         for (int64_t k0 = 0; k0 < kv_end; k0 += kAttnBlockK) {   // blocks past kv_end are fully masked: skipped
             const int64_t nk = std::min(kAttnBlockK, tk - k0), nkp = mi::round_up8(nk);
-            Ops::gemm(nq, nkp, d, qs, dp, 1, kt.get() + (h * nkb + k0 / kAttnBlockK) * d * kAttnBlockK, kAttnBlockK, s,
-                      kAttnBlockK, false);
+            const float* ktb = kt.get() + (h * nkb + k0 / kAttnBlockK) * d * kAttnBlockK;
+            // On the diagonal, each 6-row strip computes only the key columns its last row sees.
+            const bool diagonal = g.visible(q0) - k0 < nk;
+            if (!diagonal) Ops::gemm(nq, nkp, d, qs, dp, 1, ktb, kAttnBlockK, s, kAttnBlockK, false);
+            for (int64_t i0 = 0; diagonal && i0 < nq; i0 += kStrip) {
+                const int64_t seen = std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + kStrip) - 1) - k0, 0, nk);
+                Ops::gemm(std::min(kStrip, nq - i0), mi::round_up8(seen), d, qs + i0 * dp, dp, 1, ktb, kAttnBlockK,
+                          s + i0 * kAttnBlockK, kAttnBlockK, false);
+            }
             for (int64_t i = 0; i < nq; ++i) {
                 float* row = s + i * kAttnBlockK;
                 const int64_t vis = std::clamp<int64_t>(g.visible(q0 + i) - k0, 0, nk);
@@ -105,7 +114,13 @@ void forward(const AttentionDims& g, const float* q, const float* k, const float
                 if (alpha != 1.0f)
                     for (int64_t c = 0; c < dp; ++c) acc[i * dp + c] *= alpha;
             }
-            Ops::gemm(nq, dp, nk, s, kAttnBlockK, 1, vp + (h * tk + k0) * dp, dp, acc, dp, true);
+            const float* vb = vp + (h * tk + k0) * dp;
+            if (!diagonal) Ops::gemm(nq, dp, nk, s, kAttnBlockK, 1, vb, dp, acc, dp, true);
+            for (int64_t i0 = 0; diagonal && i0 < nq; i0 += kStrip) {
+                const int64_t seen = std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + kStrip) - 1) - k0, 0, nk);
+                Ops::gemm(std::min(kStrip, nq - i0), dp, seen, s + i0 * kAttnBlockK, kAttnBlockK, 1, vb, dp,
+                          acc + i0 * dp, dp, true);
+            }
         }
 
         for (int64_t i = 0; i < nq; ++i) {

@@ -93,25 +93,52 @@ MI_AVX2 inline float hmax(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// An R x (8*NV) tile of C, kept in registers across the whole k loop: 2*NV loads and R broadcasts
+// An R x (8*NV) tile of C, kept in registers across the whole k loop: NV loads and R broadcasts
 // feed R*NV FMAs per step (6 x 16 keeps 12 accumulators plus operands within 16 ymm registers).
+// Named accumulators rather than an array: GCC spills an array of __m256 to the stack every step.
 template <int R, int NV>
 MI_AVX2 inline void tile(int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b, int64_t ldb, float* c,
                          int64_t ldc, bool accumulate) {
-    __m256 acc[R][NV];
-    for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = accumulate ? _mm256_loadu_ps(c + r * ldc + 8 * v) : _mm256_setzero_ps();
-    for (int64_t p = 0; p < k; ++p) {
-        __m256 bv[NV];
-        for (int v = 0; v < NV; ++v) bv[v] = _mm256_loadu_ps(b + p * ldb + 8 * v);
-        const float* ap = a + p * a_col;
-        for (int r = 0; r < R; ++r) {
-            const __m256 av = _mm256_broadcast_ss(ap + r * a_row);
-            for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
-        }
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+#define MI_TILE_ROW(r, c0, c1)                                                  \
+    if constexpr (R > r) {                                                      \
+        if (accumulate) {                                                       \
+            c0 = _mm256_loadu_ps(c + r * ldc);                                  \
+            if constexpr (NV > 1) c1 = _mm256_loadu_ps(c + r * ldc + 8);        \
+        }                                                                       \
     }
-    for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) _mm256_storeu_ps(c + r * ldc + 8 * v, acc[r][v]);
+    MI_TILE_ROW(0, c00, c01) MI_TILE_ROW(1, c10, c11) MI_TILE_ROW(2, c20, c21)
+    MI_TILE_ROW(3, c30, c31) MI_TILE_ROW(4, c40, c41) MI_TILE_ROW(5, c50, c51)
+#undef MI_TILE_ROW
+    const float* a1 = a + a_row;
+    const float* a2 = a + 2 * a_row;
+    const float* a3 = a + 3 * a_row;
+    const float* a4 = a + 4 * a_row;
+    const float* a5 = a + 5 * a_row;
+    for (int64_t p = 0; p < k; ++p) {
+        const __m256 b0 = _mm256_loadu_ps(b);
+        const __m256 b1 = NV > 1 ? _mm256_loadu_ps(b + 8) : b0;
+        b += ldb;
+        const int64_t o = p * a_col;
+#define MI_TILE_FMA(r, ar, c0, c1)                                              \
+    if constexpr (R > r) {                                                      \
+        const __m256 av = _mm256_broadcast_ss(ar + o);                          \
+        c0 = _mm256_fmadd_ps(av, b0, c0);                                       \
+        if constexpr (NV > 1) c1 = _mm256_fmadd_ps(av, b1, c1);                 \
+    }
+        MI_TILE_FMA(0, a, c00, c01) MI_TILE_FMA(1, a1, c10, c11) MI_TILE_FMA(2, a2, c20, c21)
+        MI_TILE_FMA(3, a3, c30, c31) MI_TILE_FMA(4, a4, c40, c41) MI_TILE_FMA(5, a5, c50, c51)
+#undef MI_TILE_FMA
+    }
+#define MI_TILE_STORE(r, c0, c1)                                                \
+    if constexpr (R > r) {                                                      \
+        _mm256_storeu_ps(c + r * ldc, c0);                                      \
+        if constexpr (NV > 1) _mm256_storeu_ps(c + r * ldc + 8, c1);            \
+    }
+    MI_TILE_STORE(0, c00, c01) MI_TILE_STORE(1, c10, c11) MI_TILE_STORE(2, c20, c21)
+    MI_TILE_STORE(3, c30, c31) MI_TILE_STORE(4, c40, c41) MI_TILE_STORE(5, c50, c51)
+#undef MI_TILE_STORE
 }
 
 template <int NV>
