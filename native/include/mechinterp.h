@@ -79,6 +79,51 @@ MI_API mi_status mi_attention_backward_f32(const float* q, const float* k, const
                                            int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* dq,
                                            float* dk, float* dv);
 
+/* ---- mixture-of-experts dispatch ----------------------------------------------------------------
+ * A token t routed to k experts makes k (token, slot) pairs, pair p = t * k + s. The grouped buffer
+ * holds one row per pair, pairs of one expert contiguous, so each expert's MLP is one GEMM over its
+ * rows. row_of[p] is the row of pair p (from mi_moe_permute_i64). Every kernel validates row_of: in
+ * range, and no row shared by two pairs. */
+
+enum {
+    MI_GATING_SOFTMAX = 0,      /* gates = softmax over all experts, read at the chosen ones (Switch, GShard) */
+    MI_GATING_TOPK_SOFTMAX = 1  /* gates = softmax over the k chosen logits (Mixtral) */
+};
+
+/* logits: [tokens, experts] -> expert_index [tokens, k] (largest logit first, ties to the lower id),
+ * gates [tokens, k], counts [experts] (kept pairs per expert), kept [tokens, k] (1 or 0), *dropped.
+ * capacity = 0: no limit; else an expert keeps at most capacity pairs, every token's slot 0 before
+ * any slot 1 (as GShard), tokens in order. A dropped pair keeps its expert index, gets gate 0 and
+ * kept 0, and is counted in *dropped: reported, never silently lost. */
+MI_API mi_status mi_moe_route_f32(const float* logits, int64_t tokens, int64_t experts, int64_t k, int32_t gating,
+                                  int64_t capacity, int64_t* expert_index, float* gates, int64_t* counts, uint8_t* kept,
+                                  int64_t* dropped);
+/* dlogits [tokens, experts] from dgates [tokens, k]; dropped pairs pass no gradient. */
+MI_API mi_status mi_moe_route_backward_f32(const float* logits, const int64_t* expert_index, const uint8_t* kept,
+                                           const float* dgates, int64_t tokens, int64_t experts, int64_t k,
+                                           int32_t gating, float* dlogits);
+/* counts [experts]: pairs per expert. Rejects ids outside [0, experts). */
+MI_API mi_status mi_moe_count_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
+                                  int64_t* counts);
+/* Stable counting sort of the pairs by expert: row_of [tokens * k], offsets [experts + 1] (expert e owns
+ * rows [offsets[e], offsets[e] + count_e)). group_stride = 0: groups packed back to back; > 0: group e
+ * starts at e * group_stride (a padded layout for one batched GEMM); it must be >= every count. */
+MI_API mi_status mi_moe_permute_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
+                                    int64_t group_stride, int64_t* row_of, int64_t* offsets);
+/* grouped[row_of[t * k + s], :] = x[t, :]. x: [tokens, d]; grouped: [rows, d]; other rows untouched. */
+MI_API mi_status mi_moe_gather_f32(const float* x, const int64_t* row_of, int64_t tokens, int64_t k, int64_t d,
+                                   int64_t rows, float* grouped);
+/* dx[t, :] = sum_s dgrouped[row_of[t * k + s], :]. */
+MI_API mi_status mi_moe_gather_backward_f32(const float* dgrouped, const int64_t* row_of, int64_t tokens, int64_t k,
+                                            int64_t d, int64_t rows, float* dx);
+/* y[t, :] = sum_s gates[t, s] * grouped[row_of[t * k + s], :]. */
+MI_API mi_status mi_moe_combine_f32(const float* grouped, const float* gates, const int64_t* row_of, int64_t tokens,
+                                    int64_t k, int64_t d, int64_t rows, float* y);
+/* dgrouped[row_of[p], :] = gates[p] * dy[t, :] (rows no pair uses: 0); dgates[p] = dy[t, :] . grouped[row_of[p], :]. */
+MI_API mi_status mi_moe_combine_backward_f32(const float* grouped, const float* gates, const int64_t* row_of,
+                                             const float* dy, int64_t tokens, int64_t k, int64_t d, int64_t rows,
+                                             float* dgrouped, float* dgates);
+
 #ifdef __cplusplus
 }
 #endif
