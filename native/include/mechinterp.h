@@ -124,6 +124,38 @@ MI_API mi_status mi_moe_combine_backward_f32(const float* grouped, const float* 
                                              const float* dy, int64_t tokens, int64_t k, int64_t d, int64_t rows,
                                              float* dgrouped, float* dgates);
 
+/* ---- CUDA: the same kernels on device pointers --------------------------------------------------
+ * Every mi_cuda_* function takes the arguments of its CPU twin, with every array a CUDA device (or
+ * managed) pointer, except route's *dropped, a host pointer. They validate as the CPU ones do, reject
+ * host pointers with MI_ERR_INVALID_ARGUMENT, run on the default stream and return after it finishes.
+ * In a library built without CUDA (mi_has_cuda() == 0) they return MI_ERR_UNSUPPORTED. */
+
+/* Visible CUDA devices; 0 without CUDA or without a device. */
+MI_API int32_t mi_cuda_device_count(void);
+MI_API mi_status mi_cuda_attention_forward_f32(const float* q, const float* k, const float* v, int64_t batch,
+                                               int64_t heads, int64_t q_len, int64_t kv_len, int64_t d_head,
+                                               int32_t causal, float* out, float* lse, float* scores, float* pattern);
+MI_API mi_status mi_cuda_attention_backward_f32(const float* q, const float* k, const float* v, const float* out,
+                                                const float* lse, const float* dout, int64_t batch, int64_t heads,
+                                                int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal,
+                                                float* dq, float* dk, float* dv);
+MI_API mi_status mi_cuda_moe_route_f32(const float* logits, int64_t tokens, int64_t experts, int64_t k, int32_t gating,
+                                       int64_t capacity, int64_t* expert_index, float* gates, int64_t* counts,
+                                       uint8_t* kept, int64_t* dropped);
+MI_API mi_status mi_cuda_moe_count_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
+                                       int64_t* counts);
+MI_API mi_status mi_cuda_moe_permute_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
+                                         int64_t group_stride, int64_t* row_of, int64_t* offsets);
+MI_API mi_status mi_cuda_moe_gather_f32(const float* x, const int64_t* row_of, int64_t tokens, int64_t k, int64_t d,
+                                        int64_t rows, float* grouped);
+MI_API mi_status mi_cuda_moe_gather_backward_f32(const float* dgrouped, const int64_t* row_of, int64_t tokens,
+                                                 int64_t k, int64_t d, int64_t rows, float* dx);
+MI_API mi_status mi_cuda_moe_combine_f32(const float* grouped, const float* gates, const int64_t* row_of,
+                                         int64_t tokens, int64_t k, int64_t d, int64_t rows, float* y);
+MI_API mi_status mi_cuda_moe_combine_backward_f32(const float* grouped, const float* gates, const int64_t* row_of,
+                                                  const float* dy, int64_t tokens, int64_t k, int64_t d, int64_t rows,
+                                                  float* dgrouped, float* dgates);
+
 #ifdef __cplusplus
 }
 #endif
