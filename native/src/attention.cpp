@@ -8,7 +8,6 @@
 
 #include <cmath>
 #include <limits>
-#include <memory>
 #include <vector>
 
 namespace {
@@ -53,18 +52,22 @@ void forward(const AttentionDims& g, const float* q, const float* k, const float
     const int64_t nkb = (tk + kAttnBlockK - 1) / kAttnBlockK, nqb = (tq + kAttnBlockQ - 1) / kAttnBlockQ;
     const int64_t heads = g.batch * g.heads;
 
-    // Packed once per call, shared by every query block of a head.
-    std::unique_ptr<float[]> kt(new float[heads * nkb * d * kAttnBlockK]);   // [heads, nkb, d, BlockK]
+    // Packed once per call, shared by every query block of a head. The buffers live on the calling
+    // thread across calls: fresh pages for every call cost more page faults than the packing itself.
     const bool pad_v = dp != d;
-    std::unique_ptr<float[]> vpad(pad_v ? new float[heads * tk * dp] : nullptr);   // [heads, tk, dp]
+    thread_local std::vector<float> packed;
+    const size_t kt_size = static_cast<size_t>(heads * nkb * d * kAttnBlockK), v_size = pad_v ? static_cast<size_t>(heads * tk * dp) : 0;
+    if (packed.size() < kt_size + v_size) packed.resize(kt_size + v_size);
+    float* kt = packed.data();              // [heads, nkb, d, BlockK]
+    float* vpad = packed.data() + kt_size;  // [heads, tk, dp] when d is not a multiple of 8
     mi::parallel_for(heads, [&](int64_t h) {
         for (int64_t kb = 0; kb < nkb; ++kb) {
             const int64_t k0 = kb * kAttnBlockK, nk = std::min(kAttnBlockK, tk - k0);
-            transpose_block(k + (h * tk + k0) * d, nk, d, kt.get() + (h * nkb + kb) * d * kAttnBlockK);
+            transpose_block(k + (h * tk + k0) * d, nk, d, kt + (h * nkb + kb) * d * kAttnBlockK);
         }
-        if (pad_v) copy_rows_padded(v + h * tk * d, tk, d, dp, 1.0f, vpad.get() + h * tk * dp);
+        if (pad_v) copy_rows_padded(v + h * tk * d, tk, d, dp, 1.0f, vpad + h * tk * dp);
     });
-    const float* vp = pad_v ? vpad.get() : v;
+    const float* vp = pad_v ? vpad : v;
     float* score_rows = scores != nullptr ? scores : pattern;   // the pattern is computed in place from scores
 
     mi::parallel_for(heads * nqb, [&](int64_t task) {
@@ -84,7 +87,7 @@ void forward(const AttentionDims& g, const float* q, const float* k, const float
         const int64_t kv_end = g.causal ? std::clamp<int64_t>(q0 + nq + g.offset(), 0, tk) : tk;
         for (int64_t k0 = 0; k0 < kv_end; k0 += kAttnBlockK) {   // blocks past kv_end are fully masked: skipped
             const int64_t nk = std::min(kAttnBlockK, tk - k0), nkp = mi::round_up8(nk);
-            const float* ktb = kt.get() + (h * nkb + k0 / kAttnBlockK) * d * kAttnBlockK;
+            const float* ktb = kt + (h * nkb + k0 / kAttnBlockK) * d * kAttnBlockK;
             // On the diagonal, each 6-row strip computes only the key columns its last row sees.
             const bool diagonal = g.visible(q0) - k0 < nk;
             if (!diagonal) Ops::gemm(nq, nkp, d, qs, dp, 1, ktb, kAttnBlockK, s, kAttnBlockK, false);
