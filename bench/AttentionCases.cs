@@ -36,29 +36,29 @@ internal static class AttentionCases
 
             using (no_grad())
             {
-                double ours = Timing.MedianMs(() => Step(() => Kernel.Attention(q, k, v, causal: true, backend: KernelBackend.Native).Z));
-                double sdpa = Timing.MedianMs(() => Step(() => nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true)));
-                double naive = Timing.MedianMs(() => Step(() => Naive(q, k, v, false, out _)));
-                Console.WriteLine($"  attention fwd {shape}: {flops / ours / 1e6:F1} GFLOP/s (useful causal FLOPs)");
-                yield return new BenchResult($"attn fwd causal {shape}", ours, "sdpa", sdpa);
-                yield return new BenchResult($"attn fwd causal {shape}", ours, "naive", naive);
+                var fwd = Timing.MedianMsInterleaved([
+                    () => Step(() => Kernel.Attention(q, k, v, causal: true, backend: KernelBackend.Native).Z),
+                    () => Step(() => nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true)),
+                    () => Step(() => Naive(q, k, v, false, out _)),
+                ]);
+                Console.WriteLine($"  attention fwd {shape}: {flops / fwd[0] / 1e6:F1} GFLOP/s (useful causal FLOPs), sdpa {flops / fwd[1] / 1e6:F1}");
+                yield return new BenchResult($"attn fwd causal {shape}", fwd[0], "sdpa", fwd[1]);
+                yield return new BenchResult($"attn fwd causal {shape}", fwd[0], "naive", fwd[2]);
 
-                double oursP = Timing.MedianMs(() => Step(() =>
-                {
-                    var r = Kernel.Attention(q, k, v, causal: true, returnPattern: true, backend: KernelBackend.Native);
-                    return r.Pattern!;
-                }));
-                double naiveP = Timing.MedianMs(() => Step(() => { Naive(q, k, v, true, out var p); return p!; }));
-                yield return new BenchResult($"attn fwd+pattern {shape}", oursP, "naive", naiveP);
+                var pat = Timing.MedianMsInterleaved([
+                    () => Step(() => Kernel.Attention(q, k, v, causal: true, returnPattern: true, backend: KernelBackend.Native).Pattern!),
+                    () => Step(() => { Naive(q, k, v, true, out var p); return p!; }),
+                ]);
+                yield return new BenchResult($"attn fwd+pattern {shape}", pat[0], "naive", pat[1]);
             }
 
             var w = randn(b, h, t, d);
-            double oursFb = Timing.MedianMs(() => Step(() => FwdBwd(q, k, v, w, (qq, kk, vv) =>
-                Kernel.Attention(qq, kk, vv, causal: true, backend: KernelBackend.Native).Z)));
-            double sdpaFb = Timing.MedianMs(() => Step(() => FwdBwd(q, k, v, w, (qq, kk, vv) =>
-                nn.functional.scaled_dot_product_attention(qq, kk, vv, is_casual: true))));
-            Console.WriteLine($"  attention fwd+bwd {shape}: {3.5 * flops / oursFb / 1e6:F1} GFLOP/s (fwd + 2.5x for bwd)");
-            yield return new BenchResult($"attn fwd+bwd causal {shape}", oursFb, "sdpa", sdpaFb);
+            var fb = Timing.MedianMsInterleaved([
+                () => Step(() => FwdBwd(q, k, v, w, (qq, kk, vv) => Kernel.Attention(qq, kk, vv, causal: true, backend: KernelBackend.Native).Z)),
+                () => Step(() => FwdBwd(q, k, v, w, (qq, kk, vv) => nn.functional.scaled_dot_product_attention(qq, kk, vv, is_casual: true))),
+            ]);
+            Console.WriteLine($"  attention fwd+bwd {shape}: {3.5 * flops / fb[0] / 1e6:F1} GFLOP/s (fwd + 2.5x for bwd), sdpa {3.5 * flops / fb[1] / 1e6:F1}");
+            yield return new BenchResult($"attn fwd+bwd causal {shape}", fb[0], "sdpa", fb[1]);
         }
     }
 

@@ -21,19 +21,16 @@ internal static class MoeCases
         var dy = randn(n, d);
         Func<Tensor, Tensor> gelu = t => nn.functional.gelu(t);
 
-        double Layer(KernelBackend backend) => Timing.MedianMs(() => AttentionCases.Step(() =>
+        Action Layer(KernelBackend backend) => () => AttentionCases.Step(() =>
         {
             var (xx, ll, wi, bi, wo, bo) = Leaves(x, logits, wIn, bIn, wOut, bOut);
             var route = Kernel.RouteTopK(ll, k, backend: backend);
             var y = Kernel.ExpertMlp(xx, route.ExpertIndex, route.Gates, wi, bi, wo, bo, gelu, backend);
             y.mul(dy).sum().backward();
             return xx.grad!;
-        }));
-
-        double ours = Layer(KernelBackend.Native);
-        double loop = Layer(KernelBackend.Managed);
+        });
         // The ideal compute: k dense expert MLPs over every token, no routing at all.
-        double denseK = Timing.MedianMs(() => AttentionCases.Step(() =>
+        Action denseK = () => AttentionCases.Step(() =>
         {
             var (xx, ll, wi, bi, wo, bo) = Leaves(x, logits, wIn, bIn, wOut, bOut);
             var gates = ll.softmax(-1);                                            // [n, e]
@@ -45,12 +42,14 @@ internal static class MoeCases
             }
             y.mul(dy).sum().backward();
             return xx.grad!;
-        }));
+        });
+        var ms = Timing.MedianMsInterleaved([Layer(KernelBackend.Native), Layer(KernelBackend.Managed), denseK], repetitions: 11);
+        double ours = ms[0], loop = ms[1], dense = ms[2];
         string name = $"moe fwd+bwd N{n} d{d} f{f} E{e} top{k}";
         double flops = 3 * 2.0 * n * k * 2 * d * f;   // two GEMMs per pair, backward twice the forward
-        Console.WriteLine($"  {name}: ours {flops / ours / 1e6:F1} GFLOP/s, dense_k {flops / denseK / 1e6:F1} GFLOP/s");
+        Console.WriteLine($"  {name}: ours {flops / ours / 1e6:F1} GFLOP/s, dense_k {flops / dense / 1e6:F1} GFLOP/s");
         yield return new BenchResult(name, ours, "loop", loop);
-        yield return new BenchResult(name, ours, "dense_k", denseK);
+        yield return new BenchResult(name, ours, "dense_k", dense);
     }
 
     private static (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor) Leaves(params Tensor[] t) =>

@@ -23,8 +23,11 @@ foreach (var (rows, cols) in new[] { (8L * 8 * 256, 256L), (4096L, 1024L) })
 {
     using var scope = NewDisposeScope();
     var x = randn(rows, cols);
-    double ours = Timing.MedianMs(() => { using var _ = Kernel.SoftmaxLastDim(x, KernelBackend.Native); });
-    double baseline = Timing.MedianMs(() => { using var _ = x.softmax(-1); });
+    var ms = Timing.MedianMsInterleaved([
+        () => { using var _ = Kernel.SoftmaxLastDim(x, KernelBackend.Native); },
+        () => { using var _ = x.softmax(-1); },
+    ]);
+    double ours = ms[0], baseline = ms[1];
     results.Add(new BenchResult($"softmax rows {rows}x{cols}", ours, "torch.softmax", baseline));
 }
 

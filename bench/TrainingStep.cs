@@ -22,12 +22,12 @@ internal static class TrainingStep
         var tokens = randint(0, Vocab, new long[] { Batch, Pos + 1 }, dtype: ScalarType.Int64);   // [batch, pos + 1]
         var input = tokens.narrow(1, 0, Pos);     // [batch, pos]
         var target = tokens.narrow(1, 1, Pos);    // [batch, pos]
-        double Step(KernelBackend backend)
+        Action Step(KernelBackend backend)
         {
             manual_seed(6);
             var model = new TinyMoeDecoder(backend);
             var optimizer = optim.AdamW(model.parameters(), lr: 1e-3);
-            return Timing.MedianMs(() => AttentionCases.Step(() =>
+            return () => AttentionCases.Step(() =>
             {
                 optimizer.zero_grad();
                 var logits = model.forward(input);                                  // [batch, pos, vocab]
@@ -35,10 +35,10 @@ internal static class TrainingStep
                 loss.backward();
                 optimizer.step();
                 return loss;
-            }), warmup: 2, repetitions: 11);
+            });
         }
-        double ours = Step(KernelBackend.Native);
-        double managed = Step(KernelBackend.Managed);
+        var ms = Timing.MedianMsInterleaved([Step(KernelBackend.Native), Step(KernelBackend.Managed)], warmup: 2, repetitions: 11);
+        double ours = ms[0], managed = ms[1];
         yield return new BenchResult($"train step 2L d{DModel} MoE E{Experts} top{TopK} B{Batch} T{Pos}", ours, "managed", managed);
     }
 
