@@ -15,8 +15,34 @@ internal static class Timing
             body();
             samples[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
         }
+        return Median(samples);
+    }
+
+    /// <summary>
+    /// Medians of several bodies timed in turn, one repetition of each per round, so that a load
+    /// change on a shared machine hits ours and the baselines alike and their ratio stays honest.
+    /// </summary>
+    public static double[] MedianMsInterleaved(Action[] bodies, int warmup = 3, int repetitions = 15)
+    {
+        foreach (var body in bodies)
+            for (int i = 0; i < warmup; i++) body();
+        var samples = new double[bodies.Length][];
+        for (int b = 0; b < bodies.Length; b++) samples[b] = new double[repetitions];
+        for (int i = 0; i < repetitions; i++)
+            for (int b = 0; b < bodies.Length; b++)
+            {
+                long start = Stopwatch.GetTimestamp();
+                bodies[b]();
+                samples[b][i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
+            }
+        return samples.Select(Median).ToArray();
+    }
+
+    private static double Median(double[] samples)
+    {
         Array.Sort(samples);
-        return repetitions % 2 == 1 ? samples[repetitions / 2] : (samples[repetitions / 2 - 1] + samples[repetitions / 2]) / 2;
+        int n = samples.Length;
+        return n % 2 == 1 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
     }
 }
 
