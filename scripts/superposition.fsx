@@ -6,6 +6,7 @@
 
 open System
 open System.IO
+open Plotly.NET                       // Chart.show; opened first so the report's own types win
 open MechInterp.ToyModels
 open MechInterp.Analysis.Report
 open MechInterp.Analysis.Superposition
@@ -48,4 +49,4 @@ printfn "report: %s" page
 
 if show then
     for figure in section.Figures do
-        PlotlyRender.figureChart figure |> Plotly.NET.Chart.show
+        PlotlyRender.figureChart figure |> Chart.show
