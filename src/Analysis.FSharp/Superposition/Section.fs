@@ -25,10 +25,16 @@ let linearTopM (sw: SweepResult) =
 /// ReLU, dense: at most m features and no superposition among them.
 let reluDenseNoSuperposition (sw: SweepResult) =
     let dense = sw.Points |> List.maxBy (fun p -> p.Density)
-    let maxSup = Array.max dense.Superposition
+    // Only represented features: a near-zero W_i still has a direction, and its superposition
+    // (Ŵ_i · W_j)² can be 1 while it stores nothing.
+    let maxSup =
+        Array.zip dense.FeatureNorms dense.Superposition
+        |> Array.filter (fun (norm, _) -> norm > Metrics.representedThreshold)
+        |> Array.map snd
+        |> Array.fold max 0.0
     { Claim = "ReLU model, dense: no superposition (at most m features, each on its own dimension)"
       Agrees = dense.Represented <= sw.Setting.Hidden && maxSup < 0.1
-      Evidence = sprintf "at 1 − S = %g: %d represented, largest superposition %.3f" dense.Density dense.Represented maxSup }
+      Evidence = sprintf "at 1 − S = %g: %d represented, largest superposition among them %.3f" dense.Density dense.Represented maxSup }
 
 /// ReLU: features represented grow as features get sparser, past m.
 let reluGrowsWithSparsity (sw: SweepResult) =
