@@ -48,7 +48,8 @@ string json = JsonSerializer.Serialize(results.Select(r => new Dictionary<string
 {
     ["case"] = r.Case, ["ours_ms"] = r.OursMs, ["baseline"] = r.Baseline, ["baseline_ms"] = r.BaselineMs, ["speedup"] = r.Speedup,
 }), new JsonSerializerOptions { WriteIndented = true });
-string path = Path.Combine(outDir, "bench.json");
+// A run of some groups only must not replace the full record.
+string path = Path.Combine(outDir, args.Length == 0 ? "bench.json" : "bench.partial.json");
 File.WriteAllText(path + ".tmp", json);
 File.Move(path + ".tmp", path, overwrite: true);
 Console.WriteLine($"wrote {path}");

@@ -138,8 +138,7 @@ void forward(const AttentionDims& g, const float* q, const float* k, const float
             if (pattern == nullptr) continue;
             float* prow = pattern + r * tk;
             const int64_t vis = g.visible(q0 + i);
-            if (prow != srow) std::copy(srow, srow + vis, prow);
-            if (vis > 0) Ops::exp_shift(prow, vis, lse[r]);   // pattern = exp(score - lse)
+            if (vis > 0) Ops::exp_shift_to(srow, prow, vis, lse[r]);   // pattern = exp(score - lse), one pass
             std::fill(prow + vis, prow + tk, 0.0f);
         }
     });
