@@ -140,7 +140,15 @@ let experiments () =
 let bench () =
     buildAll ()
     step "bench"
-    runOrFail "dotnet" [ "run"; "--project"; Path.Combine(root, "bench"); "-c"; "Release"; "--no-build" ] root
+    // libtorch's libgomp spin-waits after each parallel region; on a shared, oversubscribed machine the
+    // spinning threads eat the time slices the work needs and timings swing tenfold for ours and the
+    // baselines alike. Passive waiting keeps the comparison meaningful; set OMP_WAIT_POLICY to override.
+    let waitPolicy =
+        match Environment.GetEnvironmentVariable "OMP_WAIT_POLICY" with
+        | null | "" -> [ "OMP_WAIT_POLICY", "PASSIVE" ]
+        | _ -> []
+    let code, _ = run "dotnet" [ "run"; "--project"; Path.Combine(root, "bench"); "-c"; "Release"; "--no-build" ] root waitPolicy
+    if code <> 0 then fail $"the benchmark exited with {code}"
 
 let clean () =
     step "clean"

@@ -19,7 +19,7 @@ Console.WriteLine($"threads: {Settings.Threads} (libtorch {get_num_threads()}), 
 
 var results = new List<BenchResult>();
 
-foreach (var (rows, cols) in new[] { (8L * 8 * 256, 256L), (4096L, 1024L) })
+foreach (var (rows, cols) in Wanted("softmax") ? new[] { (8L * 8 * 256, 256L), (4096L, 1024L) } : [])
 {
     using var scope = NewDisposeScope();
     var x = randn(rows, cols);
@@ -31,9 +31,11 @@ foreach (var (rows, cols) in new[] { (8L * 8 * 256, 256L), (4096L, 1024L) })
     results.Add(new BenchResult($"softmax rows {rows}x{cols}", ours, "torch.softmax", baseline));
 }
 
-results.AddRange(AttentionCases.Run());
-results.AddRange(MoeCases.Run());
-results.AddRange(TrainingStep.Run());
+// `dotnet run -- train` (or attn, moe, softmax) runs one group only, for quick iteration.
+bool Wanted(string group) => args.Length == 0 || args.Contains(group);
+if (Wanted("attn")) results.AddRange(AttentionCases.Run());
+if (Wanted("moe")) results.AddRange(MoeCases.Run());
+if (Wanted("train")) results.AddRange(TrainingStep.Run());
 
 Console.WriteLine();
 Console.WriteLine($"{"case",-48} {"ours ms",10} {"baseline",-16} {"base ms",10} {"speedup",8}");
@@ -46,7 +48,8 @@ string json = JsonSerializer.Serialize(results.Select(r => new Dictionary<string
 {
     ["case"] = r.Case, ["ours_ms"] = r.OursMs, ["baseline"] = r.Baseline, ["baseline_ms"] = r.BaselineMs, ["speedup"] = r.Speedup,
 }), new JsonSerializerOptions { WriteIndented = true });
-string path = Path.Combine(outDir, "bench.json");
+// A run of some groups only must not replace the full record.
+string path = Path.Combine(outDir, args.Length == 0 ? "bench.json" : "bench.partial.json");
 File.WriteAllText(path + ".tmp", json);
 File.Move(path + ".tmp", path, overwrite: true);
 Console.WriteLine($"wrote {path}");

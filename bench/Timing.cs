@@ -30,12 +30,29 @@ internal static class Timing
         for (int b = 0; b < bodies.Length; b++) samples[b] = new double[repetitions];
         for (int i = 0; i < repetitions; i++)
             for (int b = 0; b < bodies.Length; b++)
-            {
-                long start = Stopwatch.GetTimestamp();
-                bodies[b]();
-                samples[b][i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-            }
+                samples[b][i] = Measure(bodies[b]);
         return samples.Select(Median).ToArray();
+    }
+
+    /// <summary>
+    /// MECHINTERP_BENCH_CLOCK=cpu measures the process's CPU time instead of wall time: on a machine
+    /// shared with other jobs it is far steadier (pair it with MECHINTERP_THREADS=1, where CPU time is work).
+    /// </summary>
+    private static readonly bool CpuClock = Environment.GetEnvironmentVariable("MECHINTERP_BENCH_CLOCK") == "cpu";
+
+    private static double Measure(Action body)
+    {
+        if (CpuClock)
+        {
+            using var process = Process.GetCurrentProcess();
+            var before = process.TotalProcessorTime;
+            body();
+            process.Refresh();
+            return (process.TotalProcessorTime - before).TotalMilliseconds;
+        }
+        long start = Stopwatch.GetTimestamp();
+        body();
+        return Stopwatch.GetElapsedTime(start).TotalMilliseconds;
     }
 
     private static double Median(double[] samples)

@@ -22,10 +22,10 @@ internal static class TrainingStep
         var tokens = randint(0, Vocab, new long[] { Batch, Pos + 1 }, dtype: ScalarType.Int64);   // [batch, pos + 1]
         var input = tokens.narrow(1, 0, Pos);     // [batch, pos]
         var target = tokens.narrow(1, 1, Pos);    // [batch, pos]
-        Action Step(KernelBackend backend)
+        Action Step(KernelBackend backend, KernelBackend? experts = null)
         {
             manual_seed(6);
-            var model = new TinyMoeDecoder(backend);
+            var model = new TinyMoeDecoder(backend, experts ?? backend);
             var optimizer = optim.AdamW(model.parameters(), lr: 1e-3);
             return () => AttentionCases.Step(() =>
             {
@@ -37,7 +37,9 @@ internal static class TrainingStep
                 return loss;
             });
         }
-        var ms = Timing.MedianMsInterleaved([Step(KernelBackend.Native), Step(KernelBackend.Managed)], warmup: 2, repetitions: 11);
+        var ms = Timing.MedianMsInterleaved([Step(KernelBackend.Native), Step(KernelBackend.Managed),
+            Step(KernelBackend.Native, KernelBackend.Managed), Step(KernelBackend.Managed, KernelBackend.Native)], warmup: 2, repetitions: 11);
+        Console.WriteLine($"  train step: native {ms[0]:F1} ms, managed {ms[1]:F1} ms, native attention only {ms[2]:F1} ms, native experts only {ms[3]:F1} ms");
         double ours = ms[0], managed = ms[1];
         yield return new BenchResult($"train step 2L d{DModel} MoE E{Experts} top{TopK} B{Batch} T{Pos}", ours, "managed", managed);
     }
@@ -47,11 +49,12 @@ internal static class TrainingStep
         private readonly LayerNorm ln1 = nn.LayerNorm(DModel), ln2 = nn.LayerNorm(DModel);
         private readonly Linear qkv = nn.Linear(DModel, 3 * DModel), proj = nn.Linear(DModel, DModel), router = nn.Linear(DModel, Experts);
         private readonly Parameter wIn, bIn, wOut, bOut;
-        private readonly KernelBackend backend;
+        private readonly KernelBackend backend, expertBackend;
 
-        public Block(KernelBackend backend) : base("block")
+        public Block(KernelBackend backend, KernelBackend expertBackend) : base("block")
         {
             this.backend = backend;
+            this.expertBackend = expertBackend;
             wIn = nn.Parameter(randn(Experts, DModel, DMlp).div(Math.Sqrt(DModel)));
             bIn = nn.Parameter(zeros(Experts, DMlp));
             wOut = nn.Parameter(randn(Experts, DMlp, DModel).div(Math.Sqrt(DMlp)));
@@ -66,8 +69,8 @@ internal static class TrainingStep
             var z = Kernel.Attention(qkvHeads[0], qkvHeads[1], qkvHeads[2], causal: true, backend: backend).Z;        // [b, h, t, d_head]
             x = x.add(proj.forward(z.transpose(1, 2).reshape(b, t, DModel)));                                          // [b, t, d]
             var flat = ln2.forward(x).reshape(b * t, DModel);                                                          // [b*t, d]
-            var route = Kernel.RouteTopK(router.forward(flat), TopK, backend: backend);
-            var y = Kernel.ExpertMlp(flat, route.ExpertIndex, route.Gates, wIn, bIn, wOut, bOut, h => nn.functional.gelu(h), backend);
+            var route = Kernel.RouteTopK(router.forward(flat), TopK, backend: expertBackend);
+            var y = Kernel.ExpertMlp(flat, route.ExpertIndex, route.Gates, wIn, bIn, wOut, bOut, h => nn.functional.gelu(h), expertBackend);
             return x.add(y.view(b, t, DModel));
         }
     }
@@ -80,9 +83,9 @@ internal static class TrainingStep
         private readonly LayerNorm lnFinal = nn.LayerNorm(DModel);
         private readonly Linear unembed = nn.Linear(DModel, Vocab);
 
-        public TinyMoeDecoder(KernelBackend backend) : base("tiny_moe")
+        public TinyMoeDecoder(KernelBackend backend, KernelBackend expertBackend) : base("tiny_moe")
         {
-            for (int i = 0; i < Layers; i++) blocks.Add(new Block(backend));
+            for (int i = 0; i < Layers; i++) blocks.Add(new Block(backend, expertBackend));
             RegisterComponents();
         }
 

@@ -138,8 +138,7 @@ void forward(const AttentionDims& g, const float* q, const float* k, const float
             if (pattern == nullptr) continue;
             float* prow = pattern + r * tk;
             const int64_t vis = g.visible(q0 + i);
-            if (prow != srow) std::copy(srow, srow + vis, prow);
-            if (vis > 0) Ops::exp_shift(prow, vis, lse[r]);   // pattern = exp(score - lse)
+            if (vis > 0) Ops::exp_shift_to(srow, prow, vis, lse[r]);   // pattern = exp(score - lse), one pass
             std::fill(prow + vis, prow + tk, 0.0f);
         }
     });
@@ -152,13 +151,20 @@ void backward(const AttentionDims& g, const float* q, const float* k, const floa
     const int64_t heads = g.batch * g.heads;
     constexpr int64_t BQ = kAttnBlockQ, BK = kAttnBlockK;
 
-    // One task per (batch, head): dq accumulates over key blocks inside the task, so no two tasks
-    // write the same row and no atomics are needed.
-    mi::parallel_for(heads, [&](int64_t h) {
+    // Tasks are (batch, head, key-block group): dk and dv rows belong to one key block, so to one
+    // task. dq sums over key blocks: with one group per head it accumulates inside the task; when
+    // there are too few heads to feed the pool, key blocks are split into groups (strided, so causal
+    // work stays balanced) that each fill a private dq partial, summed afterwards. No atomics.
+    const int64_t nkb = (tk + BK - 1) / BK, threads = mi::ThreadPool::instance().threads();
+    const int64_t groups = heads >= 2 * threads ? 1 : std::min(nkb, (2 * threads + heads - 1) / heads);
+    std::vector<float> partial(groups > 1 ? static_cast<size_t>(heads * groups * tq * dp) : 0);   // [heads, groups, tq, dp]
+    mi::parallel_for(heads * groups, [&](int64_t task) {
+        const int64_t h = task / groups, group = task % groups;
         float* qs = scratch(3 * tq * dp + tq + BK * (3 * dp + 2 * d) + BQ * BK * 2);
         float* dos = qs + tq * dp;        // [tq, dp] dout, padded
-        float* dqa = dos + tq * dp;       // [tq, dp] dq / scale, accumulated over key blocks
-        float* delta = dqa + tq * dp;     // [tq] rowsum(dout * out)
+        float* dq_local = dos + tq * dp;  // [tq, dp] dq / scale, accumulated over key blocks
+        float* dqa = groups > 1 ? partial.data() + task * tq * dp : dq_local;
+        float* delta = dq_local + tq * dp;   // [tq] rowsum(dout * out)
         float* kp = delta + tq;           // [BK, dp] key block
         float* dka = kp + BK * dp;        // [BK, dp]
         float* dva = dka + BK * dp;       // [BK, dp]
@@ -176,7 +182,7 @@ void backward(const AttentionDims& g, const float* q, const float* k, const floa
             delta[i] = static_cast<float>(dot);
         }
 
-        for (int64_t k0 = 0; k0 < tk; k0 += BK) {
+        for (int64_t k0 = group * BK; k0 < tk; k0 += groups * BK) {
             const int64_t nk = std::min(BK, tk - k0), nkp = mi::round_up8(nk);
             const float* kh = k + (h * tk + k0) * d;
             const float* vh = v + (h * tk + k0) * d;
@@ -211,8 +217,18 @@ void backward(const AttentionDims& g, const float* q, const float* k, const floa
                     dv[(h * tk + k0 + j) * d + c] = dva[j * dp + c];
                 }
         }
+        if (groups > 1) return;
         for (int64_t i = 0; i < tq; ++i)
             for (int64_t c = 0; c < d; ++c) dq[(h * tq + i) * d + c] = dqa[i * dp + c] * g.scale;
+    });
+    if (groups == 1) return;
+    mi::parallel_for(heads, [&](int64_t h) {
+        for (int64_t i = 0; i < tq; ++i)
+            for (int64_t c = 0; c < d; ++c) {
+                float sum = 0.0f;
+                for (int64_t gi = 0; gi < groups; ++gi) sum += partial[((h * groups + gi) * tq + i) * dp + c];
+                dq[(h * tq + i) * d + c] = sum * g.scale;
+            }
     });
 }
 

@@ -25,7 +25,7 @@ inline int64_t round_up8(int64_t n) { return (n + 7) & ~int64_t{7}; }
 //   gemm: C[m, n] (+)= A[m, k] · B[k, n]. A is read through (a_row, a_col) strides so a transposed
 //         operand costs nothing; B and C are row-major and n is a multiple of 8 (callers pad).
 //   max:  the largest of x[0, n).
-//   exp_shift: x[j] = exp(x[j] - shift) for j < n, returning the sum.
+//   exp_shift: x[j] = exp(x[j] - shift) for j < n, returning the sum; exp_shift_to writes y instead.
 struct PortableOps {
     static void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
                      int64_t ldb, float* c, int64_t ldc, bool accumulate) {
@@ -44,11 +44,12 @@ struct PortableOps {
         for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
         return m;
     }
-    static float exp_shift(float* x, int64_t n, float shift) {
+    static float exp_shift(float* x, int64_t n, float shift) { return exp_shift_to(x, x, n, shift); }
+    static float exp_shift_to(const float* x, float* y, int64_t n, float shift) {
         float sum = 0.0f;
         for (int64_t j = 0; j < n; ++j) {
-            x[j] = std::exp(x[j] - shift);
-            sum += x[j];
+            y[j] = std::exp(x[j] - shift);
+            sum += y[j];
         }
         return sum;
     }
@@ -176,19 +177,20 @@ struct Avx2Ops {
         for (; j < n; ++j) r = std::max(r, x[j]);
         return r;
     }
-    MI_AVX2 static float exp_shift(float* x, int64_t n, float shift) {
+    MI_AVX2 static float exp_shift(float* x, int64_t n, float shift) { return exp_shift_to(x, x, n, shift); }
+    MI_AVX2 static float exp_shift_to(const float* x, float* y, int64_t n, float shift) {
         const __m256 s = _mm256_set1_ps(shift);
         __m256 sum = _mm256_setzero_ps();
         int64_t j = 0;
         for (; j + 8 <= n; j += 8) {
             const __m256 e = avx2::exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
-            _mm256_storeu_ps(x + j, e);
+            _mm256_storeu_ps(y + j, e);
             sum = _mm256_add_ps(sum, e);
         }
         float r = avx2::hsum(sum);
         for (; j < n; ++j) {
-            x[j] = std::exp(x[j] - shift);
-            r += x[j];
+            y[j] = std::exp(x[j] - shift);
+            r += y[j];
         }
         return r;
     }

@@ -14,7 +14,9 @@ internal static class NativeAttention
         NativeTensors.RequireFloat32Cpu(q, "q");
         NativeTensors.RequireFloat32Cpu(k, "k");
         NativeTensors.RequireFloat32Cpu(v, "v");
-        var outputs = AttentionFunction.apply(q, k, v, causal, returnPattern);
+        // Inference (no grad wanted) skips the autograd node and its bookkeeping.
+        bool wantsGrad = is_grad_enabled() && (q.requires_grad || k.requires_grad || v.requires_grad);
+        var outputs = wantsGrad ? AttentionFunction.apply(q, k, v, causal, returnPattern) : AttentionFunction.Compute(q, k, v, causal, returnPattern).Outputs;
         return returnPattern
             ? new AttentionResult(outputs[0], outputs[1], outputs[2])
             : new AttentionResult(outputs[0], null, null);
@@ -32,8 +34,20 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
 
     public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
     {
-        var (q, k, v) = (((Tensor)vars[0]).contiguous(), ((Tensor)vars[1]).contiguous(), ((Tensor)vars[2]).contiguous());
         bool causal = (bool)vars[3], returnPattern = (bool)vars[4];
+        var (outputs, saved) = Compute((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2], causal, returnPattern);
+        ctx.save_data("causal", causal);
+        ctx.save_data("returnPattern", returnPattern);
+        // Unused output gradients stay undefined instead of being materialized as [b, h, q, k] zeros.
+        ctx.set_materialize_grads(false);
+        ctx.save_for_backward(saved);
+        return outputs;
+    }
+
+    /// <summary>The kernel call: outputs [z] or [z, scores, pattern], and what the backward needs.</summary>
+    public static (List<Tensor> Outputs, List<Tensor> Saved) Compute(Tensor query, Tensor key, Tensor value, bool causal, bool returnPattern)
+    {
+        var (q, k, v) = (query.contiguous(), key.contiguous(), value.contiguous());
         long batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], tk = k.shape[2], dHead = q.shape[3];
         var z = empty_like(q);                                    // [batch, head, query, d_head]
         var lse = empty(batch, heads, tq);                        // [batch, head, query]
@@ -44,12 +58,7 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
                           batch, heads, tq, tk, dHead, causal ? 1 : 0, NativeTensors.Ptr(z), NativeTensors.Ptr(lse),
                           scores is null ? null : NativeTensors.Ptr(scores), pattern is null ? null : NativeTensors.Ptr(pattern)),
                       nameof(NativeMethods.mi_attention_forward_f32));
-        ctx.save_data("causal", causal);
-        ctx.save_data("returnPattern", returnPattern);
-        // Unused output gradients stay undefined instead of being materialized as [b, h, q, k] zeros.
-        ctx.set_materialize_grads(false);
-        ctx.save_for_backward(returnPattern ? [q, k, v, z, lse, pattern!] : [q, k, v, z, lse]);
-        return returnPattern ? [z, scores!, pattern!] : [z];
+        return (returnPattern ? [z, scores!, pattern!] : [z], returnPattern ? [q, k, v, z, lse, pattern!] : [q, k, v, z, lse]);
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads)
