@@ -31,11 +31,12 @@ foreach (var (rows, cols) in Wanted("softmax") ? new[] { (8L * 8 * 256, 256L), (
     results.Add(new BenchResult($"softmax rows {rows}x{cols}", ours, "torch.softmax", baseline));
 }
 
-// `dotnet run -- train` (or attn, moe, softmax) runs one group only, for quick iteration.
+// `dotnet run -- train` (or attn, moe, softmax, hooks) runs one group only, for quick iteration.
 bool Wanted(string group) => args.Length == 0 || args.Contains(group);
 if (Wanted("attn")) results.AddRange(AttentionCases.Run());
 if (Wanted("moe")) results.AddRange(MoeCases.Run());
 if (Wanted("train")) results.AddRange(TrainingStep.Run());
+if (Wanted("hooks")) results.AddRange(HookedModelCases.Run());
 
 Console.WriteLine();
 Console.WriteLine($"{"case",-48} {"ours ms",10} {"baseline",-16} {"base ms",10} {"speedup",8}");
