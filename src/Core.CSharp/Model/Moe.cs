@@ -80,7 +80,7 @@ public sealed class Moe : nn.Module<Tensor, Tensor>
     /// <summary>Switch Transformer balance loss α·E·Σ_e f_e·P_e (f_e: share of routed slots, P_e: mean router probability), plus z-loss.</summary>
     private Tensor AuxLoss(Tensor logits, Tensor probs, Tensor index, int experts, int k)
     {
-        using var counts = nn.functional.one_hot(index.reshape(-1), experts).to(probs.dtype).sum(0);   // [n_experts]
+        using var counts = nn.functional.one_hot(index.reshape(-1), experts).to(probs.dtype).sum(0L);   // [n_experts] (0L: a literal 0 would bind to sum(ScalarType))
         var fraction = counts.div(index.numel());                                                       // [n_experts]
         var meanProb = probs.reshape(-1, experts).mean([0L]);                                           // [n_experts]
         var loss = fraction.mul(meanProb).sum().mul(cfg.router_aux_loss_coef * experts);

@@ -44,7 +44,7 @@ public static class Router
             var place = oneHot.cumsum(0).mul(oneHot).sum(1).sub(1);          // [k * tokens]: the pair's place in its expert's queue
             keptSlotMajor = place.lt(capacity);
         }
-        var counts = oneHot.mul(keptSlotMajor.unsqueeze(1)).sum(0).data<long>().ToArray();   // [experts]
+        var counts = oneHot.mul(keptSlotMajor.unsqueeze(1).to(ScalarType.Int64)).sum(0L).to(ScalarType.Int64).data<long>().ToArray();   // [experts]
         var kept = keptSlotMajor.view(k, tokens).t().contiguous();            // [tokens, k]
         long dropped = tokens * k - counts.Sum();
         var limited = capacity == 0 ? gates.alias() : gates.mul(kept.to(gates.dtype));
