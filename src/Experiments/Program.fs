@@ -40,6 +40,17 @@ let main argv =
     Runtime.TorchRuntime.EnsureLoaded()
     printfn "MechInterp experiments, %A scale, %d threads, artifacts in %s" scale Settings.Threads out
     smokeForward ()
-    let report = Path.Combine(out, "report", "index.html")
-    printfn "no experiments are registered yet; the report will be written to %s" report
+    let clock = Diagnostics.Stopwatch.StartNew()
+    printfn "moe: do experts specialize on the toy language's features?"
+    let study =
+        match scale with
+        | Quick -> Analysis.Experts.MoeStudy.run (printfn "%s") Analysis.Experts.MoeStudy.quickSetup Analysis.Experts.MoeStudy.quickToy
+        | Full -> Analysis.Experts.MoeStudy.run (printfn "%s") Analysis.Experts.MoeStudy.fullSetup Analysis.Experts.MoeStudy.fullToy
+    let json = Analysis.Experts.MoeStudy.toJson study
+    let path = Path.Combine(out, "results", "moe.json")
+    Directory.CreateDirectory(Path.GetDirectoryName path) |> ignore
+    let temp = path + ".tmp"
+    File.WriteAllText(temp, json.ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
+    File.Move(temp, path, true)
+    printfn "moe: %.1f s, results in %s" clock.Elapsed.TotalSeconds path
     0
