@@ -13,7 +13,9 @@ if (!NativeKernels.IsAvailable)
     Console.Error.WriteLine($"bench: the native library is unavailable ({NativeKernels.UnavailableReason}); run `dotnet fsi build.fsx native`.");
     return 1;
 }
-Console.WriteLine($"threads: {Settings.Threads}, AVX2: {NativeKernels.CpuHasAvx2}");
+// Threads fixed for the whole run (MECHINTERP_THREADS, default all cores): libtorch and our pool alike.
+Settings.Threads = Settings.Threads;
+Console.WriteLine($"threads: {Settings.Threads} (libtorch {get_num_threads()}), AVX2: {NativeKernels.CpuHasAvx2}");
 
 var results = new List<BenchResult>();
 
@@ -26,9 +28,14 @@ foreach (var (rows, cols) in new[] { (8L * 8 * 256, 256L), (4096L, 1024L) })
     results.Add(new BenchResult($"softmax rows {rows}x{cols}", ours, "torch.softmax", baseline));
 }
 
-Console.WriteLine($"{"case",-36} {"ours ms",10} {"baseline",-16} {"base ms",10} {"speedup",8}");
+results.AddRange(AttentionCases.Run());
+results.AddRange(MoeCases.Run());
+results.AddRange(TrainingStep.Run());
+
+Console.WriteLine();
+Console.WriteLine($"{"case",-48} {"ours ms",10} {"baseline",-16} {"base ms",10} {"speedup",8}");
 foreach (var r in results)
-    Console.WriteLine($"{r.Case,-36} {r.OursMs,10:F3} {r.Baseline,-16} {r.BaselineMs,10:F3} {r.Speedup,8:F2}");
+    Console.WriteLine($"{r.Case,-48} {r.OursMs,10:F3} {r.Baseline,-16} {r.BaselineMs,10:F3} {r.Speedup,8:F2}");
 
 string outDir = Path.Combine(FindRoot(), "artifacts", "bench");
 Directory.CreateDirectory(outDir);

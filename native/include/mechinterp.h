@@ -48,6 +48,9 @@ MI_API mi_status mi_set_num_threads(int32_t n);
 MI_API int32_t mi_get_num_threads(void);
 /* 1 when the kernels have an AVX2/FMA path and this CPU runs it. */
 MI_API int32_t mi_cpu_has_avx2(void);
+/* enabled = 0 forces the portable kernels even where AVX2 runs (for tests and comparisons); 1 (the default)
+ * uses AVX2/FMA when mi_cpu_has_avx2(). Process-wide. */
+MI_API mi_status mi_set_simd(int32_t enabled);
 /* 1 when CUDA kernels were compiled into this library. */
 MI_API int32_t mi_has_cuda(void);
 
@@ -57,6 +60,101 @@ MI_API int32_t mi_has_cuda(void);
 MI_API mi_status mi_softmax_rows_f32(const float* x, float* y, int64_t rows, int64_t cols);
 /* Backward: dx = y * (dy - sum(dy * y, row)). y, dy, dx: [rows, cols]; dx may alias dy. */
 MI_API mi_status mi_softmax_rows_backward_f32(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);
+
+/* ---- attention: z = softmax(q k^T / sqrt(d_head) + mask) v ------------------------------------
+ * q: [batch, heads, q_len, d_head]; k, v: [batch, heads, kv_len, d_head]; all dense row-major.
+ * causal = 1 masks key j for query i when j > i + kv_len - q_len (the last query sees every key);
+ * a query that sees no key gets z = 0 and lse = -inf. */
+
+/* out: [batch, heads, q_len, d_head]; lse: [batch, heads, q_len] (log-sum-exp of the scaled scores,
+ * kept for the backward). scores and pattern, [batch, heads, q_len, kv_len], may each be NULL; when
+ * given, scores = q k^T / sqrt(d_head) with -inf where masked, pattern = exp(scores - lse). */
+MI_API mi_status mi_attention_forward_f32(const float* q, const float* k, const float* v, int64_t batch, int64_t heads,
+                                          int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* out,
+                                          float* lse, float* scores, float* pattern);
+/* Gradients from the forward's out and lse and the output gradient dout (the pattern is recomputed).
+ * dq like q; dk, dv like k. */
+MI_API mi_status mi_attention_backward_f32(const float* q, const float* k, const float* v, const float* out,
+                                           const float* lse, const float* dout, int64_t batch, int64_t heads,
+                                           int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* dq,
+                                           float* dk, float* dv);
+
+/* ---- mixture-of-experts dispatch ----------------------------------------------------------------
+ * A token t routed to k experts makes k (token, slot) pairs, pair p = t * k + s. The grouped buffer
+ * holds one row per pair, pairs of one expert contiguous, so each expert's MLP is one GEMM over its
+ * rows. row_of[p] is the row of pair p (from mi_moe_permute_i64). Every kernel validates row_of: in
+ * range, and no row shared by two pairs. */
+
+enum {
+    MI_GATING_SOFTMAX = 0,      /* gates = softmax over all experts, read at the chosen ones (Switch, GShard) */
+    MI_GATING_TOPK_SOFTMAX = 1  /* gates = softmax over the k chosen logits (Mixtral) */
+};
+
+/* logits: [tokens, experts] -> expert_index [tokens, k] (largest logit first, ties to the lower id),
+ * gates [tokens, k], counts [experts] (kept pairs per expert), kept [tokens, k] (1 or 0), *dropped.
+ * capacity = 0: no limit; else an expert keeps at most capacity pairs, every token's slot 0 before
+ * any slot 1 (as GShard), tokens in order. A dropped pair keeps its expert index, gets gate 0 and
+ * kept 0, and is counted in *dropped: reported, never silently lost. */
+MI_API mi_status mi_moe_route_f32(const float* logits, int64_t tokens, int64_t experts, int64_t k, int32_t gating,
+                                  int64_t capacity, int64_t* expert_index, float* gates, int64_t* counts, uint8_t* kept,
+                                  int64_t* dropped);
+/* dlogits [tokens, experts] from dgates [tokens, k]; dropped pairs pass no gradient. */
+MI_API mi_status mi_moe_route_backward_f32(const float* logits, const int64_t* expert_index, const uint8_t* kept,
+                                           const float* dgates, int64_t tokens, int64_t experts, int64_t k,
+                                           int32_t gating, float* dlogits);
+/* counts [experts]: pairs per expert. Rejects ids outside [0, experts). */
+MI_API mi_status mi_moe_count_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
+                                  int64_t* counts);
+/* Stable counting sort of the pairs by expert: row_of [tokens * k], offsets [experts + 1] (expert e owns
+ * rows [offsets[e], offsets[e] + count_e)). group_stride = 0: groups packed back to back; > 0: group e
+ * starts at e * group_stride (a padded layout for one batched GEMM); it must be >= every count. */
+MI_API mi_status mi_moe_permute_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
+                                    int64_t group_stride, int64_t* row_of, int64_t* offsets);
+/* grouped[row_of[t * k + s], :] = x[t, :]. x: [tokens, d]; grouped: [rows, d]; other rows untouched. */
+MI_API mi_status mi_moe_gather_f32(const float* x, const int64_t* row_of, int64_t tokens, int64_t k, int64_t d,
+                                   int64_t rows, float* grouped);
+/* dx[t, :] = sum_s dgrouped[row_of[t * k + s], :]. */
+MI_API mi_status mi_moe_gather_backward_f32(const float* dgrouped, const int64_t* row_of, int64_t tokens, int64_t k,
+                                            int64_t d, int64_t rows, float* dx);
+/* y[t, :] = sum_s gates[t, s] * grouped[row_of[t * k + s], :]. */
+MI_API mi_status mi_moe_combine_f32(const float* grouped, const float* gates, const int64_t* row_of, int64_t tokens,
+                                    int64_t k, int64_t d, int64_t rows, float* y);
+/* dgrouped[row_of[p], :] = gates[p] * dy[t, :] (rows no pair uses: 0); dgates[p] = dy[t, :] . grouped[row_of[p], :]. */
+MI_API mi_status mi_moe_combine_backward_f32(const float* grouped, const float* gates, const int64_t* row_of,
+                                             const float* dy, int64_t tokens, int64_t k, int64_t d, int64_t rows,
+                                             float* dgrouped, float* dgates);
+
+/* ---- CUDA: the same kernels on device pointers --------------------------------------------------
+ * Every mi_cuda_* function takes the arguments of its CPU twin, with every array a CUDA device (or
+ * managed) pointer, except route's *dropped, a host pointer. They validate as the CPU ones do, reject
+ * host pointers with MI_ERR_INVALID_ARGUMENT, run on the default stream and return after it finishes.
+ * In a library built without CUDA (mi_has_cuda() == 0) they return MI_ERR_UNSUPPORTED. */
+
+/* Visible CUDA devices; 0 without CUDA or without a device. */
+MI_API int32_t mi_cuda_device_count(void);
+MI_API mi_status mi_cuda_attention_forward_f32(const float* q, const float* k, const float* v, int64_t batch,
+                                               int64_t heads, int64_t q_len, int64_t kv_len, int64_t d_head,
+                                               int32_t causal, float* out, float* lse, float* scores, float* pattern);
+MI_API mi_status mi_cuda_attention_backward_f32(const float* q, const float* k, const float* v, const float* out,
+                                                const float* lse, const float* dout, int64_t batch, int64_t heads,
+                                                int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal,
+                                                float* dq, float* dk, float* dv);
+MI_API mi_status mi_cuda_moe_route_f32(const float* logits, int64_t tokens, int64_t experts, int64_t k, int32_t gating,
+                                       int64_t capacity, int64_t* expert_index, float* gates, int64_t* counts,
+                                       uint8_t* kept, int64_t* dropped);
+MI_API mi_status mi_cuda_moe_count_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
+                                       int64_t* counts);
+MI_API mi_status mi_cuda_moe_permute_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
+                                         int64_t group_stride, int64_t* row_of, int64_t* offsets);
+MI_API mi_status mi_cuda_moe_gather_f32(const float* x, const int64_t* row_of, int64_t tokens, int64_t k, int64_t d,
+                                        int64_t rows, float* grouped);
+MI_API mi_status mi_cuda_moe_gather_backward_f32(const float* dgrouped, const int64_t* row_of, int64_t tokens,
+                                                 int64_t k, int64_t d, int64_t rows, float* dx);
+MI_API mi_status mi_cuda_moe_combine_f32(const float* grouped, const float* gates, const int64_t* row_of,
+                                         int64_t tokens, int64_t k, int64_t d, int64_t rows, float* y);
+MI_API mi_status mi_cuda_moe_combine_backward_f32(const float* grouped, const float* gates, const int64_t* row_of,
+                                                  const float* dy, int64_t tokens, int64_t k, int64_t d, int64_t rows,
+                                                  float* dgrouped, float* dgates);
 
 #ifdef __cplusplus
 }

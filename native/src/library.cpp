@@ -1,9 +1,13 @@
 // Library-wide entry points: version, last error, thread setting, capabilities.
 #include "common.hpp"
 #include "parallel.hpp"
+#include "simd.hpp"
+
+#include <atomic>
 
 namespace {
 thread_local std::string last_error;
+std::atomic<bool> simd_allowed{true};
 }
 
 namespace mi {
@@ -12,6 +16,7 @@ mi_status fail(mi_status status, const std::string& message) {
     return status;
 }
 void clear_error() { last_error.clear(); }
+bool simd_enabled() { return simd_allowed.load(std::memory_order_relaxed) && mi_cpu_has_avx2() == 1; }
 }  // namespace mi
 
 extern "C" {
@@ -36,6 +41,14 @@ MI_API int32_t mi_cpu_has_avx2(void) {
 #else
     return 0;
 #endif
+}
+
+MI_API mi_status mi_set_simd(int32_t enabled) {
+    return mi::guard([&] {
+        if (enabled != 0 && enabled != 1)
+            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "simd must be 0 or 1, got " + std::to_string(enabled)};
+        simd_allowed = enabled == 1;
+    });
 }
 
 MI_API int32_t mi_has_cuda(void) {

@@ -50,6 +50,25 @@ public static class Kernel
     }
 
     /// <summary>
+    /// Top-k routing of router logits [tokens, experts]: expert indices, gates, per-expert counts,
+    /// and, with a <paramref name="capacityFactor"/>, the (token, slot) pairs dropped because their
+    /// expert was full (capacity = ceil(factor * tokens * k / experts); first choices claim it first).
+    /// Gates are differentiable in the logits on both backends.
+    /// </summary>
+    public static ExpertRouting RouteTopK(Tensor logits, int k, RouterGating gating = RouterGating.TopKSoftmax,
+                                          double? capacityFactor = null, KernelBackend? backend = null)
+    {
+        TorchRuntime.EnsureLoaded();
+        if (logits.dim() != 2) throw new ArgumentException($"router logits must be [tokens, experts], got {AttentionShapes.Shape(logits)}");
+        long tokens = logits.shape[0], experts = logits.shape[1];
+        if (k < 1 || k > experts) throw new ArgumentOutOfRangeException(nameof(k), k, $"k must be in [1, experts = {experts}], got {k}");
+        long capacity = RoutingCapacity.Of(capacityFactor, tokens, k, experts);
+        return UseNative(backend, logits) && tokens > 0
+            ? NativeRouting.Route(logits, k, gating, capacity)
+            : ManagedRouting.Route(logits, k, gating, capacity);
+    }
+
+    /// <summary>
     /// The native kernels take float32 CPU tensors; under Auto anything else (float64 gradient checks)
     /// runs the managed twin, while an explicit Native choice reports the mismatch.
     /// </summary>

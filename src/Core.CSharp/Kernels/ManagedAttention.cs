@@ -7,11 +7,18 @@ internal static class ManagedAttention
 {
     public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern)
     {
-        if (!returnPattern)
+        // libtorch's causal SDPA aligns the mask top-left; with fewer queries than keys (a KV cache) the
+        // last query must see every key, as Scores masks it, so that case takes the materialized path.
+        bool sdpaMaskAgrees = !causal || q.shape[^2] == k.shape[^2];
+        if (!returnPattern && sdpaMaskAgrees)
             return new AttentionResult(nn.functional.scaled_dot_product_attention(q, k, v, is_casual: causal), null, null);
         var scores = Scores(q, k, causal);               // [batch, head, query, key]
         var pattern = scores.softmax(-1);                // [batch, head, query, key]
-        return new AttentionResult(pattern.matmul(v), scores, pattern);
+        var z = pattern.matmul(v);                       // [batch, head, query, d_head]
+        if (returnPattern) return new AttentionResult(z, scores, pattern);
+        scores.Dispose();
+        pattern.Dispose();
+        return new AttentionResult(z, null, null);
     }
 
     /// <summary>q k^T / sqrt(d_head), with -inf above the diagonal when causal (as TransformerLens' hook_attn_scores).</summary>

@@ -67,6 +67,20 @@ internal static unsafe class NativeTensors
     /// <summary>The float data of a contiguous float32 CPU tensor.</summary>
     public static float* Ptr(Tensor t) => (float*)NativeMethods.THSTensor_data(t.Handle);
 
+    /// <summary>The data of a contiguous int64 CPU tensor.</summary>
+    public static long* LongPtr(Tensor t)
+    {
+        if (t.dtype != ScalarType.Int64) throw new ArgumentException($"expected an int64 tensor, got {t.dtype}");
+        return (long*)NativeMethods.THSTensor_data(t.Handle);
+    }
+
+    /// <summary>The data of a contiguous bool CPU tensor (one byte per element).</summary>
+    public static byte* BytePtr(Tensor t)
+    {
+        if (t.dtype != ScalarType.Bool) throw new ArgumentException($"expected a bool tensor, got {t.dtype}");
+        return (byte*)NativeMethods.THSTensor_data(t.Handle);
+    }
+
     public static void RequireFloat32Cpu(Tensor t, string name)
     {
         if (t.dtype != ScalarType.Float32)

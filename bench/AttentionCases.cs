@@ -1,0 +1,78 @@
+using MechInterp.Kernels;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace MechInterp.Bench;
+
+/// <summary>Causal float32 attention: forward, forward with the pattern, forward+backward, against libtorch.</summary>
+internal static class AttentionCases
+{
+    public static readonly (int B, int H, int T, int D)[] Shapes = [(8, 8, 256, 64), (4, 4, 1024, 64), (16, 4, 128, 32)];
+
+    /// <summary>Useful FLOPs of causal attention: q k^T and p v over the T(T+1)/2 visible pairs.</summary>
+    public static double CausalFlops(int b, int h, int t, int d) => 4.0 * b * h * d * t * (t + 1) / 2;
+
+    private static Tensor Naive(Tensor q, Tensor k, Tensor v, bool keepPattern, out Tensor? pattern)
+    {
+        long t = q.shape[2];
+        var scores = q.matmul(k.transpose(-2, -1)).div(Math.Sqrt(q.shape[3]));    // [b, h, t, t]
+        using var mask = ones(t, t, dtype: ScalarType.Bool).triu(1);
+        var p = scores.masked_fill(mask, float.NegativeInfinity).softmax(-1);      // [b, h, t, t]
+        pattern = keepPattern ? p : null;
+        return p.matmul(v);                                                         // [b, h, t, d]
+    }
+
+    public static IEnumerable<BenchResult> Run()
+    {
+        foreach (var (b, h, t, d) in Shapes)
+        {
+            using var scope = NewDisposeScope();
+            manual_seed(1);
+            var q = randn(b, h, t, d);
+            var k = randn(b, h, t, d);
+            var v = randn(b, h, t, d);
+            string shape = $"B{b} H{h} T{t} D{d}";
+            double flops = CausalFlops(b, h, t, d);
+
+            using (no_grad())
+            {
+                double ours = Timing.MedianMs(() => Step(() => Kernel.Attention(q, k, v, causal: true, backend: KernelBackend.Native).Z));
+                double sdpa = Timing.MedianMs(() => Step(() => nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true)));
+                double naive = Timing.MedianMs(() => Step(() => Naive(q, k, v, false, out _)));
+                Console.WriteLine($"  attention fwd {shape}: {flops / ours / 1e6:F1} GFLOP/s (useful causal FLOPs)");
+                yield return new BenchResult($"attn fwd causal {shape}", ours, "sdpa", sdpa);
+                yield return new BenchResult($"attn fwd causal {shape}", ours, "naive", naive);
+
+                double oursP = Timing.MedianMs(() => Step(() =>
+                {
+                    var r = Kernel.Attention(q, k, v, causal: true, returnPattern: true, backend: KernelBackend.Native);
+                    return r.Pattern!;
+                }));
+                double naiveP = Timing.MedianMs(() => Step(() => { Naive(q, k, v, true, out var p); return p!; }));
+                yield return new BenchResult($"attn fwd+pattern {shape}", oursP, "naive", naiveP);
+            }
+
+            var w = randn(b, h, t, d);
+            double oursFb = Timing.MedianMs(() => Step(() => FwdBwd(q, k, v, w, (qq, kk, vv) =>
+                Kernel.Attention(qq, kk, vv, causal: true, backend: KernelBackend.Native).Z)));
+            double sdpaFb = Timing.MedianMs(() => Step(() => FwdBwd(q, k, v, w, (qq, kk, vv) =>
+                nn.functional.scaled_dot_product_attention(qq, kk, vv, is_casual: true))));
+            Console.WriteLine($"  attention fwd+bwd {shape}: {3.5 * flops / oursFb / 1e6:F1} GFLOP/s (fwd + 2.5x for bwd)");
+            yield return new BenchResult($"attn fwd+bwd causal {shape}", oursFb, "sdpa", sdpaFb);
+        }
+    }
+
+    private static Tensor FwdBwd(Tensor q, Tensor k, Tensor v, Tensor w, Func<Tensor, Tensor, Tensor, Tensor> attention)
+    {
+        var (qq, kk, vv) = (q.detach().requires_grad_(), k.detach().requires_grad_(), v.detach().requires_grad_());
+        attention(qq, kk, vv).mul(w).sum().backward();
+        return qq.grad!;
+    }
+
+    /// <summary>One timed repetition: its temporaries are freed before the next.</summary>
+    public static void Step(Func<Tensor> body)
+    {
+        using var scope = NewDisposeScope();
+        body();
+    }
+}

@@ -1,0 +1,285 @@
+// Fused scaled dot-product attention on the CPU: online softmax over key blocks (the score matrix
+// is never materialized unless the caller asks for it), log-sum-exp saved for a backward that
+// recomputes the pattern block by block. Layout: [batch, head, pos, d_head], dense float32.
+#include "attention.hpp"
+#include "common.hpp"
+#include "parallel.hpp"
+#include "simd.hpp"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using mi::AttentionDims;
+using mi::kAttnBlockK;
+using mi::kAttnBlockQ;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Rows per GEMM call on diagonal blocks: the AVX2 tile height, so masked columns are skipped per tile.
+constexpr int64_t kStrip = 6;
+
+// Per-thread scratch reused across tasks and calls: no allocation in the hot loop.
+float* scratch(size_t floats) {
+    thread_local std::vector<float> buffer;
+    if (buffer.size() < floats) buffer.resize(floats);
+    return buffer.data();
+}
+
+// Scaled copy of rows [0, n) of a [*, d] matrix into a [*, dp] one with zero padding columns.
+void copy_rows_padded(const float* src, int64_t n, int64_t d, int64_t dp, float scale, float* dst) {
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t c = 0; c < d; ++c) dst[i * dp + c] = src[i * d + c] * scale;
+        for (int64_t c = d; c < dp; ++c) dst[i * dp + c] = 0.0f;
+    }
+}
+
+// K^T of one key block, [d, kAttnBlockK], columns past the last key zero, so that the scores of a
+// query block are one row-major GEMM with the key index contiguous.
+void transpose_block(const float* src, int64_t nk, int64_t d, float* dst) {
+    for (int64_t c = 0; c < d; ++c) {
+        float* row = dst + c * kAttnBlockK;
+        for (int64_t j = 0; j < nk; ++j) row[j] = src[j * d + c];
+        for (int64_t j = nk; j < kAttnBlockK; ++j) row[j] = 0.0f;
+    }
+}
+
+template <class Ops>
+void forward(const AttentionDims& g, const float* q, const float* k, const float* v, float* out, float* lse,
+             float* scores, float* pattern) {
+    const int64_t d = g.d_head, dp = mi::round_up8(d), tq = g.q_len, tk = g.kv_len;
+    const int64_t nkb = (tk + kAttnBlockK - 1) / kAttnBlockK, nqb = (tq + kAttnBlockQ - 1) / kAttnBlockQ;
+    const int64_t heads = g.batch * g.heads;
+
+    // Packed once per call, shared by every query block of a head. The buffers live on the calling
+    // thread across calls: fresh pages for every call cost more page faults than the packing itself.
+    const bool pad_v = dp != d;
+    thread_local std::vector<float> packed;
+    const size_t kt_size = static_cast<size_t>(heads * nkb * d * kAttnBlockK), v_size = pad_v ? static_cast<size_t>(heads * tk * dp) : 0;
+    if (packed.size() < kt_size + v_size) packed.resize(kt_size + v_size);
+    float* kt = packed.data();              // [heads, nkb, d, BlockK]
+    float* vpad = packed.data() + kt_size;  // [heads, tk, dp] when d is not a multiple of 8
+    mi::parallel_for(heads, [&](int64_t h) {
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+            const int64_t k0 = kb * kAttnBlockK, nk = std::min(kAttnBlockK, tk - k0);
+            transpose_block(k + (h * tk + k0) * d, nk, d, kt + (h * nkb + kb) * d * kAttnBlockK);
+        }
+        if (pad_v) copy_rows_padded(v + h * tk * d, tk, d, dp, 1.0f, vpad + h * tk * dp);
+    });
+    const float* vp = pad_v ? vpad : v;
+    float* score_rows = scores != nullptr ? scores : pattern;   // the pattern is computed in place from scores
+
+    mi::parallel_for(heads * nqb, [&](int64_t task) {
+        // Last query blocks first: under a causal mask they see the most keys, so the pool ends balanced.
+        const int64_t h = task / nqb, qb = nqb - 1 - task % nqb;
+        const int64_t q0 = qb * kAttnBlockQ, nq = std::min(kAttnBlockQ, tq - q0);
+        float* qs = scratch(kAttnBlockQ * (2 * dp + kAttnBlockK + 2));
+        float* acc = qs + kAttnBlockQ * dp;          // [BlockQ, dp] unnormalized output
+        float* s = acc + kAttnBlockQ * dp;           // [BlockQ, BlockK] scores, then probabilities
+        float* row_max = s + kAttnBlockQ * kAttnBlockK;
+        float* row_sum = row_max + kAttnBlockQ;
+        copy_rows_padded(q + (h * tq + q0) * d, nq, d, dp, g.scale, qs);   // q / sqrt(d): scores come out scaled
+        std::fill(acc, acc + nq * dp, 0.0f);
+        std::fill(row_max, row_max + nq, kNegInf);
+        std::fill(row_sum, row_sum + nq, 0.0f);
+
+        const int64_t kv_end = g.causal ? std::clamp<int64_t>(q0 + nq + g.offset(), 0, tk) : tk;
+        for (int64_t k0 = 0; k0 < kv_end; k0 += kAttnBlockK) {   // blocks past kv_end are fully masked: skipped
+            const int64_t nk = std::min(kAttnBlockK, tk - k0), nkp = mi::round_up8(nk);
+            const float* ktb = kt + (h * nkb + k0 / kAttnBlockK) * d * kAttnBlockK;
+            // On the diagonal, each 6-row strip computes only the key columns its last row sees.
+            const bool diagonal = g.visible(q0) - k0 < nk;
+            if (!diagonal) Ops::gemm(nq, nkp, d, qs, dp, 1, ktb, kAttnBlockK, s, kAttnBlockK, false);
+            for (int64_t i0 = 0; diagonal && i0 < nq; i0 += kStrip) {
+                const int64_t seen = std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + kStrip) - 1) - k0, 0, nk);
+                Ops::gemm(std::min(kStrip, nq - i0), mi::round_up8(seen), d, qs + i0 * dp, dp, 1, ktb, kAttnBlockK,
+                          s + i0 * kAttnBlockK, kAttnBlockK, false);
+            }
+            for (int64_t i = 0; i < nq; ++i) {
+                float* row = s + i * kAttnBlockK;
+                const int64_t vis = std::clamp<int64_t>(g.visible(q0 + i) - k0, 0, nk);
+                if (score_rows != nullptr) {
+                    float* dst = score_rows + ((h * tq + q0 + i) * tk + k0);
+                    std::copy(row, row + vis, dst);
+                    std::fill(dst + vis, dst + nk, kNegInf);
+                }
+                if (vis == 0) {
+                    std::fill(row, row + nkp, 0.0f);
+                    continue;
+                }
+                const float m = std::max(row_max[i], Ops::max(row, vis));
+                const float alpha = row_max[i] == kNegInf ? 0.0f : std::exp(row_max[i] - m);
+                const float sum = Ops::exp_shift(row, vis, m);
+                std::fill(row + vis, row + nkp, 0.0f);
+                row_sum[i] = row_sum[i] * alpha + sum;
+                row_max[i] = m;
+                if (alpha != 1.0f)
+                    for (int64_t c = 0; c < dp; ++c) acc[i * dp + c] *= alpha;
+            }
+            const float* vb = vp + (h * tk + k0) * dp;
+            if (!diagonal) Ops::gemm(nq, dp, nk, s, kAttnBlockK, 1, vb, dp, acc, dp, true);
+            for (int64_t i0 = 0; diagonal && i0 < nq; i0 += kStrip) {
+                const int64_t seen = std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + kStrip) - 1) - k0, 0, nk);
+                Ops::gemm(std::min(kStrip, nq - i0), dp, seen, s + i0 * kAttnBlockK, kAttnBlockK, 1, vb, dp,
+                          acc + i0 * dp, dp, true);
+            }
+        }
+
+        for (int64_t i = 0; i < nq; ++i) {
+            const int64_t r = h * tq + q0 + i;
+            // A row that sees no key at all (causal with q_len > kv_len) gets z = 0 and lse = -inf.
+            const float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;
+            for (int64_t c = 0; c < d; ++c) out[r * d + c] = acc[i * dp + c] * inv;
+            lse[r] = row_sum[i] > 0.0f ? row_max[i] + std::log(row_sum[i]) : kNegInf;
+            if (score_rows == nullptr) continue;
+            float* srow = score_rows + r * tk;
+            std::fill(srow + std::max<int64_t>(kv_end, 0), srow + tk, kNegInf);
+            if (pattern == nullptr) continue;
+            float* prow = pattern + r * tk;
+            const int64_t vis = g.visible(q0 + i);
+            if (prow != srow) std::copy(srow, srow + vis, prow);
+            if (vis > 0) Ops::exp_shift(prow, vis, lse[r]);   // pattern = exp(score - lse)
+            std::fill(prow + vis, prow + tk, 0.0f);
+        }
+    });
+}
+
+template <class Ops>
+void backward(const AttentionDims& g, const float* q, const float* k, const float* v, const float* out,
+              const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+    const int64_t d = g.d_head, dp = mi::round_up8(d), tq = g.q_len, tk = g.kv_len;
+    const int64_t heads = g.batch * g.heads;
+    constexpr int64_t BQ = kAttnBlockQ, BK = kAttnBlockK;
+
+    // One task per (batch, head): dq accumulates over key blocks inside the task, so no two tasks
+    // write the same row and no atomics are needed.
+    mi::parallel_for(heads, [&](int64_t h) {
+        float* qs = scratch(3 * tq * dp + tq + BK * (3 * dp + 2 * d) + BQ * BK * 2);
+        float* dos = qs + tq * dp;        // [tq, dp] dout, padded
+        float* dqa = dos + tq * dp;       // [tq, dp] dq / scale, accumulated over key blocks
+        float* delta = dqa + tq * dp;     // [tq] rowsum(dout * out)
+        float* kp = delta + tq;           // [BK, dp] key block
+        float* dka = kp + BK * dp;        // [BK, dp]
+        float* dva = dka + BK * dp;       // [BK, dp]
+        float* kt = dva + BK * dp;        // [d, BK]
+        float* vt = kt + d * BK;          // [d, BK]
+        float* p = vt + d * BK;           // [BQ, BK] probabilities
+        float* ds = p + BQ * BK;          // [BQ, BK] dP, then dS
+        const float* qh = q + h * tq * d;
+        copy_rows_padded(qh, tq, d, dp, g.scale, qs);
+        copy_rows_padded(dout + h * tq * d, tq, d, dp, 1.0f, dos);
+        std::fill(dqa, dqa + tq * dp, 0.0f);
+        for (int64_t i = 0; i < tq; ++i) {
+            double dot = 0.0;
+            for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(dout[(h * tq + i) * d + c]) * out[(h * tq + i) * d + c];
+            delta[i] = static_cast<float>(dot);
+        }
+
+        for (int64_t k0 = 0; k0 < tk; k0 += BK) {
+            const int64_t nk = std::min(BK, tk - k0), nkp = mi::round_up8(nk);
+            const float* kh = k + (h * tk + k0) * d;
+            const float* vh = v + (h * tk + k0) * d;
+            copy_rows_padded(kh, nk, d, dp, 1.0f, kp);
+            transpose_block(kh, nk, d, kt);
+            transpose_block(vh, nk, d, vt);
+            std::fill(dka, dka + nk * dp, 0.0f);
+            std::fill(dva, dva + nk * dp, 0.0f);
+            // Under a causal mask, query rows before k0 - offset see none of these keys.
+            const int64_t first = g.causal ? std::clamp<int64_t>(k0 - g.offset(), 0, tq) : 0;
+            for (int64_t q0 = (first / BQ) * BQ; q0 < tq; q0 += BQ) {
+                const int64_t nq = std::min(BQ, tq - q0);
+                Ops::gemm(nq, nkp, d, qs + q0 * dp, dp, 1, kt, BK, p, BK, false);   // scaled scores
+                for (int64_t i = 0; i < nq; ++i) {
+                    float* row = p + i * BK;
+                    const int64_t vis = std::clamp<int64_t>(g.visible(q0 + i) - k0, 0, nk);
+                    if (vis > 0) Ops::exp_shift(row, vis, lse[h * tq + q0 + i]);   // P = exp(S - lse)
+                    std::fill(row + vis, row + nkp, 0.0f);
+                }
+                Ops::gemm(nk, dp, nq, p, 1, BK, dos + q0 * dp, dp, dva, dp, true);   // dV += P^T dO
+                Ops::gemm(nq, nkp, d, dos + q0 * dp, dp, 1, vt, BK, ds, BK, false);   // dP = dO V^T
+                for (int64_t i = 0; i < nq; ++i) {
+                    const float di = delta[q0 + i];
+                    for (int64_t j = 0; j < nkp; ++j) ds[i * BK + j] = p[i * BK + j] * (ds[i * BK + j] - di);   // dS
+                }
+                Ops::gemm(nk, dp, nq, ds, 1, BK, qs + q0 * dp, dp, dka, dp, true);    // dK += dS^T (q * scale)
+                Ops::gemm(nq, dp, nk, ds, BK, 1, kp, dp, dqa + q0 * dp, dp, true);    // dQ += dS K (scaled below)
+            }
+            for (int64_t j = 0; j < nk; ++j)
+                for (int64_t c = 0; c < d; ++c) {
+                    dk[(h * tk + k0 + j) * d + c] = dka[j * dp + c];
+                    dv[(h * tk + k0 + j) * d + c] = dva[j * dp + c];
+                }
+        }
+        for (int64_t i = 0; i < tq; ++i)
+            for (int64_t c = 0; c < d; ++c) dq[(h * tq + i) * d + c] = dqa[i * dp + c] * g.scale;
+    });
+}
+
+}  // namespace
+
+namespace mi {
+
+AttentionDims check_attention(int64_t batch, int64_t heads, int64_t q_len, int64_t kv_len, int64_t d_head,
+                              int32_t causal, bool with_pattern) {
+    require_positive(batch, "batch");
+    require_positive(heads, "heads");
+    require_positive(q_len, "q_len");
+    require_positive(kv_len, "kv_len");
+    require_positive(d_head, "d_head");
+    if (causal != 0 && causal != 1)
+        throw Error{MI_ERR_INVALID_ARGUMENT, "causal must be 0 or 1, got " + std::to_string(causal)};
+    const int64_t bh = checked_mul(batch, heads, "batch * heads");
+    // Padded and transposed copies stay within int64 too: bound every buffer product with slack.
+    checked_mul(checked_mul(bh, std::max(q_len, kv_len) + kAttnBlockK, "batch * heads * (pos + block)"),
+                d_head + 8, "batch * heads * pos * d_head");
+    if (with_pattern) checked_mul(checked_mul(bh, q_len, "batch * heads * q_len"), kv_len, "batch * heads * q_len * kv_len");
+    AttentionDims g;
+    g.batch = batch;
+    g.heads = heads;
+    g.q_len = q_len;
+    g.kv_len = kv_len;
+    g.d_head = d_head;
+    g.causal = causal == 1;
+    g.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_head)));
+    return g;
+}
+
+}  // namespace mi
+
+extern "C" {
+
+MI_API mi_status mi_attention_forward_f32(const float* q, const float* k, const float* v, int64_t batch, int64_t heads,
+                                          int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* out,
+                                          float* lse, float* scores, float* pattern) {
+    return mi::guard([&] {
+        mi::require_pointer(q, "q");
+        mi::require_pointer(k, "k");
+        mi::require_pointer(v, "v");
+        mi::require_pointer(out, "out");
+        mi::require_pointer(lse, "lse");
+        const auto g = mi::check_attention(batch, heads, q_len, kv_len, d_head, causal, scores || pattern);
+        mi::dispatch_simd([&](auto ops) { forward<decltype(ops)>(g, q, k, v, out, lse, scores, pattern); });
+    });
+}
+
+MI_API mi_status mi_attention_backward_f32(const float* q, const float* k, const float* v, const float* out,
+                                           const float* lse, const float* dout, int64_t batch, int64_t heads,
+                                           int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* dq,
+                                           float* dk, float* dv) {
+    return mi::guard([&] {
+        mi::require_pointer(q, "q");
+        mi::require_pointer(k, "k");
+        mi::require_pointer(v, "v");
+        mi::require_pointer(out, "out");
+        mi::require_pointer(lse, "lse");
+        mi::require_pointer(dout, "dout");
+        mi::require_pointer(dq, "dq");
+        mi::require_pointer(dk, "dk");
+        mi::require_pointer(dv, "dv");
+        const auto g = mi::check_attention(batch, heads, q_len, kv_len, d_head, causal, false);
+        mi::dispatch_simd([&](auto ops) { backward<decltype(ops)>(g, q, k, v, out, lse, dout, dq, dk, dv); });
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,323 @@
+// Mixture-of-experts dispatch: top-k routing with an optional capacity, a counting sort of
+// (token, slot) pairs into per-expert groups, gather into the grouped layout and the gate-weighted
+// combine back, with their backwards. Every write loop runs over tokens, so two threads never
+// write the same row: no atomics. The expert MLPs themselves run as GEMMs in the caller.
+#include "common.hpp"
+#include "moe.hpp"
+#include "parallel.hpp"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kTokensPerTask = 128;
+
+template <class Fn>
+void for_tokens(int64_t tokens, Fn&& fn) {
+    const int64_t tasks = (tokens + kTokensPerTask - 1) / kTokensPerTask;
+    mi::parallel_for(tasks, [&](int64_t t) {
+        const int64_t end = std::min(tokens, (t + 1) * kTokensPerTask);
+        for (int64_t i = t * kTokensPerTask; i < end; ++i) fn(i);
+    });
+}
+
+// The k largest logits of one token, descending; ties go to the lower expert id.
+void top_k(const float* logits, int64_t experts, int64_t k, int64_t* index) {
+    for (int64_t s = 0; s < k; ++s) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < experts; ++e) {
+            bool taken = false;
+            for (int64_t p = 0; p < s; ++p) taken = taken || index[p] == e;
+            if (!taken && (best < 0 || logits[e] > logits[best])) best = e;
+        }
+        index[s] = best;
+    }
+}
+
+// The gates of one token before any drop: softmax over all experts read at the chosen ones, or
+// softmax over the chosen logits only (Mixtral). Also used by the backward to recompute them.
+void gates_of(const float* logits, int64_t experts, int64_t k, int32_t gating, const int64_t* index, float* gates) {
+    float max = -std::numeric_limits<float>::infinity();
+    if (gating == MI_GATING_SOFTMAX)
+        for (int64_t e = 0; e < experts; ++e) max = std::max(max, logits[e]);
+    else
+        for (int64_t s = 0; s < k; ++s) max = std::max(max, logits[index[s]]);
+    double sum = 0.0;
+    if (gating == MI_GATING_SOFTMAX)
+        for (int64_t e = 0; e < experts; ++e) sum += std::exp(static_cast<double>(logits[e]) - max);
+    else
+        for (int64_t s = 0; s < k; ++s) sum += std::exp(static_cast<double>(logits[index[s]]) - max);
+    for (int64_t s = 0; s < k; ++s) gates[s] = static_cast<float>(std::exp(static_cast<double>(logits[index[s]]) - max) / sum);
+}
+
+void check_gating(int32_t gating) {
+    if (gating != MI_GATING_SOFTMAX && gating != MI_GATING_TOPK_SOFTMAX)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "gating must be 0 (softmax) or 1 (top-k softmax), got " + std::to_string(gating)};
+}
+
+void check_route_sizes(int64_t tokens, int64_t experts, int64_t k) {
+    mi::require_positive(tokens, "tokens");
+    mi::require_positive(experts, "experts");
+    mi::require_positive(k, "k");
+    if (k > experts)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "k (" + std::to_string(k) + ") must be at most experts (" + std::to_string(experts) + ")"};
+    mi::checked_mul(tokens, experts, "tokens * experts");
+}
+
+// Validates row_of against the grouped buffer: every row in [0, rows) and no two pairs on one row
+// (a shared row would be a write race). Returns which rows are used.
+std::vector<uint8_t> check_rows(const int64_t* row_of, int64_t pairs, int64_t rows) {
+    std::vector<uint8_t> used(static_cast<size_t>(rows), 0);
+    for (int64_t p = 0; p < pairs; ++p) {
+        const int64_t r = row_of[p];
+        if (r < 0 || r >= rows)
+            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "row_of[" + std::to_string(p) + "] = " + std::to_string(r) +
+                                                         " is outside the grouped buffer [0, " + std::to_string(rows) + ")"};
+        if (used[r])
+            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "row " + std::to_string(r) + " is the target of two pairs (row_of[" +
+                                                         std::to_string(p) + "])"};
+        used[r] = 1;
+    }
+    return used;
+}
+
+void check_dispatch_sizes(int64_t tokens, int64_t k, int64_t d, int64_t rows) {
+    mi::require_positive(tokens, "tokens");
+    mi::require_positive(k, "k");
+    mi::require_positive(d, "d");
+    mi::require_positive(rows, "rows");
+    mi::checked_mul(tokens, d, "tokens * d");
+    mi::checked_mul(rows, d, "rows * d");
+    const int64_t pairs = mi::checked_mul(tokens, k, "tokens * k");
+    if (rows < pairs)
+        throw mi::Error{MI_ERR_INVALID_SIZE, "rows (" + std::to_string(rows) + ") must hold every pair: tokens * k = " + std::to_string(pairs)};
+}
+
+}  // namespace
+
+namespace mi {
+
+void count_experts(const int64_t* expert_index, int64_t pairs, int64_t k, int64_t experts, int64_t* counts) {
+    std::fill(counts, counts + experts, int64_t{0});
+    for (int64_t p = 0; p < pairs; ++p) {
+        const int64_t e = expert_index[p];
+        if (e < 0 || e >= experts)
+            throw Error{MI_ERR_INVALID_ARGUMENT, "expert index " + std::to_string(e) + " at token " + std::to_string(p / k) +
+                                                     " slot " + std::to_string(p % k) + " is out of range [0, " +
+                                                     std::to_string(experts) + ")"};
+        ++counts[e];
+    }
+}
+
+}  // namespace mi
+
+extern "C" {
+
+MI_API mi_status mi_moe_route_f32(const float* logits, int64_t tokens, int64_t experts, int64_t k, int32_t gating,
+                                  int64_t capacity, int64_t* expert_index, float* gates, int64_t* counts, uint8_t* kept,
+                                  int64_t* dropped) {
+    return mi::guard([&] {
+        mi::require_pointer(logits, "logits");
+        mi::require_pointer(expert_index, "expert_index");
+        mi::require_pointer(gates, "gates");
+        mi::require_pointer(counts, "counts");
+        mi::require_pointer(kept, "kept");
+        mi::require_pointer(dropped, "dropped");
+        check_route_sizes(tokens, experts, k);
+        check_gating(gating);
+        if (capacity < 0) throw mi::Error{MI_ERR_INVALID_ARGUMENT, "capacity must be 0 (no limit) or positive, got " + std::to_string(capacity)};
+        for_tokens(tokens, [&](int64_t t) {
+            top_k(logits + t * experts, experts, k, expert_index + t * k);
+            gates_of(logits + t * experts, experts, k, gating, expert_index + t * k, gates + t * k);
+        });
+        // Capacity in GShard's order: every token's first choice before any second choice.
+        std::fill(counts, counts + experts, int64_t{0});
+        *dropped = 0;
+        for (int64_t s = 0; s < k; ++s)
+            for (int64_t t = 0; t < tokens; ++t) {
+                const int64_t p = t * k + s, e = expert_index[p];
+                const bool keep = capacity == 0 || counts[e] < capacity;
+                kept[p] = keep ? 1 : 0;
+                if (keep) {
+                    ++counts[e];
+                } else {
+                    gates[p] = 0.0f;
+                    ++*dropped;
+                }
+            }
+    });
+}
+
+MI_API mi_status mi_moe_route_backward_f32(const float* logits, const int64_t* expert_index, const uint8_t* kept,
+                                           const float* dgates, int64_t tokens, int64_t experts, int64_t k,
+                                           int32_t gating, float* dlogits) {
+    return mi::guard([&] {
+        mi::require_pointer(logits, "logits");
+        mi::require_pointer(expert_index, "expert_index");
+        mi::require_pointer(kept, "kept");
+        mi::require_pointer(dgates, "dgates");
+        mi::require_pointer(dlogits, "dlogits");
+        check_route_sizes(tokens, experts, k);
+        check_gating(gating);
+        std::vector<int64_t> counts(static_cast<size_t>(experts));
+        mi::count_experts(expert_index, mi::checked_mul(tokens, k, "tokens * k"), k, experts, counts.data());
+        for_tokens(tokens, [&](int64_t t) {
+            const float* l = logits + t * experts;
+            const int64_t* idx = expert_index + t * k;
+            float* dl = dlogits + t * experts;
+            std::vector<float> g(static_cast<size_t>(k));
+            gates_of(l, experts, k, gating, idx, g.data());
+            // A dropped pair's gate is the constant 0: it passes no gradient.
+            double weighted = 0.0;
+            for (int64_t s = 0; s < k; ++s)
+                if (kept[t * k + s]) weighted += static_cast<double>(dgates[t * k + s]) * g[s];
+            std::fill(dl, dl + experts, 0.0f);
+            if (gating == MI_GATING_SOFTMAX) {
+                // gate_s = p[e_s] with p = softmax(l): dl_j = p_j (sum_{e_s = j} dg_s - sum_s dg_s p[e_s]).
+                float max = -std::numeric_limits<float>::infinity();
+                for (int64_t e = 0; e < experts; ++e) max = std::max(max, l[e]);
+                double sum = 0.0;
+                for (int64_t e = 0; e < experts; ++e) sum += std::exp(static_cast<double>(l[e]) - max);
+                for (int64_t e = 0; e < experts; ++e) {
+                    const double pe = std::exp(static_cast<double>(l[e]) - max) / sum;
+                    dl[e] = static_cast<float>(-pe * weighted);
+                }
+                for (int64_t s = 0; s < k; ++s)
+                    if (kept[t * k + s]) dl[idx[s]] += dgates[t * k + s] * g[s];
+            } else {
+                // gate_s = softmax over the chosen logits: dl_{e_s} = g_s (dg_s - sum_r dg_r g_r), others 0.
+                for (int64_t s = 0; s < k; ++s)
+                    dl[idx[s]] = static_cast<float>(g[s] * ((kept[t * k + s] ? dgates[t * k + s] : 0.0f) - weighted));
+            }
+        });
+    });
+}
+
+MI_API mi_status mi_moe_count_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
+                                  int64_t* counts) {
+    return mi::guard([&] {
+        mi::require_pointer(expert_index, "expert_index");
+        mi::require_pointer(counts, "counts");
+        mi::require_positive(tokens, "tokens");
+        mi::require_positive(k, "k");
+        mi::require_positive(experts, "experts");
+        mi::count_experts(expert_index, mi::checked_mul(tokens, k, "tokens * k"), k, experts, counts);
+    });
+}
+
+MI_API mi_status mi_moe_permute_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
+                                    int64_t group_stride, int64_t* row_of, int64_t* offsets) {
+    return mi::guard([&] {
+        mi::require_pointer(expert_index, "expert_index");
+        mi::require_pointer(row_of, "row_of");
+        mi::require_pointer(offsets, "offsets");
+        mi::require_positive(tokens, "tokens");
+        mi::require_positive(k, "k");
+        mi::require_positive(experts, "experts");
+        if (group_stride < 0) throw mi::Error{MI_ERR_INVALID_SIZE, "group_stride must be 0 or positive, got " + std::to_string(group_stride)};
+        const int64_t pairs = mi::checked_mul(tokens, k, "tokens * k");
+        std::vector<int64_t> counts(static_cast<size_t>(experts));
+        mi::count_experts(expert_index, pairs, k, experts, counts.data());
+        offsets[0] = 0;
+        for (int64_t e = 0; e < experts; ++e) {
+            if (group_stride > 0 && counts[e] > group_stride)
+                throw mi::Error{MI_ERR_INVALID_ARGUMENT, "expert " + std::to_string(e) + " has " + std::to_string(counts[e]) +
+                                                             " pairs, more than group_stride = " + std::to_string(group_stride)};
+            offsets[e + 1] = group_stride > 0 ? mi::checked_mul(e + 1, group_stride, "experts * group_stride")
+                                              : offsets[e] + counts[e];
+        }
+        // Counting sort, stable: within a group, pairs keep token order.
+        std::vector<int64_t> next(offsets, offsets + experts);
+        for (int64_t p = 0; p < pairs; ++p) row_of[p] = next[expert_index[p]]++;
+    });
+}
+
+MI_API mi_status mi_moe_gather_f32(const float* x, const int64_t* row_of, int64_t tokens, int64_t k, int64_t d,
+                                   int64_t rows, float* grouped) {
+    return mi::guard([&] {
+        mi::require_pointer(x, "x");
+        mi::require_pointer(row_of, "row_of");
+        mi::require_pointer(grouped, "grouped");
+        check_dispatch_sizes(tokens, k, d, rows);
+        check_rows(row_of, tokens * k, rows);
+        for_tokens(tokens, [&](int64_t t) {
+            for (int64_t s = 0; s < k; ++s) std::copy(x + t * d, x + (t + 1) * d, grouped + row_of[t * k + s] * d);
+        });
+    });
+}
+
+MI_API mi_status mi_moe_gather_backward_f32(const float* dgrouped, const int64_t* row_of, int64_t tokens, int64_t k,
+                                            int64_t d, int64_t rows, float* dx) {
+    return mi::guard([&] {
+        mi::require_pointer(dgrouped, "dgrouped");
+        mi::require_pointer(row_of, "row_of");
+        mi::require_pointer(dx, "dx");
+        check_dispatch_sizes(tokens, k, d, rows);
+        check_rows(row_of, tokens * k, rows);
+        for_tokens(tokens, [&](int64_t t) {
+            float* out = dx + t * d;
+            std::copy(dgrouped + row_of[t * k] * d, dgrouped + (row_of[t * k] + 1) * d, out);
+            for (int64_t s = 1; s < k; ++s) {
+                const float* src = dgrouped + row_of[t * k + s] * d;
+                for (int64_t c = 0; c < d; ++c) out[c] += src[c];
+            }
+        });
+    });
+}
+
+MI_API mi_status mi_moe_combine_f32(const float* grouped, const float* gates, const int64_t* row_of, int64_t tokens,
+                                    int64_t k, int64_t d, int64_t rows, float* y) {
+    return mi::guard([&] {
+        mi::require_pointer(grouped, "grouped");
+        mi::require_pointer(gates, "gates");
+        mi::require_pointer(row_of, "row_of");
+        mi::require_pointer(y, "y");
+        check_dispatch_sizes(tokens, k, d, rows);
+        check_rows(row_of, tokens * k, rows);
+        for_tokens(tokens, [&](int64_t t) {
+            float* out = y + t * d;
+            std::fill(out, out + d, 0.0f);
+            for (int64_t s = 0; s < k; ++s) {
+                const float g = gates[t * k + s];
+                const float* src = grouped + row_of[t * k + s] * d;
+                for (int64_t c = 0; c < d; ++c) out[c] += g * src[c];
+            }
+        });
+    });
+}
+
+MI_API mi_status mi_moe_combine_backward_f32(const float* grouped, const float* gates, const int64_t* row_of,
+                                             const float* dy, int64_t tokens, int64_t k, int64_t d, int64_t rows,
+                                             float* dgrouped, float* dgates) {
+    return mi::guard([&] {
+        mi::require_pointer(grouped, "grouped");
+        mi::require_pointer(gates, "gates");
+        mi::require_pointer(row_of, "row_of");
+        mi::require_pointer(dy, "dy");
+        mi::require_pointer(dgrouped, "dgrouped");
+        mi::require_pointer(dgates, "dgates");
+        check_dispatch_sizes(tokens, k, d, rows);
+        const auto used = check_rows(row_of, tokens * k, rows);
+        // Padding rows of a batched layout get no gradient.
+        for (int64_t r = 0; r < rows; ++r)
+            if (!used[r]) std::fill(dgrouped + r * d, dgrouped + (r + 1) * d, 0.0f);
+        for_tokens(tokens, [&](int64_t t) {
+            const float* g = dy + t * d;
+            for (int64_t s = 0; s < k; ++s) {
+                const int64_t p = t * k + s;
+                const float* src = grouped + row_of[p] * d;
+                float* dst = dgrouped + row_of[p] * d;
+                double dot = 0.0;
+                for (int64_t c = 0; c < d; ++c) {
+                    dst[c] = gates[p] * g[c];
+                    dot += static_cast<double>(g[c]) * src[c];
+                }
+                dgates[p] = static_cast<float>(dot);
+            }
+        });
+    });
+}
+
+}  // extern "C"

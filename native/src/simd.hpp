@@ -1,0 +1,211 @@
+// The two inner-loop back ends the blocked kernels are written against: a portable one (plain
+// loops the compiler may vectorize for the baseline ISA) and an AVX2/FMA one, chosen at run time
+// (simd_enabled()), so one binary runs everywhere and is fast where the CPU allows.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MI_HAVE_X86 1
+#define MI_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+namespace mi {
+
+// True when the AVX2 path should run: the CPU has AVX2 and FMA, and mi_set_simd did not turn it off.
+bool simd_enabled();
+
+inline int64_t round_up8(int64_t n) { return (n + 7) & ~int64_t{7}; }
+
+// Every back end offers, on float rows:
+//   gemm: C[m, n] (+)= A[m, k] · B[k, n]. A is read through (a_row, a_col) strides so a transposed
+//         operand costs nothing; B and C are row-major and n is a multiple of 8 (callers pad).
+//   max:  the largest of x[0, n).
+//   exp_shift: x[j] = exp(x[j] - shift) for j < n, returning the sum.
+struct PortableOps {
+    static void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
+                     int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+        for (int64_t i = 0; i < m; ++i) {
+            float* crow = c + i * ldc;
+            if (!accumulate) std::fill(crow, crow + n, 0.0f);
+            for (int64_t p = 0; p < k; ++p) {
+                const float av = a[i * a_row + p * a_col];
+                const float* brow = b + p * ldb;
+                for (int64_t j = 0; j < n; ++j) crow[j] += av * brow[j];
+            }
+        }
+    }
+    static float max(const float* x, int64_t n) {
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+        return m;
+    }
+    static float exp_shift(float* x, int64_t n, float shift) {
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; ++j) {
+            x[j] = std::exp(x[j] - shift);
+            sum += x[j];
+        }
+        return sum;
+    }
+};
+
+#ifdef MI_HAVE_X86
+
+namespace avx2 {
+
+// exp for 8 floats (Cephes' polynomial, ~1 ulp). Inputs below -87.3 give exactly 0, so far-masked
+// and -inf entries cannot produce denormals or NaN.
+MI_AVX2 inline __m256 exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.37f);
+    const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+}
+
+MI_AVX2 inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+MI_AVX2 inline float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// An R x (8*NV) tile of C, kept in registers across the whole k loop: NV loads and R broadcasts
+// feed R*NV FMAs per step (6 x 16 keeps 12 accumulators plus operands within 16 ymm registers).
+// Named accumulators rather than an array: GCC spills an array of __m256 to the stack every step.
+template <int R, int NV>
+MI_AVX2 inline void tile(int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b, int64_t ldb, float* c,
+                         int64_t ldc, bool accumulate) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+#define MI_TILE_ROW(r, c0, c1)                                                  \
+    if constexpr (R > r) {                                                      \
+        if (accumulate) {                                                       \
+            c0 = _mm256_loadu_ps(c + r * ldc);                                  \
+            if constexpr (NV > 1) c1 = _mm256_loadu_ps(c + r * ldc + 8);        \
+        }                                                                       \
+    }
+    MI_TILE_ROW(0, c00, c01) MI_TILE_ROW(1, c10, c11) MI_TILE_ROW(2, c20, c21)
+    MI_TILE_ROW(3, c30, c31) MI_TILE_ROW(4, c40, c41) MI_TILE_ROW(5, c50, c51)
+#undef MI_TILE_ROW
+    const float* a1 = a + a_row;
+    const float* a2 = a + 2 * a_row;
+    const float* a3 = a + 3 * a_row;
+    const float* a4 = a + 4 * a_row;
+    const float* a5 = a + 5 * a_row;
+    for (int64_t p = 0; p < k; ++p) {
+        const __m256 b0 = _mm256_loadu_ps(b);
+        const __m256 b1 = NV > 1 ? _mm256_loadu_ps(b + 8) : b0;
+        b += ldb;
+        const int64_t o = p * a_col;
+#define MI_TILE_FMA(r, ar, c0, c1)                                              \
+    if constexpr (R > r) {                                                      \
+        const __m256 av = _mm256_broadcast_ss(ar + o);                          \
+        c0 = _mm256_fmadd_ps(av, b0, c0);                                       \
+        if constexpr (NV > 1) c1 = _mm256_fmadd_ps(av, b1, c1);                 \
+    }
+        MI_TILE_FMA(0, a, c00, c01) MI_TILE_FMA(1, a1, c10, c11) MI_TILE_FMA(2, a2, c20, c21)
+        MI_TILE_FMA(3, a3, c30, c31) MI_TILE_FMA(4, a4, c40, c41) MI_TILE_FMA(5, a5, c50, c51)
+#undef MI_TILE_FMA
+    }
+#define MI_TILE_STORE(r, c0, c1)                                                \
+    if constexpr (R > r) {                                                      \
+        _mm256_storeu_ps(c + r * ldc, c0);                                      \
+        if constexpr (NV > 1) _mm256_storeu_ps(c + r * ldc + 8, c1);            \
+    }
+    MI_TILE_STORE(0, c00, c01) MI_TILE_STORE(1, c10, c11) MI_TILE_STORE(2, c20, c21)
+    MI_TILE_STORE(3, c30, c31) MI_TILE_STORE(4, c40, c41) MI_TILE_STORE(5, c50, c51)
+#undef MI_TILE_STORE
+}
+
+template <int NV>
+MI_AVX2 inline void tile_rows(int64_t rows, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
+                              int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+    switch (rows) {
+        case 6: tile<6, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
+        case 5: tile<5, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
+        case 4: tile<4, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
+        case 3: tile<3, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
+        case 2: tile<2, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
+        default: tile<1, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
+    }
+}
+
+}  // namespace avx2
+
+struct Avx2Ops {
+    MI_AVX2 static void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col,
+                             const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+        for (int64_t i = 0; i < m; i += 6) {
+            const int64_t rows = std::min<int64_t>(6, m - i);
+            const float* ai = a + i * a_row;
+            float* ci = c + i * ldc;
+            int64_t j = 0;
+            for (; j + 16 <= n; j += 16) avx2::tile_rows<2>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate);
+            for (; j < n; j += 8) avx2::tile_rows<1>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate);
+        }
+    }
+    MI_AVX2 static float max(const float* x, int64_t n) {
+        __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
+        float r = avx2::hmax(m);
+        for (; j < n; ++j) r = std::max(r, x[j]);
+        return r;
+    }
+    MI_AVX2 static float exp_shift(float* x, int64_t n, float shift) {
+        const __m256 s = _mm256_set1_ps(shift);
+        __m256 sum = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            const __m256 e = avx2::exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
+            _mm256_storeu_ps(x + j, e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        float r = avx2::hsum(sum);
+        for (; j < n; ++j) {
+            x[j] = std::exp(x[j] - shift);
+            r += x[j];
+        }
+        return r;
+    }
+};
+
+#endif  // MI_HAVE_X86
+
+// Calls fn.template operator()<Ops>() with the back end simd_enabled() selects.
+template <class Fn>
+void dispatch_simd(Fn&& fn) {
+#ifdef MI_HAVE_X86
+    if (simd_enabled()) {
+        fn(Avx2Ops{});
+        return;
+    }
+#endif
+    fn(PortableOps{});
+}
+
+}  // namespace mi

@@ -1,0 +1,256 @@
+// Fused attention against a naive double-precision reference (forward, lse, scores, pattern,
+// backward) on both the AVX2 and the portable path, and every argument rejection.
+#include "mechinterp.h"
+
+#include <gtest/gtest.h>
+
+#include <cctype>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+std::vector<float> random_vector(size_t n, float scale, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = dist(rng);
+    return v;
+}
+
+struct Case {
+    int64_t b, h, tq, tk, d;
+    bool causal;
+    float scale;   // magnitude of q and k entries; 100 makes logits of order +-1e4
+};
+
+std::ostream& operator<<(std::ostream& os, const Case& c) {
+    return os << "B" << c.b << "H" << c.h << "Tq" << c.tq << "Tk" << c.tk << "D" << c.d << (c.causal ? "causal" : "full")
+              << "x" << c.scale;
+}
+
+// Naive attention for one (batch, head) in double: materialized scores, masked softmax, matmuls.
+struct Reference {
+    std::vector<double> scores, pattern, out, lse, dq, dk, dv;
+
+    Reference(const Case& c, const float* q, const float* k, const float* v, const float* dout) {
+        const int64_t tq = c.tq, tk = c.tk, d = c.d;
+        const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+        scores.assign(tq * tk, -kInf);
+        pattern.assign(tq * tk, 0.0);
+        out.assign(tq * d, 0.0);
+        lse.assign(tq, -kInf);
+        for (int64_t i = 0; i < tq; ++i) {
+            double m = -kInf;
+            for (int64_t j = 0; j < tk; ++j) {
+                if (c.causal && j > i + tk - tq) continue;
+                double s = 0;
+                for (int64_t x = 0; x < d; ++x) s += static_cast<double>(q[i * d + x]) * k[j * d + x];
+                scores[i * tk + j] = s * scale;
+                m = std::max(m, s * scale);
+            }
+            if (m == -kInf) continue;
+            double sum = 0;
+            for (int64_t j = 0; j < tk; ++j) sum += std::exp(scores[i * tk + j] - m);
+            lse[i] = m + std::log(sum);
+            for (int64_t j = 0; j < tk; ++j) {
+                pattern[i * tk + j] = std::exp(scores[i * tk + j] - lse[i]);
+                for (int64_t x = 0; x < d; ++x) out[i * d + x] += pattern[i * tk + j] * v[j * d + x];
+            }
+        }
+        dq.assign(tq * d, 0.0);
+        dk.assign(tk * d, 0.0);
+        dv.assign(tk * d, 0.0);
+        for (int64_t i = 0; i < tq; ++i) {
+            std::vector<double> dp(tk, 0.0);
+            double dot = 0;
+            for (int64_t j = 0; j < tk; ++j) {
+                for (int64_t x = 0; x < d; ++x) {
+                    dp[j] += static_cast<double>(dout[i * d + x]) * v[j * d + x];
+                    dv[j * d + x] += pattern[i * tk + j] * dout[i * d + x];
+                }
+                dot += dp[j] * pattern[i * tk + j];
+            }
+            for (int64_t j = 0; j < tk; ++j) {
+                const double ds = pattern[i * tk + j] * (dp[j] - dot) * scale;
+                for (int64_t x = 0; x < d; ++x) {
+                    dq[i * d + x] += ds * k[j * d + x];
+                    dk[j * d + x] += ds * q[i * d + x];
+                }
+            }
+        }
+    }
+};
+
+// Relative-to-magnitude comparison: |a - b| <= tol * (1 + |b|), and never NaN.
+void expect_close(const float* got, const std::vector<double>& want, double tol, const char* what) {
+    for (size_t i = 0; i < want.size(); ++i) {
+        ASSERT_FALSE(std::isnan(got[i])) << what << " is NaN at " << i;
+        if (std::isinf(want[i])) {
+            ASSERT_EQ(got[i], static_cast<float>(want[i])) << what << " at " << i;
+            continue;
+        }
+        ASSERT_NEAR(got[i], want[i], tol * (1.0 + std::abs(want[i]))) << what << " at " << i;
+    }
+}
+
+class AttentionShapes : public ::testing::TestWithParam<std::tuple<Case, bool>> {
+protected:
+    void SetUp() override { ASSERT_EQ(mi_set_simd(std::get<1>(GetParam()) ? 1 : 0), MI_OK); }
+    void TearDown() override { mi_set_simd(1); }
+};
+
+TEST_P(AttentionShapes, ForwardBackwardPatternMatchReference) {
+    const Case c = std::get<0>(GetParam());
+    const int64_t bh = c.b * c.h, nq = bh * c.tq * c.d, nk = bh * c.tk * c.d;
+    const uint32_t seed = static_cast<uint32_t>(c.tq * 131 + c.tk * 17 + c.d);
+    auto q = random_vector(nq, c.scale, seed), k = random_vector(nk, c.scale, seed + 1);
+    auto v = random_vector(nk, 1.0f, seed + 2), dout = random_vector(nq, 1.0f, seed + 3);
+    std::vector<float> out(nq), lse(bh * c.tq), scores(bh * c.tq * c.tk), pattern(bh * c.tq * c.tk);
+    std::vector<float> out2(nq), lse2(bh * c.tq), dq(nq), dk(nk), dv(nk);
+
+    ASSERT_EQ(mi_attention_forward_f32(q.data(), k.data(), v.data(), c.b, c.h, c.tq, c.tk, c.d, c.causal, out.data(),
+                                       lse.data(), scores.data(), pattern.data()),
+              MI_OK)
+        << mi_last_error();
+    // Without the pattern the kernel takes its streaming path: same output.
+    ASSERT_EQ(mi_attention_forward_f32(q.data(), k.data(), v.data(), c.b, c.h, c.tq, c.tk, c.d, c.causal, out2.data(),
+                                       lse2.data(), nullptr, nullptr),
+              MI_OK);
+    ASSERT_EQ(mi_attention_backward_f32(q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), c.b, c.h,
+                                        c.tq, c.tk, c.d, c.causal, dq.data(), dk.data(), dv.data()),
+              MI_OK)
+        << mi_last_error();
+
+    // Logits of 1e4 carry float32 rounding of ~1e-3 into the scores; the pattern and grads stay bounded.
+    const double tol = c.scale > 10 ? 2e-3 : 2e-5;
+    for (int64_t h = 0; h < bh; ++h) {
+        const size_t qo = h * c.tq * c.d, ko = h * c.tk * c.d, so = h * c.tq * c.tk;
+        Reference ref(c, q.data() + qo, k.data() + ko, v.data() + ko, dout.data() + qo);
+        expect_close(out.data() + qo, ref.out, tol, "out");
+        expect_close(out2.data() + qo, ref.out, tol, "out (no pattern)");
+        expect_close(lse.data() + h * c.tq, ref.lse, tol, "lse");
+        expect_close(scores.data() + so, ref.scores, tol, "scores");
+        expect_close(pattern.data() + so, ref.pattern, tol, "pattern");
+        if (c.scale > 10) continue;   // the gradient of a saturated softmax is float noise times 1e4
+        expect_close(dq.data() + qo, ref.dq, 1e-4, "dq");
+        expect_close(dk.data() + ko, ref.dk, 1e-4, "dk");
+        expect_close(dv.data() + ko, ref.dv, 1e-4, "dv");
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttentionShapes,
+    ::testing::Combine(::testing::Values(Case{1, 1, 1, 1, 1, true, 1.0f},        // T = 1
+                                         Case{2, 3, 65, 65, 20, true, 1.0f},     // T past one block, d not a multiple of 8
+                                         Case{1, 2, 130, 130, 64, true, 1.0f},   // three blocks, last one partial
+                                         Case{2, 1, 37, 37, 16, false, 1.0f},    // not causal
+                                         Case{1, 2, 5, 70, 8, true, 1.0f},       // fewer queries than keys (KV cache)
+                                         Case{1, 1, 70, 5, 12, true, 1.0f},      // more queries: early rows see nothing
+                                         Case{1, 2, 33, 33, 7, true, 100.0f},    // logits of order +-1e4
+                                         Case{1, 1, 100, 100, 32, false, 100.0f}),
+                       ::testing::Bool()),
+    [](const auto& info) {
+        std::ostringstream name;
+        name << std::get<0>(info.param) << (std::get<1>(info.param) ? "_avx2" : "_portable");
+        std::string s = name.str();
+        for (auto& ch : s)
+            if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+        return s;
+    });
+
+TEST(Attention, ExtremeLogitsGiveNoNaN) {
+    const int64_t t = 67, d = 24;
+    auto q = random_vector(t * d, 1.0f, 3u), k = random_vector(t * d, 1.0f, 4u), v = random_vector(t * d, 1.0f, 5u);
+    for (size_t i = 0; i < q.size(); ++i) q[i] = (i % 2 ? 1e4f : -1e4f);   // scores around +-1e8 / sqrt(d)
+    std::vector<float> out(t * d), lse(t), pattern(t * t), dq(t * d), dk(t * d), dv(t * d);
+    ASSERT_EQ(mi_attention_forward_f32(q.data(), k.data(), v.data(), 1, 1, t, t, d, 1, out.data(), lse.data(), nullptr,
+                                       pattern.data()),
+              MI_OK);
+    ASSERT_EQ(mi_attention_backward_f32(q.data(), k.data(), v.data(), out.data(), lse.data(), v.data(), 1, 1, t, t, d, 1,
+                                        dq.data(), dk.data(), dv.data()),
+              MI_OK);
+    for (auto* buf : {&out, &lse, &pattern, &dq, &dk, &dv})
+        for (float x : *buf) ASSERT_FALSE(std::isnan(x));
+    for (int64_t i = 0; i < t; ++i) {
+        double sum = 0;
+        for (int64_t j = 0; j < t; ++j) sum += pattern[i * t + j];
+        EXPECT_NEAR(sum, 1.0, 1e-5) << "row " << i;
+    }
+}
+
+// Calls forward with one argument replaced, for the rejection tests.
+struct ForwardCall {
+    std::vector<float> buf = std::vector<float>(64, 0.0f);
+    const float *q = buf.data(), *k = buf.data(), *v = buf.data();
+    float *out = buf.data(), *lse = buf.data();
+    int64_t b = 1, h = 1, tq = 2, tk = 2, d = 4;
+    int32_t causal = 1;
+    mi_status run() { return mi_attention_forward_f32(q, k, v, b, h, tq, tk, d, causal, out, lse, nullptr, nullptr); }
+};
+
+void expect_error(mi_status got, mi_status want, const std::string& text) {
+    EXPECT_EQ(got, want);
+    EXPECT_NE(std::string(mi_last_error()).find(text), std::string::npos) << mi_last_error();
+}
+
+TEST(Attention, ForwardRejectsNullPointers) {
+    ForwardCall c;
+    ASSERT_EQ(c.run(), MI_OK) << mi_last_error();
+    { ForwardCall x; x.q = nullptr; expect_error(x.run(), MI_ERR_NULL_POINTER, "q is a null pointer"); }
+    { ForwardCall x; x.k = nullptr; expect_error(x.run(), MI_ERR_NULL_POINTER, "k is a null pointer"); }
+    { ForwardCall x; x.v = nullptr; expect_error(x.run(), MI_ERR_NULL_POINTER, "v is a null pointer"); }
+    { ForwardCall x; x.out = nullptr; expect_error(x.run(), MI_ERR_NULL_POINTER, "out is a null pointer"); }
+    { ForwardCall x; x.lse = nullptr; expect_error(x.run(), MI_ERR_NULL_POINTER, "lse is a null pointer"); }
+}
+
+TEST(Attention, ForwardRejectsBadSizes) {
+    { ForwardCall x; x.b = 0; expect_error(x.run(), MI_ERR_INVALID_SIZE, "batch must be positive, got 0"); }
+    { ForwardCall x; x.h = -1; expect_error(x.run(), MI_ERR_INVALID_SIZE, "heads must be positive, got -1"); }
+    { ForwardCall x; x.tq = 0; expect_error(x.run(), MI_ERR_INVALID_SIZE, "q_len must be positive, got 0"); }
+    { ForwardCall x; x.tk = -5; expect_error(x.run(), MI_ERR_INVALID_SIZE, "kv_len must be positive, got -5"); }
+    { ForwardCall x; x.d = 0; expect_error(x.run(), MI_ERR_INVALID_SIZE, "d_head must be positive, got 0"); }
+    { ForwardCall x; x.causal = 2; expect_error(x.run(), MI_ERR_INVALID_ARGUMENT, "causal must be 0 or 1, got 2"); }
+    { ForwardCall x; x.b = int64_t{1} << 40; x.h = int64_t{1} << 30; expect_error(x.run(), MI_ERR_OVERFLOW, "overflows"); }
+    { ForwardCall x; x.tq = int64_t{1} << 40; x.d = int64_t{1} << 30; expect_error(x.run(), MI_ERR_OVERFLOW, "overflows"); }
+}
+
+TEST(Attention, PatternSizeOverflowIsRejected) {
+    std::vector<float> buf(8);
+    // q_len * kv_len overflows only once the pattern is asked for.
+    const int64_t big = int64_t{1} << 32;
+    EXPECT_EQ(mi_attention_forward_f32(buf.data(), buf.data(), buf.data(), 1, 1, big, big, 1, 0, buf.data(), buf.data(),
+                                       nullptr, buf.data()),
+              MI_ERR_OVERFLOW);
+    EXPECT_NE(std::string(mi_last_error()).find("q_len * kv_len"), std::string::npos) << mi_last_error();
+}
+
+TEST(Attention, BackwardRejectsNullPointersAndBadSizes) {
+    std::vector<float> b(64);
+    float* p = b.data();
+    const char* names[] = {"q", "k", "v", "out", "lse", "dout", "dq", "dk", "dv"};
+    for (int which = 0; which < 9; ++which) {
+        float* a[9];
+        for (int i = 0; i < 9; ++i) a[i] = i == which ? nullptr : p;
+        expect_error(mi_attention_backward_f32(a[0], a[1], a[2], a[3], a[4], a[5], 1, 1, 2, 2, 4, 1, a[6], a[7], a[8]),
+                     MI_ERR_NULL_POINTER, std::string(names[which]) + " is a null pointer");
+    }
+    expect_error(mi_attention_backward_f32(p, p, p, p, p, p, 1, 1, 2, 2, -4, 1, p, p, p), MI_ERR_INVALID_SIZE,
+                 "d_head must be positive, got -4");
+    expect_error(mi_attention_backward_f32(p, p, p, p, p, p, 1, 1, 2, 2, 4, -1, p, p, p), MI_ERR_INVALID_ARGUMENT,
+                 "causal must be 0 or 1, got -1");
+}
+
+TEST(Library, SimdSwitchRejectsBadValues) {
+    expect_error(mi_set_simd(3), MI_ERR_INVALID_ARGUMENT, "simd must be 0 or 1, got 3");
+    EXPECT_EQ(mi_set_simd(1), MI_OK);
+}
+
+}  // namespace

@@ -1,0 +1,157 @@
+using MechInterp.Kernels;
+using MechInterp.Native;
+using static TorchSharp.torch;
+
+namespace MechInterp.Tests;
+
+/// <summary>The native fused attention equals its managed twin: output, scores, pattern and gradients.</summary>
+public class NativeAttentionTests
+{
+    public NativeAttentionTests() =>
+        Assert.True(NativeKernels.IsAvailable, $"the native library must be built for these tests: {NativeKernels.UnavailableReason}");
+
+    private static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
+
+    private static void AssertClose(Tensor expected, Tensor actual, string what, double tol = 1e-5)
+    {
+        Assert.False(actual.isnan().any().item<bool>(), $"{what} has NaN");
+        // Masked scores are -inf on both sides; compare the finite part.
+        var finite = expected.isfinite();
+        Assert.True(Same(finite, actual.isfinite()), $"{what}: -inf entries differ");
+        double diff = expected.where(finite, 0).sub(actual.where(finite, 0)).abs().max().item<float>();
+        double scale = Math.Max(1.0, expected.where(finite, 0).abs().max().item<float>());
+        Assert.True(diff <= tol * scale, $"{what}: max |native - managed| = {diff:E3} > {tol * scale:E3}");
+    }
+
+    [Theory]
+    [InlineData(2, 3, 17, 17, 16, true)]
+    [InlineData(1, 2, 1, 1, 8, true)]        // T = 1
+    [InlineData(2, 2, 65, 65, 20, true)]     // T past one 64-row block, d_head not a multiple of 8
+    [InlineData(1, 1, 130, 130, 64, false)]  // not causal, partial last block
+    [InlineData(1, 2, 5, 70, 32, true)]      // fewer queries than keys: the last query sees every key
+    public void NativeEqualsManagedForwardPatternAndGradients(int b, int h, int tq, int tk, int d, bool causal)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(11);
+        var q = randn(b, h, tq, d);
+        var k = randn(b, h, tk, d);
+        var v = randn(b, h, tk, d);
+        var wz = randn(b, h, tq, d);
+        var wp = randn(b, h, tq, tk);
+
+        foreach (bool returnPattern in new[] { false, true })
+        {
+            var (qn, kn, vn) = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_());
+            var (qm, km, vm) = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_());
+            var native = Kernel.Attention(qn, kn, vn, causal, returnPattern, KernelBackend.Native);
+            var managed = Kernel.Attention(qm, km, vm, causal, returnPattern, KernelBackend.Managed);
+            AssertClose(managed.Z, native.Z, $"z (pattern {returnPattern})");
+            var lossN = native.Z.mul(wz).sum();
+            var lossM = managed.Z.mul(wz).sum();
+            if (returnPattern)
+            {
+                AssertClose(managed.Scores!, native.Scores!, "scores");
+                AssertClose(managed.Pattern!, native.Pattern!, "pattern");
+                // A loss on the pattern too: its gradient must reach q and k through the native backward.
+                lossN = lossN.add(native.Pattern!.mul(wp).sum());
+                lossM = lossM.add(managed.Pattern!.mul(wp).sum());
+            }
+            lossN.backward();
+            lossM.backward();
+            AssertClose(qm.grad!, qn.grad!, $"dq (pattern {returnPattern})");
+            AssertClose(km.grad!, kn.grad!, $"dk (pattern {returnPattern})");
+            AssertClose(vm.grad!, vn.grad!, $"dv (pattern {returnPattern})");
+        }
+    }
+
+    [Fact]
+    public void GradientThroughReturnedScoresMatchesManaged()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(5);
+        var q = randn(1, 2, 9, 8);
+        var ws = randn(1, 2, 9, 9);
+        var qn = q.clone().requires_grad_();
+        var qm = q.clone().requires_grad_();
+        var kv = randn(1, 2, 9, 8);
+        var n = Kernel.Attention(qn, kv, kv, causal: true, returnPattern: true, KernelBackend.Native);
+        var m = Kernel.Attention(qm, kv, kv, causal: true, returnPattern: true, KernelBackend.Managed);
+        // Masked scores are -inf; a loss reads only the visible ones.
+        n.Scores!.masked_fill(n.Scores!.isinf(), 0).mul(ws).sum().backward();
+        m.Scores!.masked_fill(m.Scores!.isinf(), 0).mul(ws).sum().backward();
+        AssertClose(qm.grad!, qn.grad!, "dq from scores");
+        Assert.True(qn.grad!.abs().sum().item<float>() > 0, "the scores must carry gradient");
+    }
+
+    [Fact]
+    public void NonContiguousHeadsViewIsCorrect()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(3);
+        var qkv = randn(new long[] { 2, 19, 3, 4, 16 });                                  // [batch, pos, qkv, head, d_head]
+        var q = qkv.select(2, 0).transpose(1, 2);                          // [batch, head, pos, d_head], a strided view
+        var k = qkv.select(2, 1).transpose(1, 2);
+        var v = qkv.select(2, 2).transpose(1, 2);
+        Assert.False(q.is_contiguous());
+        var native = Kernel.Attention(q, k, v, causal: true, returnPattern: false, KernelBackend.Native);
+        var managed = Kernel.Attention(q, k, v, causal: true, returnPattern: false, KernelBackend.Managed);
+        AssertClose(managed.Z, native.Z, "z of strided views");
+    }
+
+    [Fact]
+    public void ExtremeLogitsGiveNoNaN()
+    {
+        using var scope = NewDisposeScope();
+        var q = randn(1, 1, 40, 8).mul(1e3);
+        var k = randn(1, 1, 40, 8).mul(1e3);
+        var v = randn(1, 1, 40, 8);
+        var r = Kernel.Attention(q, k, v, causal: true, returnPattern: true, KernelBackend.Native);
+        Assert.False(r.Z.isnan().any().item<bool>());
+        Assert.True(r.Pattern!.sum(-1).sub(1).abs().max().item<float>() < 1e-5);
+    }
+
+    [Fact]
+    public void ThreadSettingReachesTheNativeLibraryAndResultsDoNotDependOnIt()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(2);
+        var q = randn(2, 4, 70, 16);
+        int before = Settings.Threads;
+        try
+        {
+            Settings.Threads = 1;
+            Assert.Equal(1, NativeMethods.mi_get_num_threads());
+            var one = Kernel.Attention(q, q, q, causal: true, returnPattern: false, KernelBackend.Native).Z;
+            Settings.Threads = 2;
+            Assert.Equal(2, NativeMethods.mi_get_num_threads());
+            var two = Kernel.Attention(q, q, q, causal: true, returnPattern: false, KernelBackend.Native).Z;
+            Assert.True(Same(one, two), "each query block is computed by one thread: results must be bitwise equal");
+        }
+        finally { Settings.Threads = before; }
+    }
+
+    [Fact]
+    public void PortablePathEqualsAvx2Path()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(8);
+        var q = randn(1, 2, 33, 12);
+        var fast = Kernel.Attention(q, q, q, causal: true, returnPattern: true, KernelBackend.Native);
+        try
+        {
+            Ensure.Ok(NativeMethods.mi_set_simd(0), "mi_set_simd");
+            var portable = Kernel.Attention(q, q, q, causal: true, returnPattern: true, KernelBackend.Native);
+            AssertClose(portable.Z, fast.Z, "z portable vs avx2");
+            AssertClose(portable.Pattern!, fast.Pattern!, "pattern portable vs avx2");
+        }
+        finally { Ensure.Ok(NativeMethods.mi_set_simd(1), "mi_set_simd"); }
+    }
+
+    [Fact]
+    public void WrongDtypeIsRejectedByName()
+    {
+        using var q = ones(1, 1, 2, 4, dtype: ScalarType.Float64);
+        var e = Assert.Throws<ArgumentException>(() => Kernel.Attention(q, q, q, causal: true, backend: KernelBackend.Native));
+        Assert.Contains("q must be float32", e.Message);
+    }
+}
