@@ -1,6 +1,5 @@
-/// Mixture-of-experts routing and dispatch against hand-computed examples and their defining formulas.
-/// Managed dispatch only: the native grouped dispatch (branch native-kernels) plugs in behind
-/// Kernel.ExpertMlp, and these tests parameterize over backends when it lands.
+/// Mixture-of-experts routing and dispatch against hand-computed examples and their defining formulas,
+/// on both backends of Kernel.ExpertMlp (native grouped dispatch and the managed per-expert loop).
 module MechInterp.Analysis.Tests.MoeTests
 
 open System
@@ -37,30 +36,43 @@ let private handInput =
 
 let private sigmoid x = 1.0 / (1.0 + exp (-x))
 
+/// The model reads the backend from Settings.Kernels; tests in the "torch" collection run one at a time.
+let private withBackend (backend: KernelBackend) (f: unit -> 'a) =
+    let saved = Settings.Kernels
+    Settings.Kernels <- backend
+    try f () finally Settings.Kernels <- saved
+
+let backends: obj[] seq = [ [| box KernelBackend.Native |]; [| box KernelBackend.Managed |] ]
+
 /// Runs the hand model; returns (expert index, gates, mlp out) as arrays, and the routing stats.
-let private runHand (capacityFactor: float) =
-    use _scope = torch.NewDisposeScope()
-    let model, moe = handModel capacityFactor
-    use model = model
-    let x = torch.tensor(handInput |> Array.concat |> Array.map float32).view(1L, 4L, 4L)
-    let replace = Hook("blocks.0.ln2.hook_normalized", HookFn(fun _ _ -> x))
-    let names = set [ "blocks.0.mlp.hook_expert_index"; "blocks.0.mlp.hook_gates"; "blocks.0.hook_mlp_out" ]
-    let struct (_, cache) = model.RunWithCache(torch.zeros([| 1L; 4L |], dtype = torch.int64), (fun n -> names.Contains n), replace)
-    use cache = cache
-    let index = cache.["blocks.0.mlp.hook_expert_index"].reshape(-1L).data<int64>().ToArray()
-    let gates = cache.["blocks.0.mlp.hook_gates"].reshape(-1L).to_type(torch.float64).data<float>().ToArray()
-    let out = cache.["blocks.0.hook_mlp_out"].reshape(4L, 4L).to_type(torch.float64).data<float>().ToArray() |> Array.chunkBySize 4
-    index, gates, out, moe.LastRouting
+let private runHand (backend: KernelBackend) (capacityFactor: float) =
+    withBackend backend (fun () ->
+        use _scope = torch.NewDisposeScope()
+        let model, moe = handModel capacityFactor
+        use model = model
+        let x = torch.tensor(handInput |> Array.concat |> Array.map float32).view(1L, 4L, 4L)
+        let replace = Hook("blocks.0.ln2.hook_normalized", HookFn(fun _ _ -> x))
+        let names = set [ "blocks.0.mlp.hook_expert_index"; "blocks.0.mlp.hook_gates"; "blocks.0.hook_mlp_out" ]
+        let struct (_, cache) = model.RunWithCache(torch.zeros([| 1L; 4L |], dtype = torch.int64), (fun n -> names.Contains n), replace)
+        use cache = cache
+        let index = cache.["blocks.0.mlp.hook_expert_index"].reshape(-1L).data<int64>().ToArray()
+        let gates = cache.["blocks.0.mlp.hook_gates"].reshape(-1L).to_type(torch.float64).data<float>().ToArray()
+        let out = cache.["blocks.0.hook_mlp_out"].reshape(4L, 4L).to_type(torch.float64).data<float>().ToArray() |> Array.chunkBySize 4
+        index, gates, out, moe.LastRouting)
 
 let private assertClose (expected: float) (actual: float) =
     Assert.True(abs (expected - actual) < 1e-5, $"expected {expected}, got {actual}")
 
+/// Holds the MemberData of the theories.
+type Marker =
+    static member backends = backends
+
 [<Collection("torch")>]
 type MoeRoutingTests(_fixture: TorchFixture) =
 
-    [<Fact>]
-    member _.``routing and dispatch match a hand-computed example``() =
-        let index, gates, out, routing = runHand 0.0
+    [<Theory; MemberData(nameof backends, MemberType = typeof<Marker>)>]
+    member _.``routing and dispatch match a hand-computed example``(backend: KernelBackend) =
+        let index, gates, out, routing = runHand backend 0.0
         Assert.Equal<int64[]>([| 0L; 1L; 0L; 1L |], index)
         // Top-1 of a two-way softmax: the gate is the sigmoid of the logit margin.
         let expectedGates = [| sigmoid 2.0; sigmoid 3.0; sigmoid 1.0; sigmoid 0.5 |]
@@ -71,10 +83,10 @@ type MoeRoutingTests(_fixture: TorchFixture) =
         Assert.Equal<int64[]>([| 2L; 2L |], routing.Counts)
         Assert.Equal(0L, routing.Dropped)
 
-    [<Fact>]
-    member _.``capacity overflow drops the later tokens and reports them``() =
+    [<Theory; MemberData(nameof backends, MemberType = typeof<Marker>)>]
+    member _.``capacity overflow drops the later tokens and reports them``(backend: KernelBackend) =
         // capacity = ceil(0.5 · 4 tokens · 1 / 2 experts) = 1: tokens 2 and 3 find their expert full.
-        let index, _, out, routing = runHand 0.5
+        let index, _, out, routing = runHand backend 0.5
         Assert.Equal<int64[]>([| 0L; 1L; 0L; 1L |], index)                  // a dropped pair keeps its expert index
         Assert.Equal(1L, routing.Capacity)
         Assert.Equal<int64[]>([| 1L; 1L |], routing.Counts)
@@ -95,6 +107,23 @@ type MoeRoutingTests(_fixture: TorchFixture) =
         Assert.Equal<float32[]>([| 0.6f; 0.4f; 0.7f; 0.0f; 0.8f; 0.0f |], routed.Gates.reshape(-1L).data<float32>().ToArray())
         Assert.Equal<int64[]>([| 2L; 2L |], routed.Stats.Counts)
         Assert.Equal(2L, routed.Stats.Dropped)
+
+    [<Theory; MemberData(nameof backends, MemberType = typeof<Marker>)>]
+    member _.``the model's capacity limit agrees with Kernel.RouteTopK``(backend: KernelBackend) =
+        use _scope = torch.NewDisposeScope()
+        let g = torch.Generator(7UL)
+        for tokens, experts, k, factor in [ 37, 5, 2, 0.6; 64, 8, 1, 1.0; 10, 3, 3, 0.5 ] do
+            let logits = torch.randn([| int64 tokens; int64 experts |], generator = g)
+            let reference = Kernel.RouteTopK(logits, k, Kernels.RouterGating.Softmax, Nullable factor, Nullable backend)
+            let capacity = Router.Capacity(factor, int64 tokens, k, experts)
+            let struct (top, index) = logits.softmax(-1L).topk(k, dim = -1)
+            let mine = Router.LimitCapacity(index, top, experts, capacity)
+            Assert.True(reference.ExpertIndex.eq(index).all().item<bool>(), "expert index")
+            Assert.True(reference.Kept.eq(mine.Kept).all().item<bool>(), $"kept pairs differ ({tokens} tokens, {experts} experts, k {k})")
+            Assert.Equal<int64[]>(reference.Counts.data<int64>().ToArray(), mine.Stats.Counts)
+            Assert.Equal(reference.DroppedCount, mine.Stats.Dropped)
+            Assert.True(reference.Gates.allclose(mine.Gates, rtol = 1e-5, atol = 1e-6), "gates")
+            Assert.True(mine.Stats.Dropped > 0L || factor >= 1.0, "the small capacities must overflow")
 
     [<Fact>]
     member _.``a negative capacity factor is rejected by name and value``() =
@@ -176,6 +205,20 @@ type MoeDispatchProperties(_fixture: TorchFixture) =
             |> List.toArray
             |> torch.stack
         combined.allclose(expected, rtol = 1e-9, atol = 1e-9)
+
+    [<Property(Arbitrary = [| typeof<MoeArbitraries> |], MaxTest = 40)>]
+    member _.``native and managed dispatch agree in float32`` (spec: MoeSpec) =
+        use _scope = torch.NewDisposeScope()
+        let g = torch.Generator(uint64 spec.Seed)
+        let e, d, f, t = int64 spec.Experts, int64 spec.DModel, int64 spec.DMlp, int64 spec.Tokens
+        let x = torch.randn([| t; d |], generator = g)
+        let weights = [ torch.randn([| e; d; f |], generator = g); torch.randn([| e; f |], generator = g)
+                        torch.randn([| e; f; d |], generator = g); torch.randn([| e; d |], generator = g) ]
+        let struct (gates, index) = torch.randn([| t; e |], generator = g).softmax(-1L).topk(spec.K, dim = -1)
+        let act = Func<torch.Tensor, torch.Tensor>(fun h -> h.relu())
+        let run backend =
+            Kernel.ExpertMlp(x, index, gates, weights.[0], weights.[1], weights.[2], weights.[3], act, backend)
+        run KernelBackend.Native |> fun n -> n.allclose(run KernelBackend.Managed, rtol = 1e-4, atol = 1e-4)
 
     [<Property(MaxTest = 15)>]
     member _.``a Moe layer's output is the gate-weighted sum of its ExpertOutputs`` (seed: uint16) =
