@@ -6,10 +6,10 @@ open System
 open System.IO
 open TorchSharp
 open MechInterp
+open MechInterp.Analysis.Report
 
-type Scale =
-    | Quick
-    | Full
+/// Every experiment of the main job, in report order.
+let experiments: Experiment list = [ Analysis.Experts.MoeExperiment.experiment ]
 
 let private parseArgs (argv: string[]) =
     let scale = if argv |> Array.contains "--full" then Full else Quick
@@ -40,17 +40,14 @@ let main argv =
     Runtime.TorchRuntime.EnsureLoaded()
     printfn "MechInterp experiments, %A scale, %d threads, artifacts in %s" scale Settings.Threads out
     smokeForward ()
-    let clock = Diagnostics.Stopwatch.StartNew()
-    printfn "moe: do experts specialize on the toy language's features?"
-    let study =
-        match scale with
-        | Quick -> Analysis.Experts.MoeStudy.run (printfn "%s") Analysis.Experts.MoeStudy.quickSetup Analysis.Experts.MoeStudy.quickToy
-        | Full -> Analysis.Experts.MoeStudy.run (printfn "%s") Analysis.Experts.MoeStudy.fullSetup Analysis.Experts.MoeStudy.fullToy
-    let json = Analysis.Experts.MoeStudy.toJson study
-    let path = Path.Combine(out, "results", "moe.json")
-    Directory.CreateDirectory(Path.GetDirectoryName path) |> ignore
-    let temp = path + ".tmp"
-    File.WriteAllText(temp, json.ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
-    File.Move(temp, path, true)
-    printfn "moe: %.1f s, results in %s" clock.Elapsed.TotalSeconds path
+    let sections =
+        [ for experiment in experiments do
+              let clock = Diagnostics.Stopwatch.StartNew()
+              printfn "\n%s: %s" experiment.Name experiment.Description
+              let output = experiment.Run scale
+              let path = Report.writeResults (Path.Combine(out, "results")) experiment.Name output.Results
+              printfn "%s: %.1f s, results in %s" experiment.Name clock.Elapsed.TotalSeconds path
+              yield! output.Sections ]
+    let page = Report.write (Path.Combine(out, "report")) "MechInterp report" sections
+    printfn "report: %s" page
     0

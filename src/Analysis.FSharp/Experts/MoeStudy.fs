@@ -8,6 +8,7 @@ open System.Diagnostics
 open System.Text.Json.Nodes
 open TorchSharp
 open MechInterp.Data
+open MechInterp.Analysis.Report
 open MechInterp.Analysis.Experts.Subjects
 open MechInterp.Analysis.Experts.Routing
 open MechInterp.Analysis.Experts.Causal
@@ -112,17 +113,9 @@ let meanAblation (r: StudyResult) (kind: Kind) (layer: int) : float[,] =
 
 // ---- JSON ----
 
-let private num (x: float) : JsonNode | null = if Double.IsFinite x then JsonValue.Create x else null
-
-let private obj (pairs: (string * (JsonNode | null)) list) =
-    let o = JsonObject()
-    for k, v in pairs do o.[k] <- v
-    o :> JsonNode
-
-let private arr (xs: (JsonNode | null) seq) =
-    let a = JsonArray()
-    for x in xs do a.Add x
-    a :> JsonNode
+let private num = Report.number
+let private obj = Report.obj
+let private arr (xs: (JsonNode | null) seq) = Report.array xs
 
 let private perFeature (features: Map<string, string[]>) (f: string -> float) =
     obj [ for KeyValue(name, _) in features -> name, num (f name) ]
@@ -134,11 +127,11 @@ let private ablationJson (r: StudyResult) (layer: int) =
     let cols = columns r.Features
     let first = r.Models |> List.find (fun m -> m.Kind = Trained && m.Layer = layer)
     let units = Array2D.length1 first.Ablation.DeltaLoss
-    obj [ "model", JsonValue.Create "trained"
+    obj [ "model", Report.text "trained"
           "layer", JsonValue.Create layer
-          "averaged_over_seeds", arr (r.Setup.Seeds |> List.map (fun s -> JsonValue.Create s :> JsonNode))
+          "averaged_over_seeds", arr (r.Setup.Seeds |> List.map (fun s -> Report.integer (int64 s)))
           "experts", arr [ for e in 0 .. units - 1 -> JsonValue.Create e ]
-          "features", arr [ for c in cols -> JsonValue.Create(columnName c) ]
+          "features", arr [ for c in cols -> Report.text (columnName c) ]
           "delta_loss", matrix (meanAblation r Trained layer) ]
 
 /// artifacts/results/moe.json: the issue's fields (features, models, ablation) plus everything the report shows.
@@ -147,7 +140,7 @@ let toJson (r: StudyResult) : JsonNode =
     let models =
         r.Models |> List.map (fun m ->
             let sp = m.Stats.Specialization
-            obj [ "name", JsonValue.Create(kindName m.Kind)
+            obj [ "name", Report.text (kindName m.Kind)
                   "seed", JsonValue.Create m.Seed
                   "layer", JsonValue.Create m.Layer
                   "train_loss", num m.TrainLoss
@@ -167,30 +160,30 @@ let toJson (r: StudyResult) : JsonNode =
     let forcing =
         r.Forcing |> List.collect (fun (seed, layer, rows) ->
             rows |> List.map (fun x ->
-                obj [ "seed", JsonValue.Create seed; "layer", JsonValue.Create layer; "feature", JsonValue.Create(columnName x.Column)
+                obj [ "seed", JsonValue.Create seed; "layer", JsonValue.Create layer; "feature", Report.text (columnName x.Column)
                       "tokens", JsonValue.Create x.Tokens; "forced_delta_loss", num x.ForcedDelta; "random_tokens_delta_loss", num x.RandomDelta ]))
     let steering =
         r.Steering |> List.collect (fun (seed, layer, rows) ->
             rows |> List.map (fun x ->
-                obj [ "seed", JsonValue.Create seed; "layer", JsonValue.Create layer; "feature", JsonValue.Create(columnName x.Column)
+                obj [ "seed", JsonValue.Create seed; "layer", JsonValue.Create layer; "feature", Report.text (columnName x.Column)
                       "expert", JsonValue.Create x.Expert; "alphas", arr (x.Alphas |> Array.map num)
                       "share_routed_to_expert", arr (x.Share |> Array.map num) ]))
     let toy =
         r.ToyResults |> List.map (fun t ->
             obj [ "seed", JsonValue.Create t.Seed
                   "moe_loss", num t.MoeLoss; "dense_loss", num t.DenseLoss
-                  "represented_per_expert", arr (t.RepresentedPerExpert |> Array.map (fun x -> JsonValue.Create x :> JsonNode))
+                  "represented_per_expert", arr (t.RepresentedPerExpert |> Array.map (fun x -> Report.integer (int64 x)))
                   "moe_represented", JsonValue.Create t.MoeRepresented; "dense_represented", JsonValue.Create t.DenseRepresented
                   "moe_features_per_dimension", num t.MoeFeaturesPerDimension
                   "dense_features_per_dimension", num t.DenseFeaturesPerDimension
                   "moe_mean_dimensionality", num t.MoeMeanDimensionality
                   "dense_mean_dimensionality", num t.DenseMeanDimensionality
                   "exclusivity", num t.Exclusivity
-                  "routed_per_expert", arr (t.RoutedPerExpert |> Array.map (fun x -> JsonValue.Create x :> JsonNode))
+                  "routed_per_expert", arr (t.RoutedPerExpert |> Array.map (fun x -> Report.integer (int64 x)))
                   "router_agrees_with_embedding", num t.RouterAgreesWithEmbedding ])
     let lastLayer = s.Layers - 1
-    obj [ "features", arr [ for KeyValue(name, _) in r.Features -> JsonValue.Create name ]
-          "categories", obj [ for KeyValue(name, cats) in r.Features -> name, arr (cats |> Array.map (fun c -> JsonValue.Create c :> JsonNode)) ]
+    obj [ "features", arr [ for KeyValue(name, _) in r.Features -> Report.text name ]
+          "categories", obj [ for KeyValue(name, cats) in r.Features -> name, arr (cats |> Array.map (fun c -> Report.text c)) ]
           "setup",
           obj [ "d_model", JsonValue.Create s.DModel; "n_layers", JsonValue.Create s.Layers; "n_heads", JsonValue.Create s.Heads
                 "n_experts", JsonValue.Create s.Experts; "experts_per_token", JsonValue.Create s.TopK
@@ -198,7 +191,7 @@ let toJson (r: StudyResult) : JsonNode =
                 "sequence_length", JsonValue.Create s.SequenceLength; "steps", JsonValue.Create s.Steps
                 "batch_size", JsonValue.Create s.BatchSize; "analysis_sequences", JsonValue.Create s.AnalysisBatch
                 "shuffles", JsonValue.Create s.Shuffles
-                "seeds", arr (s.Seeds |> List.map (fun x -> JsonValue.Create x :> JsonNode)) ]
+                "seeds", arr (s.Seeds |> List.map (fun x -> Report.integer (int64 x))) ]
           "models", arr models
           "ablation", ablationJson r lastLayer
           "ablation_by_layer", arr [ for layer in 0 .. s.Layers - 1 -> ablationJson r layer ]

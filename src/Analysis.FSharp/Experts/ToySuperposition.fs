@@ -66,8 +66,12 @@ let compare (s: ToySetup) (seed: int) : ToyComparison =
     let importance = Array.init s.Features (fun i -> s.ImportanceDecay ** float i)
     use moe = new ExpertToyModel(s.Features, s.Hidden, s.Experts, int64 seed)
     let moeLoss = moe.Train(importance, s.Sparsity, s.Steps, s.BatchSize, s.LearningRate, s.BalanceCoef, int64 (seed + 1))
-    use dense = new ExpertToyModel(s.Features, s.Hidden * s.Experts, 1, int64 seed)
-    let denseLoss = dense.Train(importance, s.Sparsity, s.Steps, s.BatchSize, s.LearningRate, 0.0, int64 (seed + 1))
+    // The dense baseline is the superposition study's own ToyModel, trained the same way (no weight decay on either).
+    let denseConfig = ToyModelConfig(s.Features, s.Hidden * s.Experts, 1, ToyActivation.Relu)
+    let settings = ToyTrainingSettings(Steps = s.Steps, BatchSize = s.BatchSize, LearningRate = s.LearningRate, WeightDecay = 0.0, Seed = int64 seed)
+    let trained = ToyTrainer.Train(denseConfig, [| importance |], [| s.Sparsity |], settings)
+    use dense = trained.Model
+    let denseLoss = trained.FinalLoss.[0]
     let experts = Array.init s.Experts moe.EmbeddingOf
     let expertNorms = experts |> Array.map norms                                 // [E][n]
     let represented = expertNorms |> Array.map (Array.filter (fun x -> x > representedThreshold) >> Array.length)

@@ -7,8 +7,8 @@ namespace MechInterp.ToyModels;
 /// <summary>
 /// A mixture-of-experts toy model of superposition: x' = ReLU(g · W_eᵀ W_e x + b), where a linear
 /// router picks one expert e per sample (top-1, gate g its softmax probability) and each expert is
-/// its own embedding W_e [m, n]. With one expert and gate fixed at 1 it is Elhage et al.'s dense toy
-/// model, which is how the dense baseline of the same total width (m · E) is built.
+/// its own embedding W_e [m, n]. With one expert the gate is fixed at 1 and it is Elhage et al.'s
+/// dense <see cref="ToyModel"/>; the comparison trains that one as the dense baseline of width m · E.
 /// </summary>
 public sealed class ExpertToyModel : nn.Module<Tensor, Tensor>
 {
@@ -72,15 +72,15 @@ public sealed class ExpertToyModel : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
-    /// Trains on sparse features (each 0 with probability <paramref name="sparsity"/>, else uniform on [0, 1])
-    /// with importance-weighted squared error plus α·balance loss. AdamW, each step in a dispose scope.
-    /// Returns the mean loss over the last tenth of the steps.
+    /// Trains on <see cref="SyntheticFeatures"/> (each feature 0 with probability <paramref name="sparsity"/>,
+    /// else uniform on [0, 1]) with importance-weighted squared error plus α·balance loss. AdamW, each step
+    /// in a dispose scope. Returns the mean reconstruction loss over the last tenth of the steps.
     /// </summary>
     public double Train(double[] importance, double sparsity, int steps, int batch, double learningRate, double balanceCoef, long seed)
     {
         if (importance.Length != Features) throw new ArgumentException($"{importance.Length} importance weights for n = {Features} features");
         if (!(sparsity >= 0 && sparsity < 1)) throw new ArgumentException($"sparsity must be in [0, 1), got {sparsity}");
-        using var generator = new Generator((ulong)seed);
+        using var data = new SyntheticFeatures(Features, [sparsity], seed);
         using var weights = tensor(importance.Select(w => (float)w).ToArray());        // [n]
         using var optimizer = optim.AdamW(parameters(), learningRate, weight_decay: 0.0);
         int window = Math.Max(1, steps / 10);
@@ -88,7 +88,7 @@ public sealed class ExpertToyModel : nn.Module<Tensor, Tensor>
         for (int step = 0; step < steps; step++)
         {
             using var scope = NewDisposeScope();
-            var x = rand([batch, Features], generator: generator).mul(rand([batch, Features], generator: generator).ge(sparsity));   // [batch, n]
+            var x = data.Sample(batch).squeeze(0);                                    // [batch, n]
             var reconstruction = forward(x);
             var loss = reconstruction.sub(x).pow(2).mul(weights).sum(1).mean();
             optimizer.zero_grad();
