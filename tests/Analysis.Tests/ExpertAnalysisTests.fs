@@ -8,6 +8,7 @@ open TorchSharp
 open MechInterp.Model
 open MechInterp.Analysis.Experts
 open MechInterp.Analysis.Experts.Specialization
+open System.Text.Json.Nodes
 
 [<Fact>]
 let ``NMI is 1 for a relabelling and 0 for independence`` () =
@@ -99,3 +100,33 @@ type HashRouterTests(_fixture: TorchFixture) =
         Assert.Equal<int64[]>(index.[0], index.[2])          // same token, same experts
         Assert.Equal<int64[]>(table.[9], index.[4])
         Assert.All(cache.["blocks.1.mlp.hook_gates"].reshape(-1L).data<float32>().ToArray(), fun g -> Assert.Equal(0.5f, g))
+
+[<Collection("torch")>]
+type MoeStudyTests(_fixture: TorchFixture) =
+
+    [<Fact>]
+    member _.``a tiny study writes the issue's moe.json fields and a report section``() =
+        let setup =
+            { MoeStudy.quickSetup with
+                DModel = 8; Layers = 1; Heads = 2; Experts = 2; ExpertDMlp = 4; SequenceLength = 8
+                Steps = 3; BatchSize = 2; AnalysisBatch = 3; Shuffles = 5; Seeds = [ 0 ] }
+        let toy = { MoeStudy.quickToy with Features = 10; Steps = 3; BatchSize = 8 }
+        let study = MoeStudy.run ignore setup toy
+        let json = MoeStudy.toJson study
+        let features = json.["features"].AsArray() |> Seq.map (fun n -> n.GetValue<string>()) |> Set.ofSeq
+        Assert.Equal<Set<string>>(set [ "token_class"; "number"; "position_parity"; "inside_brackets"; "next_rule" ], features)
+        let models = json.["models"].AsArray()
+        Assert.Equal(4, models.Count)                                       // 4 kinds × 1 seed × 1 layer
+        Assert.Equal<Set<string>>(set [ "trained"; "untrained"; "hash_router"; "dense" ],
+                                  models |> Seq.map (fun m -> m.["name"].GetValue<string>()) |> Set.ofSeq)
+        for m in models do
+            for field in [ "nmi"; "purity"; "p_value" ] do
+                Assert.Equal(5, m.[field].AsObject().Count)
+        let ablation = json.["ablation"]
+        Assert.Equal(2, ablation.["experts"].AsArray().Count)
+        Assert.Equal(20, ablation.["features"].AsArray().Count)            // every category of every feature
+        Assert.Equal(2, ablation.["delta_loss"].AsArray().Count)
+        let section = MoeSection.section study
+        Assert.Equal("moe", section.Id)
+        Assert.True(section.Paragraphs |> List.exists (fun p -> p.StartsWith "Conclusion."))
+        Assert.Equal(4, section.Figures.Head.Panels.Length)                // one heatmap per model

@@ -111,7 +111,7 @@ type MoeRoutingTests(_fixture: TorchFixture) =
     [<Theory; MemberData(nameof backends, MemberType = typeof<Marker>)>]
     member _.``the model's capacity limit agrees with Kernel.RouteTopK``(backend: KernelBackend) =
         use _scope = torch.NewDisposeScope()
-        let g = torch.Generator(7UL)
+        use g = new torch.Generator(7UL)
         for tokens, experts, k, factor in [ 37, 5, 2, 0.6; 64, 8, 1, 1.0; 10, 3, 3, 0.5 ] do
             let logits = torch.randn([| int64 tokens; int64 experts |], generator = g)
             let reference = Kernel.RouteTopK(logits, k, Kernels.RouterGating.Softmax, Nullable factor, Nullable backend)
@@ -139,7 +139,8 @@ type MoeRoutingTests(_fixture: TorchFixture) =
         let cfg = DecoderConfig(d_model = 8, n_layers = 1, n_heads = 2, d_mlp = 6, d_vocab = 7, n_ctx = 10, n_experts = experts,
                                 experts_per_token = k, router_aux_loss_coef = alpha, router_z_loss_coef = zCoef, seed = 5)
         use model = new HookedTransformer(cfg)
-        let tokens = torch.randint(0L, 7L, [| 3L; 9L |], generator = torch.Generator(2UL))
+        use g = new torch.Generator(2UL)
+        let tokens = torch.randint(0L, 7L, [| 3L; 9L |], generator = g)
         let names = set [ "blocks.0.mlp.hook_router_logits"; "blocks.0.mlp.hook_expert_index" ]
         let struct (_, cache) = model.RunWithCache(tokens, fun n -> names.Contains n)
         use cache = cache
@@ -183,7 +184,7 @@ type MoeDispatchProperties(_fixture: TorchFixture) =
     [<Property(Arbitrary = [| typeof<MoeArbitraries> |], MaxTest = 60)>]
     member _.``every token's output is the gate-weighted sum of its experts' outputs`` (spec: MoeSpec) =
         use _scope = torch.NewDisposeScope()
-        let g = torch.Generator(uint64 spec.Seed)
+        use g = new torch.Generator(uint64 spec.Seed)
         let e, d, f, t = int64 spec.Experts, int64 spec.DModel, int64 spec.DMlp, int64 spec.Tokens
         let x = torch.randn([| t; d |], generator = g, dtype = torch.float64)
         let wIn = torch.randn([| e; d; f |], generator = g, dtype = torch.float64)
@@ -209,7 +210,7 @@ type MoeDispatchProperties(_fixture: TorchFixture) =
     [<Property(Arbitrary = [| typeof<MoeArbitraries> |], MaxTest = 40)>]
     member _.``native and managed dispatch agree in float32`` (spec: MoeSpec) =
         use _scope = torch.NewDisposeScope()
-        let g = torch.Generator(uint64 spec.Seed)
+        use g = new torch.Generator(uint64 spec.Seed)
         let e, d, f, t = int64 spec.Experts, int64 spec.DModel, int64 spec.DMlp, int64 spec.Tokens
         let x = torch.randn([| t; d |], generator = g)
         let weights = [ torch.randn([| e; d; f |], generator = g); torch.randn([| e; f |], generator = g)
@@ -226,7 +227,8 @@ type MoeDispatchProperties(_fixture: TorchFixture) =
         let cfg = DecoderConfig(d_model = 8, n_layers = 1, n_heads = 2, d_mlp = 5, d_vocab = 9, n_ctx = 6, n_experts = 3,
                                 experts_per_token = 2, seed = int seed)
         use model = new HookedTransformer(cfg)
-        let tokens = torch.randint(0L, 9L, [| 2L; 6L |], generator = torch.Generator(uint64 seed))
+        use g = new torch.Generator(uint64 seed)
+        let tokens = torch.randint(0L, 9L, [| 2L; 6L |], generator = g)
         let names = set [ "blocks.0.ln2.hook_normalized"; "blocks.0.mlp.hook_gates"; "blocks.0.mlp.hook_expert_index"; "blocks.0.hook_mlp_out" ]
         let struct (_, cache) = model.RunWithCache(tokens, fun n -> names.Contains n)
         use cache = cache

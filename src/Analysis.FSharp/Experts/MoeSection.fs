@@ -43,8 +43,11 @@ let private nmiOf feature (m: ModelResult) = m.Stats.Specialization.[feature].Nm
 let private purityOf feature (m: ModelResult) = m.Stats.Specialization.[feature].Purity.Observed
 let private nmiP feature (m: ModelResult) = m.Stats.Specialization.[feature].Nmi.PValue
 
-/// Per layer and feature: significant in every trained seed, above every baseline in every seed, and
-/// ablation hurting the claimed category more than the feature's other tokens in every seed.
+/// An NMI below this is not called informative however small its p-value (fixed before the runs were read).
+let minimumNmi = 0.05
+
+/// Per layer and feature: significant (p < 0.05) with NMI ≥ minimumNmi in every trained seed, above each
+/// baseline in every seed, and ablation hurting the claimed category more than the feature's other tokens in every seed.
 type Verdict =
     { Layer: int
       Feature: string
@@ -62,7 +65,7 @@ let verdicts (r: StudyResult) =
               yield
                   { Layer = layer
                     Feature = feature
-                    Significant = trained |> List.forall (fun m -> nmiP feature m < 0.05)
+                    Significant = trained |> List.forall (fun m -> nmiP feature m < 0.05 && nmiOf feature m >= minimumNmi)
                     AboveBaselines = baselines |> List.filter (fun b -> beatsInEverySeed r layer b (nmiOf feature))
                     CausalEverySeed =
                         trained |> List.forall (fun m ->
@@ -94,9 +97,36 @@ let private conclusion (r: StudyResult) =
         else
             "No: at this scale no feature's expert choice beats the hash-router baseline in every seed; what specialization the tables show is what routing by token identity gives for free."
     let weak = vs |> List.filter (fun v -> not v.Significant || v.AboveBaselines.Length < 3) |> List.map (fun v -> $"{v.Feature}@{v.Layer}")
+    let steeringLine =
+        [ for layer in 0 .. r.Setup.Layers - 1 ->
+              let rows = r.Steering |> List.filter (fun (_, l, _) -> l = layer) |> List.collect (fun (_, _, rows) -> rows)
+              let at i = if rows.IsEmpty then nan else rows |> List.averageBy (fun s -> s.Share.[i])
+              $"layer {layer}: {f3 (at 0)} at α = 0 → {f3 (at (steeringAlphas.Length - 1))} at α = {steeringAlphas.[steeringAlphas.Length - 1]}" ]
+        |> String.concat "; "
+    let forcingLine =
+        let rows = r.Forcing |> List.collect (fun (_, _, rows) -> rows)
+        let forced = rows |> List.filter (fun x -> Double.IsFinite x.ForcedDelta && Double.IsFinite x.RandomDelta)
+        let worse = forced |> List.filter (fun x -> x.ForcedDelta > x.RandomDelta) |> List.length
+        $"Forcing a category's tokens to other experts cost them more loss than forcing as many random tokens in {worse} of {forced.Length} (seed, layer, category) cases."
+    let toy = r.ToyResults
+    let toyLine =
+        let avg f = toy |> List.averageBy f
+        $"Toy model of superposition: each width-{r.Toy.Hidden} expert represents {avg (fun c -> Array.averageBy float c.RepresentedPerExpert):F1} features "
+        + $"({avg (fun c -> c.MoeFeaturesPerDimension):F2} per dimension, mean dimensionality D_i {avg (fun c -> c.MoeMeanDimensionality):F2}) against "
+        + $"{avg (fun c -> c.DenseFeaturesPerDimension):F2} per dimension (D_i {avg (fun c -> c.DenseMeanDimensionality):F2}) in the dense width-{r.Toy.Hidden * r.Toy.Experts} model; "
+        + $"a feature keeps {100.0 * avg (fun c -> c.Exclusivity):F0}%% of its embedding norm² in its main expert. "
+        + (if avg (fun c -> c.MoeMeanDimensionality) < avg (fun c -> c.DenseMeanDimensionality) then
+               "Inside an expert features are more superposed (lower D_i), not more monosemantic, than in the dense model. "
+           else "Inside an expert features are no more superposed (D_i at least the dense model's). ")
+        + (if avg (fun c -> c.MoeLoss) > avg (fun c -> c.DenseLoss) then
+               $"The MoE reconstructs worse (loss {avg (fun c -> c.MoeLoss):F3} vs {avg (fun c -> c.DenseLoss):F3}; a sample passes through {r.Toy.Hidden} of the {r.Toy.Hidden * r.Toy.Experts} dimensions)."
+           else $"The MoE reconstructs at least as well (loss {avg (fun c -> c.MoeLoss):F3} vs {avg (fun c -> c.DenseLoss):F3}).")
     [ "Conclusion. " + answer
       (if weak.IsEmpty then "Every feature passed in every layer."
-       else "Not specialized beyond the baselines: " + String.concat ", " weak + ".")
+       else "Not above every baseline in every seed (or NMI below " + string minimumNmi + "): " + String.concat ", " weak + ".")
+      $"Steering along a category's mean-difference direction moves routing to its expert (share of other tokens routed there, mean over categories and seeds: {steeringLine})."
+      forcingLine
+      toyLine
       caveat ]
 
 let private heatmapFigure (r: StudyResult) =
@@ -107,12 +137,12 @@ let private heatmapFigure (r: StudyResult) =
               for kind in kinds do
                   let m = models r kind layer |> List.find (fun m -> m.Seed = seed)
                   let z =
-                      let tables = cols |> List.map (fun c -> Specialization.lift 3.0 m.Stats.Tables.[c.Feature] |> fun l -> l.[*, c.Id])
+                      let tables = cols |> List.map (fun c -> Specialization.expertGivenCategory m.Stats.Tables.[c.Feature] |> fun p -> p.[c.Id, *])
                       Array2D.init r.Setup.Experts cols.Length (fun e c -> tables.[c].[e])
                   yield { Panel.empty $"{kindName kind}, layer {layer}" with
-                              XLabel = "feature category"; YLabel = "expert"; Series = [ Heatmap(z, -3.0, 3.0) ] } ]
-    Figure.create "routing-heatmaps" "Which feature categories each expert over-represents"
-        ($"log2 P(category | expert) / P(category), clipped to ±3 (red: the expert sees the category more often than the data does), seed {seed}, held-out batch. "
+                              XLabel = "feature category"; YLabel = "expert"; Series = [ Heatmap(z, -1.0, 1.0) ] } ]
+    Figure.create "routing-heatmaps" "Where each feature category's tokens go: P(expert | category)"
+        ($"Each column sums to 1; white 0, dark red 1 (one expert takes the whole category), an even spread is 1/{r.Setup.Experts}. Seed {seed}, held-out batch. "
          + "Dense model: 'expert' is the neuron group (d_mlp in n_experts contiguous groups) with the largest activation norm. Columns: "
          + (cols |> List.mapi (fun i c -> $"{i} {columnName c}") |> String.concat ", ") + ".")
         4 panels
@@ -236,7 +266,7 @@ let section (r: StudyResult) : ReportSection =
     let keyNumbers =
         [ for layer in 0 .. s.Layers - 1 do
               let best = r.Features |> Map.toList |> List.map fst |> List.maxBy (fun f -> meanOver r Trained layer (nmiOf f))
-              yield { Label = $"layer {layer}: most informative feature (NMI trained / hash / dense / untrained)"
+              yield { Label = $"layer {layer}: most informative feature (NMI trained / untrained / hash router / dense)"
                       Value = $"{best}: " + (kinds |> List.map (fun k -> f3 (meanOver r k layer (nmiOf best))) |> String.concat " / ") } ]
         @ [ { Label = "toy model: features represented, MoE (any expert) vs dense, mean over seeds"
               Value = $"{toy |> List.averageBy (fun c -> float c.MoeRepresented):F1} vs {toy |> List.averageBy (fun c -> float c.DenseRepresented):F1} of {r.Toy.Features}" }
@@ -245,7 +275,7 @@ let section (r: StudyResult) : ReportSection =
         Paragraphs =
             [ $"A {s.Layers}-layer decoder (d_model {s.DModel}, {s.Heads} heads) whose every MLP is a mixture of {s.Experts} experts (top-{s.TopK}, expert d_mlp {s.ExpertDMlp}, Switch load-balancing loss α = 0.01) is trained for {s.Steps} steps on the toy language. Its tokens carry ground-truth labels defined in ToyLanguage before any training: token class, number, position parity, inside brackets and the rule that fixes the next token."
               $"Baselines, each analysed the same way: the same model untrained; the same MoE trained with a fixed random hash router (experts chosen by token id, gates 1/k); and a dense decoder with the same active parameters (d_mlp {s.TopK * s.ExpertDMlp}), whose 'expert' for a token is the strongest of {s.Experts} contiguous neuron groups. Every number is measured on a held-out batch of {s.AnalysisBatch} sequences, for seeds {s.Seeds}."
-              "Specialization is the normalized mutual information 2I/(H(E)+H(F)) between a token's top expert and a feature, and cluster purity (share of tokens in their expert's majority category); each is tested against label shuffles. The hash router matters most: it routes by token identity too, so whatever NMI it reaches is what the vocabulary alone gives."
+              "Specialization is the normalized mutual information 2I/(H(E)+H(F)) between a token's top expert and a feature, and cluster purity (share of tokens in their expert's majority category; for an imbalanced binary feature every expert's majority is the common category, so purity cannot move and its p-value is 1); each is tested against label shuffles. The hash router matters most: it routes by token identity too, so whatever NMI it reaches is what the vocabulary alone gives."
               $"Mixture of experts in the toy model of superposition: {r.Toy.Experts} experts of width {r.Toy.Hidden} behind a top-1 router against the dense model of width {r.Toy.Hidden * r.Toy.Experts}, n = {r.Toy.Features} features of equal importance at sparsity {r.Toy.Sparsity}." ]
             @ conclusion r
         KeyNumbers = keyNumbers
