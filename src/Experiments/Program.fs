@@ -1,23 +1,29 @@
-/// The main job's experiment runner: runs every experiment at the chosen scale and writes the report.
-/// Usage: MechInterp.Experiments [--quick | --full] [--out artifacts]
+/// The main job's experiment runner: runs every registered experiment at the chosen scale, writes each
+/// one's numbers to <out>/results/<name>.json and all their sections to <out>/report/index.html.
+/// Usage: MechInterp.Experiments [--quick | --full] [--out artifacts] [--only name,name]
 module MechInterp.Experiments.Program
 
 open System
+open System.Diagnostics
 open System.IO
 open TorchSharp
 open MechInterp
 open MechInterp.Analysis.Report
 
-/// Every experiment of the main job, in report order.
-let experiments: Experiment list = [ Analysis.Experts.MoeExperiment.experiment ]
+/// Every experiment the main job runs, in report order. To add one, append its `Experiment` value.
+let experiments : Experiment list =
+    [ MechInterp.Analysis.Superposition.Section.experiment
+      MechInterp.Analysis.Experts.MoeExperiment.experiment ]
 
 let private parseArgs (argv: string[]) =
     let scale = if argv |> Array.contains "--full" then Full else Quick
-    let out =
-        match argv |> Array.tryFindIndex ((=) "--out") with
-        | Some i when i + 1 < argv.Length -> argv.[i + 1]
-        | _ -> "artifacts"
-    scale, Path.GetFullPath out
+    let valueOf flag =
+        match argv |> Array.tryFindIndex ((=) flag) with
+        | Some i when i + 1 < argv.Length -> Some argv.[i + 1]
+        | _ -> None
+    let out = valueOf "--out" |> Option.defaultValue "artifacts"
+    let only = valueOf "--only" |> Option.map (fun s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) |> Set.ofArray)
+    scale, Path.GetFullPath out, only
 
 /// A forward pass through a tiny two-layer network with the kernel setting: proves libtorch,
 /// the native library and the managed twin all work in the main job's process.
@@ -36,18 +42,29 @@ let private smokeForward () =
 
 [<EntryPoint>]
 let main argv =
-    let scale, out = parseArgs argv
+    let scale, out, only = parseArgs argv
     Runtime.TorchRuntime.EnsureLoaded()
     printfn "MechInterp experiments, %A scale, %d threads, artifacts in %s" scale Settings.Threads out
     smokeForward ()
+    let chosen =
+        match only with
+        | Some names ->
+            let unknown = names |> Set.filter (fun n -> experiments |> List.forall (fun e -> e.Name <> n))
+            if not unknown.IsEmpty then
+                let registered = experiments |> List.map (fun e -> e.Name) |> String.concat ", "
+                let unknown = String.Join(", ", unknown)
+                failwith $"unknown experiment(s) {unknown}; registered: {registered}"
+            experiments |> List.filter (fun e -> names.Contains e.Name)
+        | None -> experiments
     let sections =
-        [ for experiment in experiments do
-              let clock = Diagnostics.Stopwatch.StartNew()
-              printfn "\n%s: %s" experiment.Name experiment.Description
-              let output = experiment.Run scale
-              let path = Report.writeResults (Path.Combine(out, "results")) experiment.Name output.Results
-              printfn "%s: %.1f s, results in %s" experiment.Name clock.Elapsed.TotalSeconds path
+        [ for e in chosen do
+              printfn "\n== %s: %s" e.Name e.Description
+              let clock = Stopwatch.StartNew()
+              let output = e.Run scale
+              let results = Report.writeResults (Path.Combine(out, "results")) e.Name output.Results
+              printfn "== %s finished in %.1f s; numbers in %s" e.Name clock.Elapsed.TotalSeconds results
               yield! output.Sections ]
-    let page = Report.write (Path.Combine(out, "report")) "MechInterp report" sections
-    printfn "report: %s" page
+    let clock = Stopwatch.StartNew()
+    let report = Report.write (Path.Combine(out, "report")) "MechInterp report" sections
+    printfn "report written to %s in %.1f s" report clock.Elapsed.TotalSeconds
     0

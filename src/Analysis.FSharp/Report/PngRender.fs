@@ -49,7 +49,10 @@ let private addSeries (plot: Plot) (panel: Panel) (series: Series) =
         // ScottPlot draws row 0 at the top but numbers the y axis upwards: relabel so ticks name rows.
         let lastRow = float (Array2D.length1 z - 1)
         let ticks = TickGenerators.NumericAutomatic()
-        ticks.LabelFormatter <- Func<float, string>(fun v -> sprintf "%g" (Math.Round(lastRow - v, 3)))
+        ticks.LabelFormatter <-
+            Func<float, string>(fun v ->
+                let row = Math.Round(lastRow - v, 3)
+                if row < 0.0 || row > lastRow then "" else sprintf "%g" row)
         plot.Axes.Left.TickGenerator <- ticks
     | HLine(y, label) ->
         let y = if panel.YLog then log10 y else y
