@@ -4,9 +4,10 @@
 module MechInterp.Analysis.Experts.ToySuperposition
 
 open MechInterp.ToyModels
+open MechInterp.Analysis.Superposition
 
 /// A feature counts as represented when its direction is longer than this (Elhage et al.'s cut-off).
-let representedThreshold = 0.5
+let representedThreshold = Metrics.representedThreshold
 
 type ToySetup =
     { Features: int
@@ -21,20 +22,11 @@ type ToySetup =
       LearningRate: float
       BalanceCoef: float }
 
-let private column (w: float[][]) i = w |> Array.map (fun row -> row.[i])
-
-let private dot (a: float[]) (b: float[]) = Array.fold2 (fun s x y -> s + x * y) 0.0 a b
-
 /// ‖W_i‖ per feature of an embedding given as rows [m][n].
-let norms (w: float[][]) = Array.init w.[0].Length (fun i -> let c = column w i in sqrt (dot c c))
+let norms (w: float[][]) = Metrics.featureNorms (Metrics.ofRows w)
 
 /// D_i = ‖W_i‖² / Σ_j (Ŵ_i · W_j)²: 1 for a feature with a dimension to itself, 1/2 for an antipodal pair, 0 if unrepresented.
-let dimensionality (w: float[][]) =
-    let cols = Array.init w.[0].Length (column w)
-    cols |> Array.map (fun ci ->
-        let n2 = dot ci ci
-        if n2 = 0.0 then 0.0
-        else n2 / (cols |> Array.sumBy (fun cj -> (dot ci cj) ** 2.0 / n2)))
+let dimensionality (w: float[][]) = Metrics.featureDimensionality (Metrics.ofRows w)
 
 /// What one seed of the comparison found.
 type ToyComparison =
