@@ -39,6 +39,12 @@ public sealed record DecoderConfig
     public double router_aux_loss_coef { get; init; } = 0.01;
     /// <summary>Router z-loss coefficient (mean of logsumexp² of router logits); 0 disables it.</summary>
     public double router_z_loss_coef { get; init; }
+    /// <summary>
+    /// Expert capacity as a multiple of an even share: each expert keeps at most
+    /// ceil(factor · tokens · k / n_experts) (token, slot) pairs per forward pass, the rest are dropped
+    /// (gate 0) and counted in Moe.LastRouting. 0 (default) means no limit.
+    /// </summary>
+    public double expert_capacity_factor { get; init; }
 
     [JsonIgnore] public int DHead => d_head > 0 ? d_head : (n_heads > 0 ? d_model / n_heads : 0);
     [JsonIgnore] public int DMlp => d_mlp > 0 ? d_mlp : 4 * d_model;
@@ -86,6 +92,7 @@ public sealed record DecoderConfig
             if (experts_per_token > n_experts) problems.Add($"experts_per_token ({experts_per_token}) must not exceed n_experts ({n_experts})");
             if (router_aux_loss_coef < 0 || double.IsNaN(router_aux_loss_coef)) problems.Add($"router_aux_loss_coef must be non-negative, got {router_aux_loss_coef}");
             if (router_z_loss_coef < 0 || double.IsNaN(router_z_loss_coef)) problems.Add($"router_z_loss_coef must be non-negative, got {router_z_loss_coef}");
+            if (expert_capacity_factor < 0 || double.IsNaN(expert_capacity_factor)) problems.Add($"expert_capacity_factor must be non-negative (0: no limit), got {expert_capacity_factor}");
         }
         else if (experts_per_token != 0)
             problems.Add($"experts_per_token ({experts_per_token}) is set but n_experts is 0");

@@ -24,6 +24,9 @@ public sealed class Moe : nn.Module<Tensor, Tensor>
     /// <summary>The load-balancing (and z-) loss of the last forward pass, already scaled by its coefficients.</summary>
     public Tensor? LastAuxLoss { get; private set; }
 
+    /// <summary>Kept pairs per expert, dropped pairs and the capacity of the last forward pass.</summary>
+    public RoutingStats? LastRouting { get; private set; }
+
     internal Moe(string prefix, DecoderConfig cfg, Init init, HookRegistry hooks) : base("mlp")
     {
         this.cfg = cfg;
@@ -49,18 +52,35 @@ public sealed class Moe : nn.Module<Tensor, Tensor>
         var probs = logits.softmax(-1);                           // [batch, pos, n_experts]
         var (top, topIndex) = probs.topk(k, dim: -1);             // [batch, pos, k] each
         var gates = hook_gates.Run(top);
-        var index = hook_expert_index.Run(topIndex);
+        var index = hook_expert_index.Run(topIndex);              // a replacing hook forces the routing
 
-        var output = Kernel.ExpertMlp(x.reshape(-1, d), index.reshape(-1, k), gates.reshape(-1, k),
+        long capacity = Router.Capacity(cfg.expert_capacity_factor, batch * pos, k, experts);
+        var routed = Router.LimitCapacity(index.reshape(-1, k), gates.reshape(-1, k), experts, capacity);   // [batch * pos, k]
+        LastRouting = routed.Stats;
+        var output = Kernel.ExpertMlp(x.reshape(-1, d), index.reshape(-1, k), routed.Gates,
                                       W_in, b_in, W_out, b_out, act);   // [batch * pos, d_model]
+        routed.Kept.Dispose();
         LastAuxLoss = AuxLoss(logits, probs, index, experts, k);
         return output.view(batch, pos, d);
+    }
+
+    /// <summary>
+    /// Every expert's output on every token, ungated: x [tokens, d_model] (the block's normalized input,
+    /// blocks.{i}.ln2.hook_normalized) → [n_experts, tokens, d_model]. For analysis: the layer's output
+    /// is the gate-weighted sum of the rows its routing picks.
+    /// </summary>
+    public Tensor ExpertOutputs(Tensor x)
+    {
+        if (x.dim() != 2 || x.shape[1] != cfg.d_model)
+            throw new ArgumentException($"x must be [tokens, d_model = {cfg.d_model}], got [{string.Join(", ", x.shape)}]");
+        var hidden = act(x.unsqueeze(0).matmul(W_in).add(b_in.unsqueeze(1)));   // [n_experts, tokens, d_mlp]
+        return hidden.matmul(W_out).add(b_out.unsqueeze(1));                   // [n_experts, tokens, d_model]
     }
 
     /// <summary>Switch Transformer balance loss α·E·Σ_e f_e·P_e (f_e: share of routed slots, P_e: mean router probability), plus z-loss.</summary>
     private Tensor AuxLoss(Tensor logits, Tensor probs, Tensor index, int experts, int k)
     {
-        using var counts = nn.functional.one_hot(index.reshape(-1), experts).to(probs.dtype).sum(0);   // [n_experts]
+        using var counts = nn.functional.one_hot(index.reshape(-1), experts).to(probs.dtype).sum(0L);   // [n_experts] (0L: a literal 0 would bind to sum(ScalarType))
         var fraction = counts.div(index.numel());                                                       // [n_experts]
         var meanProb = probs.reshape(-1, experts).mean([0L]);                                           // [n_experts]
         var loss = fraction.mul(meanProb).sum().mul(cfg.router_aux_loss_coef * experts);

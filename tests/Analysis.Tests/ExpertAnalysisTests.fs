@@ -1,0 +1,132 @@
+/// The specialization statistics on tables whose answers are known, and the hash-router baseline.
+module MechInterp.Analysis.Tests.ExpertAnalysisTests
+
+open System
+open Xunit
+open FsCheck.Xunit
+open TorchSharp
+open MechInterp.Model
+open MechInterp.Analysis.Experts
+open MechInterp.Analysis.Experts.Specialization
+open System.Text.Json.Nodes
+
+[<Fact>]
+let ``NMI is 1 for a relabelling and 0 for independence`` () =
+    // Experts 0,1,2 ↔ categories 2,0,1: a bijection.
+    let choice = [| 0; 1; 2; 0; 1; 2 |]
+    let labels = [| 2; 0; 1; 2; 0; 1 |]
+    Assert.Equal(1.0, nmi (contingency 3 3 choice labels), 12)
+    // Every expert sees every category equally often.
+    let independent = array2D [ [ 5; 5 ]; [ 3; 3 ] ]
+    Assert.Equal(0.0, nmi independent, 12)
+    Assert.Equal(0.0, mutualInformation independent, 12)
+
+[<Fact>]
+let ``NMI of a hand-worked table`` () =
+    // Joint [[2, 0], [1, 1]] over 4 tokens: H(E) = H(F) = ln 2 ... F marginal (3/4, 1/4).
+    let t = array2D [ [ 2; 0 ]; [ 1; 1 ] ]
+    let hE = log 2.0
+    let hF = -(0.75 * log 0.75 + 0.25 * log 0.25)
+    let mi = 0.5 * log (0.5 / (0.5 * 0.75)) + 0.25 * log (0.25 / (0.5 * 0.75)) + 0.25 * log (0.25 / (0.5 * 0.25))
+    Assert.Equal(mi, mutualInformation t, 12)
+    Assert.Equal(2.0 * mi / (hE + hF), nmi t, 12)
+    // Purity: expert 0's top category has 2 of its 2 tokens, expert 1's 1 of 2 → 3/4.
+    Assert.Equal(0.75, purity t, 12)
+
+[<Fact>]
+let ``conditional tables and lift read off the counts`` () =
+    let t = array2D [ [ 3; 1 ]; [ 0; 4 ] ]
+    let eGivenC = expertGivenCategory t
+    Assert.Equal(1.0, eGivenC.[0, 0], 12)          // category 0 only ever goes to expert 0
+    Assert.Equal(0.2, eGivenC.[1, 0], 12)          // category 1: 1 of 5 to expert 0
+    let cGivenE = categoryGivenExpert t
+    Assert.Equal(0.75, cGivenE.[0, 0], 12)
+    let l = lift 3.0 t
+    Assert.Equal(Math.Log2(0.75 / (3.0 / 8.0)), l.[0, 0], 12)
+    Assert.Equal(-3.0, l.[1, 0], 12)               // a zero count is clipped to −cap
+    Assert.Equal<float[]>([| 0.5; 0.5 |], load 2 [| 0; 1; 1; 0 |])
+
+[<Fact>]
+let ``consecutive same-expert rate counts only neighbours in one sequence`` () =
+    // Sequence 0: experts 1,1,2; sequence 1: 2,2. Pairs: (1,1) same, (1,2) not, (2,2) same; the seam is not a pair.
+    let rate = consecutiveSameRate [| 1; 1; 2; 2; 2 |] [| 0; 0; 0; 1; 1 |] [| 0; 1; 2; 0; 1 |]
+    Assert.Equal(2.0 / 3.0, rate, 12)
+
+[<Fact>]
+let ``the permutation test rejects dependence and keeps independence`` () =
+    let rng = Random(1)
+    let labels = Array.init 400 (fun i -> i % 4)
+    let dependent = specialization rng 200 4 4 (labels |> Array.map (fun c -> (c + 1) % 4)) labels
+    Assert.Equal(1.0 / 201.0, dependent.Nmi.PValue, 12)
+    Assert.Equal(1.0 / 201.0, dependent.Purity.PValue, 12)
+    Assert.True(dependent.Nmi.NullMean < 0.05, $"null NMI {dependent.Nmi.NullMean}")
+    let noise = Array.init 400 (fun _ -> rng.Next 4)
+    let independent = specialization rng 200 4 4 noise labels
+    Assert.True(independent.Nmi.PValue > 0.01, $"independent choice got p = {independent.Nmi.PValue}")
+
+[<Property(MaxTest = 100)>]
+let ``NMI and purity stay in range and NMI is symmetric`` (pairs: (byte * byte) list) =
+    let choice = pairs |> List.map (fun (a, _) -> int a % 5) |> Array.ofList
+    let labels = pairs |> List.map (fun (_, b) -> int b % 3) |> Array.ofList
+    let t = contingency 5 3 choice labels
+    let transposed = contingency 3 5 labels choice
+    let n, p = nmi t, purity t
+    n >= 0.0 && n <= 1.0 && abs (n - nmi transposed) < 1e-12
+    && (pairs.IsEmpty || (p > 0.0 && p <= 1.0 + 1e-12))
+
+[<Fact>]
+let ``contingency names a bad category and its token`` () =
+    let e = Assert.Throws<ArgumentException>(fun () -> contingency 2 2 [| 0; 1 |] [| 0; 5 |] |> ignore)
+    Assert.Contains("category 5 at token 1", e.Message)
+
+[<Collection("torch")>]
+type HashRouterTests(_fixture: TorchFixture) =
+
+    [<Fact>]
+    member _.``the hash router forces routing by token id with distinct experts and equal gates``() =
+        use _scope = torch.NewDisposeScope()
+        let cfg = DecoderConfig(d_model = 8, n_layers = 2, n_heads = 2, d_mlp = 4, d_vocab = 10, n_ctx = 6, n_experts = 4,
+                                experts_per_token = 2, seed = 0)
+        use model = new HookedTransformer(cfg)
+        let router = Subjects.HashRouting(cfg, 3)
+        let table = router.Table(1).data<int64>().ToArray() |> Array.chunkBySize 2
+        Assert.All(table, fun row -> Assert.NotEqual(row.[0], row.[1]))
+        let tokens = torch.tensor([| 3L; 7L; 3L; 0L; 9L; 7L |]).view(1L, 6L)
+        let names = set [ "blocks.1.mlp.hook_expert_index"; "blocks.1.mlp.hook_gates" ]
+        let struct (_, cache) = model.RunWithCache(tokens, (fun n -> names.Contains n), router.Hooks tokens)
+        use cache = cache
+        let index = cache.["blocks.1.mlp.hook_expert_index"].reshape(-1L, 2L).data<int64>().ToArray() |> Array.chunkBySize 2
+        Assert.Equal<int64[]>(table.[3], index.[0])
+        Assert.Equal<int64[]>(index.[0], index.[2])          // same token, same experts
+        Assert.Equal<int64[]>(table.[9], index.[4])
+        Assert.All(cache.["blocks.1.mlp.hook_gates"].reshape(-1L).data<float32>().ToArray(), fun g -> Assert.Equal(0.5f, g))
+
+[<Collection("torch")>]
+type MoeStudyTests(_fixture: TorchFixture) =
+
+    [<Fact>]
+    member _.``a tiny study writes the issue's moe.json fields and a report section``() =
+        let setup =
+            { MoeStudy.quickSetup with
+                DModel = 8; Layers = 1; Heads = 2; Experts = 2; ExpertDMlp = 4; SequenceLength = 8
+                Steps = 3; BatchSize = 2; AnalysisBatch = 3; Shuffles = 5; Seeds = [ 0 ] }
+        let toy = { MoeStudy.quickToy with Features = 10; Steps = 3; BatchSize = 8 }
+        let study = MoeStudy.run ignore setup toy
+        let json = MoeStudy.toJson study
+        let features = json.["features"].AsArray() |> Seq.map (fun n -> n.GetValue<string>()) |> Set.ofSeq
+        Assert.Equal<Set<string>>(set [ "token_class"; "number"; "position_parity"; "inside_brackets"; "next_rule" ], features)
+        let models = json.["models"].AsArray()
+        Assert.Equal(4, models.Count)                                       // 4 kinds × 1 seed × 1 layer
+        Assert.Equal<Set<string>>(set [ "trained"; "untrained"; "hash_router"; "dense" ],
+                                  models |> Seq.map (fun m -> m.["name"].GetValue<string>()) |> Set.ofSeq)
+        for m in models do
+            for field in [ "nmi"; "purity"; "p_value" ] do
+                Assert.Equal(5, m.[field].AsObject().Count)
+        let ablation = json.["ablation"]
+        Assert.Equal(2, ablation.["experts"].AsArray().Count)
+        Assert.Equal(20, ablation.["features"].AsArray().Count)            // every category of every feature
+        Assert.Equal(2, ablation.["delta_loss"].AsArray().Count)
+        let section = MoeSection.section study
+        Assert.Equal("moe", section.Id)
+        Assert.True(section.Paragraphs |> List.exists (fun p -> p.StartsWith "Conclusion."))
+        Assert.Equal(4, section.Figures.Head.Panels.Length)                // one heatmap per model
