@@ -34,6 +34,34 @@ let private smokeForward () =
     printfn "smoke forward: logits %A, rows sum to %.6f, native vs managed max diff %g (native kernels: %b)"
         logits.shape (probs.sum(1L).mean().item<float32>()) diff Native.NativeKernels.IsAvailable
 
+/// Writes a results file atomically: a temporary file renamed into place.
+let private writeJson (path: string) (node: Text.Json.Nodes.JsonNode) =
+    match Path.GetDirectoryName path with
+    | null -> ()
+    | dir -> Directory.CreateDirectory dir |> ignore
+    let tmp = path + ".tmp"
+    File.WriteAllText(tmp, node.ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
+    File.Move(tmp, path, true)
+    path
+
+/// The residual-stream study and experiment_1, until the report API registers them as experiments.
+let private runResidualExperiments (scale: Scale) (out: string) =
+    let log (line: string) = Console.Out.WriteLine line; Console.Out.Flush()
+    let clock = Diagnostics.Stopwatch.StartNew()
+    let study =
+        MechInterp.Analysis.Residual.InductionStudy.run
+            (if scale = Full then MechInterp.Analysis.Residual.InductionStudy.fullSettings else MechInterp.Analysis.Residual.InductionStudy.quickSettings)
+            0 16 (Some(Path.Combine(out, "checkpoints", "residual-induction.safetensors")))
+    let path = writeJson (Path.Combine(out, "results", "residual.json")) (MechInterp.Analysis.Residual.InductionStudy.toJson study)
+    log (sprintf "residual: induction study in %.1f s -> %s" clock.Elapsed.TotalSeconds path)
+    clock.Restart()
+    let settings =
+        if scale = Full then MechInterp.Analysis.Discretization.Experiment1.fullSettings
+        else MechInterp.Analysis.Discretization.Experiment1.quickSettings
+    let e1 = MechInterp.Analysis.Discretization.Experiment1.run settings log
+    let path = writeJson (Path.Combine(out, "results", "experiment1.json")) (MechInterp.Analysis.Discretization.Experiment1.toJson e1)
+    log (sprintf "experiment1: %d variants x %d seeds in %.1f s -> %s" e1.Variants.Length settings.Seeds.Length clock.Elapsed.TotalSeconds path)
+
 [<EntryPoint>]
 let main argv =
     let scale, out = parseArgs argv
@@ -41,5 +69,6 @@ let main argv =
     printfn "MechInterp experiments, %A scale, %d threads, artifacts in %s" scale Settings.Threads out
     smokeForward ()
     let report = Path.Combine(out, "report", "index.html")
-    printfn "no experiments are registered yet; the report will be written to %s" report
+    runResidualExperiments scale out
+    printfn "the report will be written to %s once the report API is merged" report
     0

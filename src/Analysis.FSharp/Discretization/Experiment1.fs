@@ -128,3 +128,58 @@ let lossBand (window: int) (stride: int) (runs: SeedRun list) =
     summaries |> Array.map (fun s -> s.Mean),
     summaries |> Array.map (fun s -> fst s.Ci95),
     summaries |> Array.map (fun s -> snd s.Ci95)
+
+/// Quick: small and short enough that both experiments fit the main job's minutes; Full: d_model 128, longer.
+let quickSettings =
+    { Training = { InductionStudy.quickSettings with Steps = 400; SnapshotEvery = 50 }
+      Seeds = [ 0; 1; 2; 3; 4 ]
+      Range = 1.0
+      StraightThroughLevels = [ 2; 4; 16; 256 ]
+      BlockedLevels = [ 16 ]
+      Threshold = 3.0
+      SmoothingWindow = 20 }
+
+let fullSettings =
+    { quickSettings with
+        Training = { InductionStudy.fullSettings with Steps = 1500; SnapshotEvery = 100 }
+        Seeds = [ 0 .. 9 ]
+        BlockedLevels = [ 2; 4; 16; 256 ] }
+
+/// The numbers of experiment1.json.
+let toJson (r: Experiment1Result) : Text.Json.Nodes.JsonNode =
+    let s = r.Settings
+    let head (l, h, score: float) = {| layer = l; head = h; score = Math.Round(score, 4) |}
+    let variant (v: VariantResult) =
+        let lo, hi = v.FinalLoss.Ci95
+        let steps, means, lows, highs = lossBand s.SmoothingWindow 10 v.Runs
+        {| name = v.Variant.Name
+           levels = v.Variant.Quantizer |> Option.map (fun q -> q.Levels) |> Option.toNullable
+           straight_through = v.Variant.Quantizer |> Option.map (fun q -> q.Gradient = StraightThrough) |> Option.toNullable
+           seeds = v.Runs |> List.map (fun run -> run.Seed)
+           final_loss = v.Runs |> List.map (fun run -> run.FinalLoss)
+           final_loss_mean = v.FinalLoss.Mean
+           final_loss_ci95 = [ lo; hi ]
+           final_repeated_half_loss = v.Runs |> List.map (fun run -> run.FinalRepeatedHalfLoss)
+           steps_to_threshold = v.Runs |> List.map (fun run -> Option.toNullable run.StepsToThreshold)
+           versus_standard =
+            v.VersusStandard
+            |> Option.map (fun c -> {| difference = c.Difference; welch_t = c.WelchT; p_value = c.PValue; permutations = c.Permutations |})
+            |> Option.toObj
+           decomposition_error = v.Runs |> List.map (fun run -> run.Analysis.DecompositionError)
+           best_induction_head = v.Runs |> List.map (fun run -> head run.Analysis.BestInduction)
+           best_previous_token_head = v.Runs |> List.map (fun run -> head run.Analysis.BestPreviousToken)
+           logit_lens_repeated_half_loss = v.Runs |> List.map (fun run -> InductionStudy.labelled run.Analysis.LogitLens)
+           loss_curve = {| step = steps; mean = means; ci95_low = lows; ci95_high = highs |} |}
+    let node =
+        {| threshold = s.Threshold
+           threshold_on = $"trailing {s.SmoothingWindow}-step mean of the training loss (all positions)"
+           quantization =
+            $"after every block, each residual dimension clamped to [-{s.Range}, {s.Range}] and rounded to k evenly spaced levels (endpoints included)"
+           final_loss_is = "loss on the seed's fixed held-out batch after the last step, with the variant's quantization"
+           significance = "exact two-sided permutation test of the difference of mean final loss against the standard variant"
+           settings = InductionStudy.settingsRecord s.Training
+           seconds = r.Seconds
+           variants = r.Variants |> List.map variant |}
+    match Text.Json.JsonSerializer.SerializeToNode node with
+    | null -> invalidOp "the results serialized to null"
+    | n -> n

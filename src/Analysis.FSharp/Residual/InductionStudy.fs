@@ -100,3 +100,53 @@ let run (s: InductionSettings) (seed: int) (patchBatch: int) (checkpoint: string
       InductionStep = firstStepAbove headFormedLevel (fun snap -> snap.Induction) result.Snapshots
       SteepestDropStep = (drops |> Array.indexed |> Array.maxBy snd |> fst) + 1
       End = analyseEnd s model patchBatch seed }
+
+/// Quick: minutes on two cores; Full: a wider model and a longer run.
+let quickSettings =
+    { DModel = 64; Layers = 2; Heads = 4; Vocab = 64; HalfLength = 16; Steps = 500; BatchSize = 32
+      LearningRate = 1e-3; SnapshotEvery = 25; EvalBatchSize = 64 }
+
+let fullSettings =
+    { quickSettings with DModel = 128; Heads = 8; Steps = 2000; SnapshotEvery = 50; EvalBatchSize = 128 }
+
+/// A matrix as rows, rounded for the results file.
+let rows (m: float[,]) =
+    Array.init (Array2D.length1 m) (fun r -> Array.init (Array2D.length2 m) (fun c -> Math.Round(m.[r, c], 4)))
+
+let labelled (xs: (string * float)[]) = xs |> Array.map (fun (l, v) -> {| label = l; value = Math.Round(v, 4) |})
+
+let settingsRecord (s: InductionSettings) =
+    {| d_model = s.DModel; n_layers = s.Layers; n_heads = s.Heads; attn_only = true; d_vocab = s.Vocab
+       half_length = s.HalfLength; steps = s.Steps; batch_size = s.BatchSize; learning_rate = s.LearningRate
+       snapshot_every = s.SnapshotEvery; eval_batch_size = s.EvalBatchSize |}
+
+let patchingRecord (p: PatchingResult) =
+    {| ``component`` = p.Component; rows = p.RowLabels; columns = p.ColumnLabels; clean = p.Clean
+       corrupted = p.Corrupted; values = rows p.Values; recovered = rows p.Recovered |}
+
+/// The numbers of residual.json.
+let toJson (r: InductionStudyResult) : Text.Json.Nodes.JsonNode =
+    let optional (x: int option) = Option.toNullable x
+    let node =
+        {| settings = settingsRecord r.Run.Settings
+           seed = r.Run.ModelSeed
+           seconds = r.Run.Seconds
+           train_loss = r.Run.Losses |> Array.map (fun l -> Math.Round(l, 4))
+           snapshots =
+            [| for s in r.Run.Snapshots ->
+                   {| step = s.Step; loss = s.Loss; repeated_half_loss = s.RepeatedHalfLoss
+                      previous_token_scores = rows s.PreviousToken.Values; induction_scores = rows s.Induction.Values |} |]
+           head_formed_level = headFormedLevel
+           previous_token_head_step = optional r.PreviousTokenStep
+           induction_head_step = optional r.InductionStep
+           steepest_drop_step = r.SteepestDropStep
+           final_previous_token_scores = rows r.End.PreviousToken.Values
+           final_induction_scores = rows r.End.Induction.Values
+           logit_lens_repeated_half_loss = labelled r.End.LogitLens
+           attribution_by_layer = labelled r.End.AttributionByLayer
+           attribution_by_head = labelled r.End.AttributionByHead
+           decomposition_error = r.End.DecompositionError
+           patching = r.End.Patching |> List.map patchingRecord |> Array.ofList |}
+    match Text.Json.JsonSerializer.SerializeToNode node with
+    | null -> invalidOp "the results serialized to null"
+    | n -> n
