@@ -103,19 +103,20 @@ let runVariant (s: Experiment1Settings) (log: string -> unit) (variant: Variant)
 
 /// Runs every variant over every seed; `log` gets one line per run.
 let run (s: Experiment1Settings) (log: string -> unit) =
-    let clock = Diagnostics.Stopwatch.StartNew()
-    let all = variants s |> List.map (fun v -> v, runVariant s log v)
-    let standardLosses = all |> List.head |> snd |> List.map (fun r -> r.FinalLoss)
-    { Settings = s
-      Variants =
-        [ for v, runs in all ->
-              let losses = runs |> List.map (fun r -> r.FinalLoss)
-              { Variant = v
-                Runs = runs
-                FinalLoss = Intervals.summarize losses
-                VersusStandard =
-                    if v.Quantizer.IsNone then None else Some(Significance.permutationTest standardLosses losses) } ]
-      Seconds = clock.Elapsed.TotalSeconds }
+    onOneThread (fun () ->
+        let clock = Diagnostics.Stopwatch.StartNew()
+        let all = variants s |> List.map (fun v -> v, runVariant s log v)
+        let standardLosses = all |> List.head |> snd |> List.map (fun r -> r.FinalLoss)
+        { Settings = s
+          Variants =
+            [ for v, runs in all ->
+                  let losses = runs |> List.map (fun r -> r.FinalLoss)
+                  { Variant = v
+                    Runs = runs
+                    FinalLoss = Intervals.summarize losses
+                    VersusStandard =
+                        if v.Quantizer.IsNone then None else Some(Significance.permutationTest standardLosses losses) } ]
+          Seconds = clock.Elapsed.TotalSeconds })
 
 /// Mean and 95% interval across seeds of the trailing-window training loss, every `stride` steps:
 /// (steps, means, lows, highs).
@@ -148,7 +149,8 @@ let fullSettings =
 /// The numbers of experiment1.json.
 let toJson (r: Experiment1Result) : Text.Json.Nodes.JsonNode =
     let s = r.Settings
-    let head (l, h, score: float) = {| layer = l; head = h; score = Math.Round(score, 4) |}
+    let finite = InductionStudy.finite
+    let head (l, h, score: float) = {| layer = l; head = h; score = finite score |}
     let variant (v: VariantResult) =
         let lo, hi = v.FinalLoss.Ci95
         let steps, means, lows, highs = lossBand s.SmoothingWindow 10 v.Runs
@@ -156,20 +158,21 @@ let toJson (r: Experiment1Result) : Text.Json.Nodes.JsonNode =
            levels = v.Variant.Quantizer |> Option.map (fun q -> q.Levels) |> Option.toNullable
            straight_through = v.Variant.Quantizer |> Option.map (fun q -> q.Gradient = StraightThrough) |> Option.toNullable
            seeds = v.Runs |> List.map (fun run -> run.Seed)
-           final_loss = v.Runs |> List.map (fun run -> run.FinalLoss)
-           final_loss_mean = v.FinalLoss.Mean
-           final_loss_ci95 = [ lo; hi ]
-           final_repeated_half_loss = v.Runs |> List.map (fun run -> run.FinalRepeatedHalfLoss)
+           final_loss = v.Runs |> List.map (fun run -> finite run.FinalLoss)
+           final_loss_mean = finite v.FinalLoss.Mean
+           final_loss_ci95 = [ finite lo; finite hi ]
+           final_repeated_half_loss = v.Runs |> List.map (fun run -> finite run.FinalRepeatedHalfLoss)
            steps_to_threshold = v.Runs |> List.map (fun run -> Option.toNullable run.StepsToThreshold)
            versus_standard =
             v.VersusStandard
-            |> Option.map (fun c -> {| difference = c.Difference; welch_t = c.WelchT; p_value = c.PValue; permutations = c.Permutations |})
+            |> Option.map (fun c -> {| difference = finite c.Difference; welch_t = finite c.WelchT; p_value = finite c.PValue; permutations = c.Permutations |})
             |> Option.toObj
-           decomposition_error = v.Runs |> List.map (fun run -> run.Analysis.DecompositionError)
+           decomposition_error = v.Runs |> List.map (fun run -> finite run.Analysis.DecompositionError)
            best_induction_head = v.Runs |> List.map (fun run -> head run.Analysis.BestInduction)
            best_previous_token_head = v.Runs |> List.map (fun run -> head run.Analysis.BestPreviousToken)
            logit_lens_repeated_half_loss = v.Runs |> List.map (fun run -> InductionStudy.labelled run.Analysis.LogitLens)
-           loss_curve = {| step = steps; mean = means; ci95_low = lows; ci95_high = highs |} |}
+           loss_curve =
+            {| step = steps; mean = Array.map finite means; ci95_low = Array.map finite lows; ci95_high = Array.map finite highs |} |}
     let node =
         {| threshold = s.Threshold
            threshold_on = $"trailing {s.SmoothingWindow}-step mean of the training loss (all positions)"

@@ -13,7 +13,7 @@ open MechInterp.Analysis.Residual.InductionRun
 open MechInterp.Analysis.Patching.ActivationPatching
 
 /// A head "has formed" once its score on the evaluation batch reaches this level.
-let headFormedLevel = 0.4
+let headFormedLevel = 0.3
 
 /// What the trained model does, measured at the end.
 type EndAnalysis =
@@ -86,20 +86,23 @@ let analyseEnd (s: InductionSettings) (model: HookedTransformer) (patchBatch: in
 
 /// Trains (saving the final model to `checkpoint` when given) and analyses.
 let run (s: InductionSettings) (seed: int) (patchBatch: int) (checkpoint: string option) =
-    let model, result = train s seed seed (fun _ -> [||])
-    use model = model
-    checkpoint |> Option.iter (fun path ->
-        match IO.Path.GetDirectoryName(IO.Path.GetFullPath path) with
-        | null -> ()
-        | dir -> IO.Directory.CreateDirectory dir |> ignore
-        model.Save path)
-    let smooth = smoothed 20 result.Losses
-    let drops = Array.init smooth.Length (fun i -> if i < 20 then 0.0 else smooth.[i - 20] - smooth.[i])
-    { Run = result
-      PreviousTokenStep = firstStepAbove headFormedLevel (fun snap -> snap.PreviousToken) result.Snapshots
-      InductionStep = firstStepAbove headFormedLevel (fun snap -> snap.Induction) result.Snapshots
-      SteepestDropStep = (drops |> Array.indexed |> Array.maxBy snd |> fst) + 1
-      End = analyseEnd s model patchBatch seed }
+    onOneThread (fun () ->
+        let model, result = train s seed seed (fun _ -> [||])
+        use model = model
+        checkpoint |> Option.iter (fun path ->
+            match IO.Path.GetDirectoryName(IO.Path.GetFullPath path) with
+            | null -> ()
+            | dir -> IO.Directory.CreateDirectory dir |> ignore
+            model.Save path)
+        let steepest =
+            result.Snapshots |> List.pairwise
+            |> List.maxBy (fun (a, b) -> (a.RepeatedHalfLoss - b.RepeatedHalfLoss) / float (b.Step - a.Step))
+            |> snd
+        { Run = result
+          PreviousTokenStep = firstStepAbove headFormedLevel (fun snap -> snap.PreviousToken) result.Snapshots
+          InductionStep = firstStepAbove headFormedLevel (fun snap -> snap.Induction) result.Snapshots
+          SteepestDropStep = steepest.Step
+          End = analyseEnd s model patchBatch seed })
 
 /// Quick: minutes on two cores; Full: a wider model and a longer run.
 let quickSettings =
@@ -110,10 +113,13 @@ let fullSettings =
     { quickSettings with DModel = 128; Heads = 8; Steps = 2000; SnapshotEvery = 50; EvalBatchSize = 128 }
 
 /// A matrix as rows, rounded for the results file.
-let rows (m: float[,]) =
-    Array.init (Array2D.length1 m) (fun r -> Array.init (Array2D.length2 m) (fun c -> Math.Round(m.[r, c], 4)))
+/// A number for JSON: rounded, and null where it is not finite (JSON has no NaN).
+let finite (x: float) = if Double.IsFinite x then Nullable(Math.Round(x, 5)) else Nullable()
 
-let labelled (xs: (string * float)[]) = xs |> Array.map (fun (l, v) -> {| label = l; value = Math.Round(v, 4) |})
+let rows (m: float[,]) =
+    Array.init (Array2D.length1 m) (fun r -> Array.init (Array2D.length2 m) (fun c -> finite m.[r, c]))
+
+let labelled (xs: (string * float)[]) = xs |> Array.map (fun (l, v) -> {| label = l; value = finite v |})
 
 let settingsRecord (s: InductionSettings) =
     {| d_model = s.DModel; n_layers = s.Layers; n_heads = s.Heads; attn_only = true; d_vocab = s.Vocab
@@ -121,8 +127,8 @@ let settingsRecord (s: InductionSettings) =
        snapshot_every = s.SnapshotEvery; eval_batch_size = s.EvalBatchSize |}
 
 let patchingRecord (p: PatchingResult) =
-    {| ``component`` = p.Component; rows = p.RowLabels; columns = p.ColumnLabels; clean = p.Clean
-       corrupted = p.Corrupted; values = rows p.Values; recovered = rows p.Recovered |}
+    {| ``component`` = p.Component; rows = p.RowLabels; columns = p.ColumnLabels; clean = finite p.Clean
+       corrupted = finite p.Corrupted; values = rows p.Values; recovered = rows p.Recovered |}
 
 /// The numbers of residual.json.
 let toJson (r: InductionStudyResult) : Text.Json.Nodes.JsonNode =
@@ -131,10 +137,10 @@ let toJson (r: InductionStudyResult) : Text.Json.Nodes.JsonNode =
         {| settings = settingsRecord r.Run.Settings
            seed = r.Run.ModelSeed
            seconds = r.Run.Seconds
-           train_loss = r.Run.Losses |> Array.map (fun l -> Math.Round(l, 4))
+           train_loss = r.Run.Losses |> Array.map finite
            snapshots =
             [| for s in r.Run.Snapshots ->
-                   {| step = s.Step; loss = s.Loss; repeated_half_loss = s.RepeatedHalfLoss
+                   {| step = s.Step; loss = finite s.Loss; repeated_half_loss = finite s.RepeatedHalfLoss
                       previous_token_scores = rows s.PreviousToken.Values; induction_scores = rows s.Induction.Values |} |]
            head_formed_level = headFormedLevel
            previous_token_head_step = optional r.PreviousTokenStep
@@ -145,7 +151,7 @@ let toJson (r: InductionStudyResult) : Text.Json.Nodes.JsonNode =
            logit_lens_repeated_half_loss = labelled r.End.LogitLens
            attribution_by_layer = labelled r.End.AttributionByLayer
            attribution_by_head = labelled r.End.AttributionByHead
-           decomposition_error = r.End.DecompositionError
+           decomposition_error = finite r.End.DecompositionError
            patching = r.End.Patching |> List.map patchingRecord |> Array.ofList |}
     match Text.Json.JsonSerializer.SerializeToNode node with
     | null -> invalidOp "the results serialized to null"
