@@ -1,0 +1,60 @@
+/// Writes the report and the results files; the only place that knows where artifacts go.
+module MechInterp.Analysis.Report.Report
+
+open System.IO
+open System.Text
+open System.Text.Json
+open System.Text.Json.Nodes
+
+/// Writes text to a temp file and renames it into place: a crash never leaves half a file.
+let writeAtomically (path: string) (text: string) =
+    Directory.CreateDirectory(nonNull (Path.GetDirectoryName(Path.GetFullPath path))) |> ignore
+    let temp = $"{path}.{System.Environment.ProcessId}.tmp"
+    File.WriteAllText(temp, text, UTF8Encoding false)
+    File.Move(temp, path, true)
+
+/// The PNG file name of a figure, unique across the report: "<section id>-<figure id>.png".
+let pngName (section: ReportSection) (figure: Figure) = $"{section.Id}-{figure.Id}.png"
+
+/// Renders sections into `dir`/index.html plus one PNG per figure; returns the page's path.
+let write (dir: string) (title: string) (sections: ReportSection list) =
+    let ids = sections |> List.map (fun s -> s.Id)
+    match ids |> List.countBy id |> List.tryFind (fun (_, n) -> n > 1) with
+    | Some(dup, _) -> invalidArg (nameof sections) $"two report sections share the id '{dup}'"
+    | None -> ()
+    Directory.CreateDirectory dir |> ignore
+    for s in sections do
+        for f in s.Figures do PngRender.write (Path.Combine(dir, pngName s f)) f
+    let rendered = sections |> List.map (fun s -> s, Html.section PlotlyRender.figureHtml pngName s)
+    let path = Path.Combine(dir, "index.html")
+    writeAtomically path (Html.page title (PlotlyRender.plotlyJs ()) rendered)
+    path
+
+/// Writes an experiment's numbers to `dir`/<name>.json, indented; NaN and infinities become null.
+let writeResults (dir: string) (name: string) (results: JsonNode) =
+    let path = Path.Combine(dir, $"{name}.json")
+    writeAtomically path (results.ToJsonString(JsonSerializerOptions(WriteIndented = true)))
+    path
+
+/// A JSON number, or null where the value is not finite (JSON has no NaN).
+let number (x: float) : JsonNode | null =
+    if System.Double.IsFinite x then JsonValue.Create x :> JsonNode | null else null
+
+/// A JSON array of numbers.
+let numbers (xs: float seq) : JsonNode =
+    JsonArray(xs |> Seq.map number |> Seq.toArray) :> JsonNode
+
+/// A JSON object from fields in order.
+let obj (fields: (string * (JsonNode | null)) list) : JsonNode =
+    let o = JsonObject()
+    for k, v in fields do o.Add(k, v)
+    o :> JsonNode
+
+/// A JSON array of nodes.
+let array (xs: (JsonNode | null) seq) : JsonNode = JsonArray(Seq.toArray xs) :> JsonNode
+
+/// A JSON string.
+let text (s: string) : JsonNode = nonNull (JsonValue.Create s) :> JsonNode
+
+/// A JSON integer.
+let integer (i: int64) : JsonNode = JsonValue.Create i :> JsonNode
