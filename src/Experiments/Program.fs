@@ -1,23 +1,29 @@
-/// The main job's experiment runner: runs every experiment at the chosen scale and writes the report.
-/// Usage: MechInterp.Experiments [--quick | --full] [--out artifacts]
+/// The main job's experiment runner: runs every registered experiment at the chosen scale, writes each
+/// one's numbers to <out>/results/<name>.json and all their sections to <out>/report/index.html.
+/// Usage: MechInterp.Experiments [--quick | --full] [--out artifacts] [--only name,name]
 module MechInterp.Experiments.Program
 
 open System
+open System.Diagnostics
 open System.IO
 open TorchSharp
 open MechInterp
+open MechInterp.Analysis.Report
 
-type Scale =
-    | Quick
-    | Full
+/// Every experiment the main job runs, in report order. To add one, append its `Experiment` value.
+let experiments : Experiment list =
+    [ MechInterp.Analysis.Residual.Section.experiment
+      MechInterp.Analysis.Discretization.Section.experiment ]
 
 let private parseArgs (argv: string[]) =
     let scale = if argv |> Array.contains "--full" then Full else Quick
-    let out =
-        match argv |> Array.tryFindIndex ((=) "--out") with
-        | Some i when i + 1 < argv.Length -> argv.[i + 1]
-        | _ -> "artifacts"
-    scale, Path.GetFullPath out
+    let valueOf flag =
+        match argv |> Array.tryFindIndex ((=) flag) with
+        | Some i when i + 1 < argv.Length -> Some argv.[i + 1]
+        | _ -> None
+    let out = valueOf "--out" |> Option.defaultValue "artifacts"
+    let only = valueOf "--only" |> Option.map (fun s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) |> Set.ofArray)
+    scale, Path.GetFullPath out, only
 
 /// A forward pass through a tiny two-layer network with the kernel setting: proves libtorch,
 /// the native library and the managed twin all work in the main job's process.
@@ -34,41 +40,31 @@ let private smokeForward () =
     printfn "smoke forward: logits %A, rows sum to %.6f, native vs managed max diff %g (native kernels: %b)"
         logits.shape (probs.sum(1L).mean().item<float32>()) diff Native.NativeKernels.IsAvailable
 
-/// Writes a results file atomically: a temporary file renamed into place.
-let private writeJson (path: string) (node: Text.Json.Nodes.JsonNode) =
-    match Path.GetDirectoryName path with
-    | null -> ()
-    | dir -> Directory.CreateDirectory dir |> ignore
-    let tmp = path + ".tmp"
-    File.WriteAllText(tmp, node.ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
-    File.Move(tmp, path, true)
-    path
-
-/// The residual-stream study and experiment_1, until the report API registers them as experiments.
-let private runResidualExperiments (scale: Scale) (out: string) =
-    let log (line: string) = Console.Out.WriteLine line; Console.Out.Flush()
-    let clock = Diagnostics.Stopwatch.StartNew()
-    let study =
-        MechInterp.Analysis.Residual.InductionStudy.run
-            (if scale = Full then MechInterp.Analysis.Residual.InductionStudy.fullSettings else MechInterp.Analysis.Residual.InductionStudy.quickSettings)
-            0 16 (Some(Path.Combine(out, "checkpoints", "residual-induction.safetensors")))
-    let path = writeJson (Path.Combine(out, "results", "residual.json")) (MechInterp.Analysis.Residual.InductionStudy.toJson study)
-    log (sprintf "residual: induction study in %.1f s -> %s" clock.Elapsed.TotalSeconds path)
-    clock.Restart()
-    let settings =
-        if scale = Full then MechInterp.Analysis.Discretization.Experiment1.fullSettings
-        else MechInterp.Analysis.Discretization.Experiment1.quickSettings
-    let e1 = MechInterp.Analysis.Discretization.Experiment1.run settings log
-    let path = writeJson (Path.Combine(out, "results", "experiment1.json")) (MechInterp.Analysis.Discretization.Experiment1.toJson e1)
-    log (sprintf "experiment1: %d variants x %d seeds in %.1f s -> %s" e1.Variants.Length settings.Seeds.Length clock.Elapsed.TotalSeconds path)
-
 [<EntryPoint>]
 let main argv =
-    let scale, out = parseArgs argv
+    let scale, out, only = parseArgs argv
     Runtime.TorchRuntime.EnsureLoaded()
     printfn "MechInterp experiments, %A scale, %d threads, artifacts in %s" scale Settings.Threads out
     smokeForward ()
-    let report = Path.Combine(out, "report", "index.html")
-    runResidualExperiments scale out
-    printfn "the report will be written to %s once the report API is merged" report
+    let chosen =
+        match only with
+        | Some names ->
+            let unknown = names |> Set.filter (fun n -> experiments |> List.forall (fun e -> e.Name <> n))
+            if not unknown.IsEmpty then
+                let registered = experiments |> List.map (fun e -> e.Name) |> String.concat ", "
+                let unknown = String.Join(", ", unknown)
+                failwith $"unknown experiment(s) {unknown}; registered: {registered}"
+            experiments |> List.filter (fun e -> names.Contains e.Name)
+        | None -> experiments
+    let sections =
+        [ for e in chosen do
+              printfn "\n== %s: %s" e.Name e.Description
+              let clock = Stopwatch.StartNew()
+              let output = e.Run scale
+              let results = Report.writeResults (Path.Combine(out, "results")) e.Name output.Results
+              printfn "== %s finished in %.1f s; numbers in %s" e.Name clock.Elapsed.TotalSeconds results
+              yield! output.Sections ]
+    let clock = Stopwatch.StartNew()
+    let report = Report.write (Path.Combine(out, "report")) "MechInterp report" sections
+    printfn "report written to %s in %.1f s" report clock.Elapsed.TotalSeconds
     0
