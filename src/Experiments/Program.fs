@@ -12,7 +12,8 @@ open MechInterp.Analysis.Report
 
 /// Every experiment the main job runs, in report order. To add one, append its `Experiment` value.
 let experiments : Experiment list =
-    [ MechInterp.Analysis.Residual.Section.experiment
+    [ MechInterp.Analysis.Superposition.Section.experiment
+      MechInterp.Analysis.Residual.Section.experiment
       MechInterp.Analysis.Discretization.Section.experiment ]
 
 let private parseArgs (argv: string[]) =
