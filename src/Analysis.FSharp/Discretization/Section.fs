@@ -99,6 +99,8 @@ let conclusion (r: Experiment1Result) =
     let names (vs: VariantResult list) = if vs.IsEmpty then "none" else String.Join(", ", vs |> List.map (fun v -> v.Variant.Name))
     let q = r.Settings.Range
     let formed (v: VariantResult) = inductionScores v |> List.filter (fun s -> s >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
+    let layer0 (v: VariantResult) =
+        v.Runs |> List.filter (fun run -> let l, _, sc = run.Analysis.BestInduction in l = 0 && sc >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
     let steErr = ste |> List.collect (fun v -> v.Runs |> List.map (fun run -> run.Analysis.DecompositionError))
     [ $"Final held-out loss, mean and 95%% interval over {n} seeds (same initializations and data order per seed): standard {ci standard.FinalLoss} ({(reached standard).Length}/{n} reach the threshold {r.Settings.Threshold}); "
       + String.Join("; ", (ste @ blocked) |> List.map describe)
@@ -107,7 +109,8 @@ let conclusion (r: Experiment1Result) =
          else $"Without straight-through the rounding passes no gradient, so only the unembedding (and final norm) learn: {names blocked} stays near the unigram loss, far above every straight-through variant — the gradient path, not the grid, is what stops learning.")
       $"The residual analysis of the trained discretized models: the stream no longer decomposes exactly into the sum of its writes (relative error up to {(if steErr.IsEmpty then 0.0 else List.max steErr):E1} with straight-through, against {(standard.Runs |> List.map (fun run -> run.Analysis.DecompositionError) |> List.max):E1} for the standard model), because each block's output is rounded before the next reads it; the logit lens and the per-head scores still read it. Induction heads (best score ≥ {MechInterp.Analysis.Residual.InductionStudy.headFormedLevel}) formed in {formed standard}/{n} standard runs and in "
       + String.Join(", ", (ste @ blocked) |> List.map (fun v -> $"{formed v}/{n} {v.Variant.Name}"))
-      + " runs. Where the grid is coarse the model has to write through a few levels per dimension and learns induction later or not at all within the budget; where it is fine the grid is invisible to training." ]
+      + $" runs; in {layer0 standard}/{n} standard runs the best such head sits in layer 0, which can only copy by position (the repeat is always {r.Settings.Training.HalfLength - 1} tokens back), so on this task these are positional copying heads rather than compositional induction heads."
+      + " Where the grid is coarse the model has to write through a few levels per dimension and learns induction later or not at all within the budget; where it is fine the grid is invisible to training." ]
 
 let section (r: Experiment1Result) =
     let standard = List.head r.Variants

@@ -108,7 +108,8 @@ let private describe (r: InductionStudyResult) =
       let l0First = sumOver "attn_out" 0 1 h
       let lastPreFirst = sumOver "resid_pre" (layers - 1) 1 h
       let lastAttnRepeat = sumOver "attn_out" (layers - 1) (h + 1) (2 * h)
-      $"Patching single heads from the clean into the corrupted run restores the most through L{tl}H{th} ({tv:P0} of the clean metric). By position, summed over the first half (positions 1..{h}): L0 attn_out restores {l0First:P0} and L{layers - 1} resid_pre {lastPreFirst:P0}; over the repeated half (positions {h + 1}..{2 * h}), L{layers - 1} attn_out restores {lastAttnRepeat:P0}. Information about the first half reaches the last layer through layer 0's writes at first-half positions, and the last layer writes the answer at the repeated positions: previous-token information read by induction heads." ]
+      $"Patching single heads from the clean into the corrupted run restores the most through L{tl}H{th} ({tv:P0} of the clean metric). By position, summed over the first half (positions 1..{h}): L0 attn_out restores {l0First:P0} and L{layers - 1} resid_pre {lastPreFirst:P0}; over the repeated half (positions {h + 1}..{2 * h}), L{layers - 1} attn_out restores {lastAttnRepeat:P0}. Information about the first half reaches the last layer through layer 0's writes at first-half positions, and the last layer writes the answer at the repeated positions."
+      $"A caveat on this task: the repeat always starts at the same position, so the token to copy is always {h - 1} positions back and a head can find it by position alone, without a previous-token head to compose with. Weak previous-token scores next to working copying heads (here {pv:F2} against {iv:F2}) are the signature of that positional shortcut; randomizing the offset of the repeat would force the compositional circuit." ]
 
 let section (r: InductionStudyResult) =
     let e = r.End
