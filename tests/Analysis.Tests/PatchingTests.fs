@@ -103,47 +103,51 @@ type HandBuiltModelTests(_fixture: TorchFixture) =
         Assert.Contains("no hook 'blocks.0.hook_mlp_out'", (Assert.Throws<ArgumentException>(fun () ->
             patchLayerPosition model clean corrupted lastDiff "mlp_out" |> ignore)).Message)
 
-[<Fact>]
-let ``head scores read the diagonals they name`` () =
-    use _scope = torch.NewDisposeScope()
-    // 5 positions, period 2 (BOS a b a b): head 0 attends to the previous token, head 1 to query − 1 + ... − period + 1.
-    let n = 5L
-    let previous = torch.zeros(n, n)
-    for q in 0L .. n - 1L do previous.[q, max 0L (q - 1L)] <- torch.tensor 1.0f
-    let induction = torch.zeros(n, n)
-    for q in 0L .. n - 1L do induction.[q, max 0L (q - 1L)] <- torch.tensor 1.0f   // period 2: q − 2 + 1 = q − 1
-    let uniform = torch.ones(n, n).tril().div(torch.ones(n, n).tril().sum(-1L, keepdim = true))
-    let pattern = torch.stack([| previous; uniform |]).unsqueeze(0L)               // [1, head, q, k]
-    let prev = vec (previousTokenScore pattern)
-    Assert.Equal(1.0, prev.[0], 6)
-    Assert.Equal((1.0 / 2.0 + 1.0 / 3.0 + 1.0 / 4.0 + 1.0 / 5.0) / 4.0, prev.[1], 6)
-    let induct = vec (inductionScore 3 (torch.stack([| induction; uniform |]).unsqueeze(0L)))
-    // period 3: queries 4 only (q ≥ 4), key 4 − 2 = 2; the previous-token head puts 0 there
-    Assert.Equal(0.0, induct.[0], 6)
-    Assert.Equal(1.0 / 5.0, induct.[1], 6)
+/// Scores and quantization use libtorch: they wait for the fixture that loads it, as every torch test does.
+[<Collection("torch")>]
+type ScoreAndQuantizationTests(_fixture: TorchFixture) =
 
-[<Fact>]
-let ``the permutation test finds a clear difference and not a null one`` () =
-    let a = [ 1.0; 1.1; 0.9; 1.05; 0.95 ]
-    let clear = permutationTest a [ 2.0; 2.1; 1.9; 2.05; 1.95 ]
-    Assert.Equal(252, clear.Permutations)
-    Assert.Equal(2.0 / 252.0, clear.PValue, 9)
-    Assert.Equal(1.0, clear.Difference, 9)
-    let same = permutationTest a a
-    Assert.Equal(1.0, same.PValue, 9)
+    [<Fact>]
+    member _.``head scores read the diagonals they name`` () =
+        use _scope = torch.NewDisposeScope()
+        // 5 positions, period 2 (BOS a b a b): head 0 attends to the previous token, head 1 to query − 1 + ... − period + 1.
+        let n = 5L
+        let previous = torch.zeros(n, n)
+        for q in 0L .. n - 1L do previous.[q, max 0L (q - 1L)] <- torch.tensor 1.0f
+        let induction = torch.zeros(n, n)
+        for q in 0L .. n - 1L do induction.[q, max 0L (q - 1L)] <- torch.tensor 1.0f   // period 2: q − 2 + 1 = q − 1
+        let uniform = torch.ones(n, n).tril().div(torch.ones(n, n).tril().sum(-1L, keepdim = true))
+        let pattern = torch.stack([| previous; uniform |]).unsqueeze(0L)               // [1, head, q, k]
+        let prev = vec (previousTokenScore pattern)
+        Assert.Equal(1.0, prev.[0], 6)
+        Assert.Equal((1.0 / 2.0 + 1.0 / 3.0 + 1.0 / 4.0 + 1.0 / 5.0) / 4.0, prev.[1], 6)
+        let induct = vec (inductionScore 3 (torch.stack([| induction; uniform |]).unsqueeze(0L)))
+        // period 3: queries 4 only (q ≥ 4), key 4 − 2 = 2; the previous-token head puts 0 there
+        Assert.Equal(0.0, induct.[0], 6)
+        Assert.Equal(1.0 / 5.0, induct.[1], 6)
 
-[<Fact>]
-let ``quantization rounds to k levels and its gradient path is as named`` () =
-    use _scope = torch.NewDisposeScope()
-    let x = torch.tensor([| -2.0f; -0.4f; 0.1f; 0.9f; 3.0f |]).requires_grad_()
-    let q = { Levels = 3; Range = 1.0; Gradient = StraightThrough }
-    let y = quantize q x
-    Assert.Equal<float[]>([| -1.0; 0.0; 0.0; 1.0; 1.0 |], vec (y.detach()))
-    y.sum().backward()
-    match x.grad with
-    | null -> failwith "the straight-through path left no gradient"
-    | grad -> Assert.Equal<float[]>([| 1.0; 1.0; 1.0; 1.0; 1.0 |], vec grad)
-    let blocked = quantize { q with Gradient = Blocked } x
-    Assert.False(blocked.requires_grad)
-    Assert.Equal(2, vec (roundToGrid { q with Levels = 2 } x) |> Array.distinct |> Array.length)
-    Assert.Contains("at least 2 levels, got 1", (Assert.Throws<ArgumentException>(fun () -> quantize { q with Levels = 1 } x |> ignore)).Message)
+    [<Fact>]
+    member _.``the permutation test finds a clear difference and not a null one`` () =
+        let a = [ 1.0; 1.1; 0.9; 1.05; 0.95 ]
+        let clear = permutationTest a [ 2.0; 2.1; 1.9; 2.05; 1.95 ]
+        Assert.Equal(252, clear.Permutations)
+        Assert.Equal(2.0 / 252.0, clear.PValue, 9)
+        Assert.Equal(1.0, clear.Difference, 9)
+        let same = permutationTest a a
+        Assert.Equal(1.0, same.PValue, 9)
+
+    [<Fact>]
+    member _.``quantization rounds to k levels and its gradient path is as named`` () =
+        use _scope = torch.NewDisposeScope()
+        let x = torch.tensor([| -2.0f; -0.4f; 0.1f; 0.9f; 3.0f |]).requires_grad_()
+        let q = { Levels = 3; Range = 1.0; Gradient = StraightThrough }
+        let y = quantize q x
+        Assert.Equal<float[]>([| -1.0; 0.0; 0.0; 1.0; 1.0 |], vec (y.detach()))
+        y.sum().backward()
+        match x.grad with
+        | null -> failwith "the straight-through path left no gradient"
+        | grad -> Assert.Equal<float[]>([| 1.0; 1.0; 1.0; 1.0; 1.0 |], vec grad)
+        let blocked = quantize { q with Gradient = Blocked } x
+        Assert.False(blocked.requires_grad)
+        Assert.Equal(2, vec (roundToGrid { q with Levels = 2 } x) |> Array.distinct |> Array.length)
+        Assert.Contains("at least 2 levels, got 1", (Assert.Throws<ArgumentException>(fun () -> quantize { q with Levels = 1 } x |> ignore)).Message)

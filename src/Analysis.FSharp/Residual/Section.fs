@@ -33,7 +33,7 @@ let private lossFigure (r: InductionStudyResult) =
         snaps |> List.map (fun s -> let t = f s in Seq.max [ for h in 0 .. Array2D.length2 t.Values - 1 -> t.Values.[layer, h] ]) |> Array.ofList
     let layers = r.Run.Settings.Layers
     Figure.create "training" "Loss and head scores through training"
-        $"Left: training loss (20-step trailing mean, all positions) and the held-out loss on the repeated half, which only induction can lower; the dashed line marks the steepest fall of the repeated-half loss (step {r.SteepestDropStep}). Right: the highest previous-token and induction score among each layer's heads at every snapshot; a head counts as formed at {headFormedLevel}."
+        $"Left: training loss (20-step trailing mean, all positions) and the held-out loss on the repeated half, which only induction can lower; it falls fastest in the interval ending at step {r.SteepestDropStep}. Right: the highest previous-token and induction score among each layer's heads at every snapshot; a head counts as formed at {headFormedLevel}."
         2
         [ { Panel.empty "Loss" with
               XLabel = "step"; YLabel = "loss (nats)"; ShowLegend = true
