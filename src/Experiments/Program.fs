@@ -13,6 +13,8 @@ open MechInterp.Analysis.Report
 /// Every experiment the main job runs, in report order. To add one, append its `Experiment` value.
 let experiments : Experiment list =
     [ MechInterp.Analysis.Superposition.Section.experiment
+      MechInterp.Analysis.Residual.Section.experiment
+      MechInterp.Analysis.Discretization.Section.experiment
       MechInterp.Analysis.Experts.MoeExperiment.experiment ]
 
 let private parseArgs (argv: string[]) =

@@ -54,3 +54,52 @@ let modelCase =
 
 type ModelArbitraries =
     static member ModelCase() = Arb.fromGen modelCase
+
+/// A small random decoder and a random input for it: every norm, positional scheme, attention-only or not.
+type ModelSpec =
+    { Layers: int
+      DModel: int
+      Heads: int
+      AttnOnly: bool
+      Norm: string
+      Positional: string
+      AttnResult: bool
+      Vocab: int
+      Batch: int
+      Positions: int
+      Seed: int }
+
+let modelSpec =
+    gen {
+        let! layers = Gen.choose (1, 3)
+        let! heads = Gen.elements [ 1; 2; 4 ]
+        let! dHead = Gen.elements [ 2; 4 ]
+        let! attnOnly = Gen.elements [ true; false ]
+        let! norm = Gen.elements [ "LN"; "LNPre"; "RMS"; "none" ]
+        let! positional = Gen.elements [ "standard"; "rotary" ]
+        let! attnResult = Gen.elements [ true; false ]
+        let! vocab = Gen.choose (4, 17)
+        let! batch = Gen.choose (1, 3)
+        let! positions = Gen.choose (2, 7)
+        let! seed = Gen.choose (0, 100_000)
+        return { Layers = layers; DModel = heads * dHead; Heads = heads; AttnOnly = attnOnly; Norm = norm
+                 Positional = positional; AttnResult = attnResult; Vocab = vocab; Batch = batch
+                 Positions = positions; Seed = seed }
+    }
+
+type ModelSpecArbitraries =
+    static member ModelSpec() = Arb.fromGen modelSpec
+
+/// The model and two random token batches (clean, corrupted) a spec describes.
+let build (spec: ModelSpec) =
+    let cfg =
+        MechInterp.Model.DecoderConfig(
+            d_model = spec.DModel, n_layers = spec.Layers, n_heads = spec.Heads, attn_only = spec.AttnOnly,
+            normalization_type = spec.Norm, positional_embedding_type = spec.Positional,
+            use_attn_result = spec.AttnResult, d_vocab = spec.Vocab, n_ctx = 8, d_mlp = 2 * spec.DModel,
+            init_range = 0.5, seed = spec.Seed)
+    let model = new MechInterp.Model.HookedTransformer(cfg)
+    let gen = new TorchSharp.torch.Generator(uint64 spec.Seed)
+    let tokens () =
+        TorchSharp.torch.randint(int64 spec.Vocab, [| int64 spec.Batch; int64 spec.Positions |], generator = gen)
+    model, tokens (), tokens ()

@@ -1,0 +1,62 @@
+// The residual stream as shared state: train (or load) a 2-layer attention-only model on repeated
+// random tokens, then read it layer by layer: head scores, logit lens, direct attribution, patching.
+// Usage: dotnet fsi scripts/residual_stream.fsx [--full] [--steps N] [--checkpoint path]
+//   with --checkpoint and an existing file, the model is loaded and only analysed.
+#load "Prelude.fsx"
+
+open System
+open System.IO
+open MechInterp.Model
+open MechInterp.Analysis.Residual
+open MechInterp.Analysis.Residual.InductionStudy
+
+let args = fsi.CommandLineArgs |> Array.skip 1
+let valueOf flag =
+    match args |> Array.tryFindIndex ((=) flag) with
+    | Some i when i + 1 < args.Length -> Some args.[i + 1]
+    | _ -> None
+let settings =
+    let s = if args |> Array.contains "--full" then fullSettings else quickSettings
+    match valueOf "--steps" with
+    | Some n -> { s with Steps = int n; SnapshotEvery = max 1 (int n / 10) }
+    | None -> s
+let checkpoint = valueOf "--checkpoint" |> Option.defaultValue "artifacts/checkpoints/induction.safetensors"
+
+let printHeads (t: HeadScores.HeadScoreTable) =
+    printfn "%s scores (rows: layers, columns: heads)" t.Name
+    for l in 0 .. Array2D.length1 t.Values - 1 do
+        printfn "  L%d  %s" l (String.Join("  ", [ for h in 0 .. Array2D.length2 t.Values - 1 -> $"{t.Values.[l, h]:F2}" ]))
+
+let printEnd (e: EndAnalysis) =
+    printHeads e.PreviousToken
+    printHeads e.Induction
+    printfn "logit lens, repeated-half loss: %s" (String.Join(", ", e.LogitLens |> Array.map (fun (l, v) -> $"{l} {v:F3}")))
+    printfn "direct attribution (logit(correct) - mean logit, repeated half):"
+    for l, v in e.AttributionByHead do printfn "  %-10s %7.3f" l v
+    printfn "decomposition error: %.2e" e.DecompositionError
+    for p in e.Patching do
+        printfn "patching %s: clean %.3f, corrupted %.3f; recovered share (rows %s):" p.Component p.Clean p.Corrupted (String.Join(",", p.RowLabels))
+        for r in 0 .. Array2D.length1 p.Recovered - 1 do
+            printfn "  %s" (String.Join(" ", [ for c in 0 .. Array2D.length2 p.Recovered - 1 -> $"{p.Recovered.[r, c]:F2}" ]))
+
+if File.Exists checkpoint && args |> Array.contains "--checkpoint" then
+    // Analyse a saved model: its config must match the task settings (d_vocab, n_ctx).
+    use model = HookedTransformer.Load checkpoint
+    printfn "loaded %s (%s)" checkpoint (model.Config.ToJson())
+    let s = { settings with DModel = model.Config.d_model; Heads = model.Config.n_heads; Layers = model.Config.n_layers }
+    printEnd (InductionRun.onOneThread (fun () -> analyseEnd s model 16 0))
+else
+    let r = run settings 0 16 (Some checkpoint)
+    printfn "trained %d steps in %.1f s; saved %s" settings.Steps r.Run.Seconds checkpoint
+    for s in r.Run.Snapshots do
+        let _, _, prev = HeadScores.best s.PreviousToken
+        let _, _, ind = HeadScores.best s.Induction
+        printfn "step %5d  loss %.3f  repeated-half %.3f  best prev-token %.2f  best induction %.2f" s.Step s.Loss s.RepeatedHalfLoss prev ind
+    printfn "steepest repeated-half fall ends at step %d; previous-token head at %A, induction head at %A (level %.1f)"
+        r.SteepestDropStep r.PreviousTokenStep r.InductionStep headFormedLevel
+    printEnd r.End
+    let json = Path.Combine("artifacts", "results", "residual.json")
+    Directory.CreateDirectory(Path.GetDirectoryName json) |> ignore
+    File.WriteAllText(json + ".tmp", (toJson r).ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
+    File.Move(json + ".tmp", json, true)
+    printfn "numbers in %s" json

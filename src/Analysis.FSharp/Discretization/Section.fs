@@ -1,0 +1,137 @@
+/// experiment_1 as an experiment of the main job: its results file (experiment1.json) and its report
+/// section with loss bands, final losses, steps to threshold and the residual analysis of each variant.
+module MechInterp.Analysis.Discretization.Section
+
+open System
+open MechInterp.Analysis.Report
+open MechInterp.Analysis.Statistics
+open MechInterp.Analysis.Discretization.Quantization
+open MechInterp.Analysis.Discretization.Experiment1
+
+let private palette = [| "#1f77b4"; "#d62728"; "#2ca02c"; "#9467bd"; "#ff7f0e"; "#8c564b"; "#e377c2"; "#17becf"; "#7f7f7f"; "#bcbd22" |]
+let private color i = palette.[i % palette.Length]
+
+let private reached (v: VariantResult) = v.Runs |> List.choose (fun r -> r.StepsToThreshold)
+let private inductionScores (v: VariantResult) = v.Runs |> List.map (fun r -> let _, _, s = r.Analysis.BestInduction in s)
+let private ci (s: Intervals.Summary) = let lo, hi = s.Ci95 in $"{s.Mean:F3} [{lo:F3}, {hi:F3}]"
+
+let private bandFigure (r: Experiment1Result) =
+    let s = r.Settings
+    let panel i (v: VariantResult) =
+        let steps, means, lows, highs = lossBand s.SmoothingWindow 10 v.Runs
+        { Panel.empty v.Variant.Name with
+            XLabel = "step"; YLabel = "training loss"
+            Series =
+              [ Line("mean", steps, means, color i, false)
+                Line("95% CI low", steps, lows, color i, false)
+                Line("95% CI high", steps, highs, color i, false)
+                HLine(s.Threshold, "threshold") ] }
+    let overlay =
+        { Panel.empty "All variants (means)" with
+            XLabel = "step"; YLabel = "training loss"; ShowLegend = true
+            Series =
+              [ for i, v in List.indexed r.Variants ->
+                    let steps, means, _, _ = lossBand s.SmoothingWindow 10 v.Runs
+                    Line(v.Variant.Name, steps, means, color i, false)
+                yield HLine(s.Threshold, "threshold") ] }
+    Figure.create "loss-bands" "Training loss, mean and 95% interval over seeds"
+        $"Training loss (trailing {s.SmoothingWindow}-step mean, all positions) per variant; the thin lines bound the Student-t 95%% interval of the mean over {s.Seeds.Length} seeds. The dashed line is the threshold {s.Threshold}."
+        3 (overlay :: List.mapi panel r.Variants)
+
+let private summaryFigure (r: Experiment1Result) =
+    let xs = [| for i in 0 .. r.Variants.Length - 1 -> float i |]
+    let names = String.Join(", ", r.Variants |> List.mapi (fun i v -> $"{i} {v.Variant.Name}"))
+    let perSeed (f: VariantResult -> float list) =
+        [ for i, v in List.indexed r.Variants ->
+              let ys = f v |> Array.ofList
+              Points(v.Variant.Name, Array.create ys.Length (float i), ys, color i, None) ]
+    Figure.create "summary" "Final loss, steps to threshold, induction heads"
+        $"Variants on the x axis: {names}. Left: final held-out loss per seed (points) and the mean with its 95%% interval (bars and whiskers as points). Middle: steps until the smoothed training loss first reaches {r.Settings.Threshold} (runs that never do are not drawn). Right: the best induction score among all heads, per seed."
+        3
+        [ { Panel.empty "Final loss" with
+              XLabel = "variant"; YLabel = "held-out loss"
+              Series =
+                [ yield Bars("mean", xs, r.Variants |> List.map (fun v -> v.FinalLoss.Mean) |> Array.ofList, Array.init xs.Length color)
+                  yield Points("95% CI", Array.append xs xs,
+                               Array.append (r.Variants |> List.map (fun v -> fst v.FinalLoss.Ci95) |> Array.ofList)
+                                            (r.Variants |> List.map (fun v -> snd v.FinalLoss.Ci95) |> Array.ofList),
+                               "#000000", None)
+                  yield! perSeed (fun v -> v.Runs |> List.map (fun run -> run.FinalLoss)) ] }
+          { Panel.empty "Steps to threshold" with
+              XLabel = "variant"; YLabel = "step"
+              Series = perSeed (reached >> List.map float) }
+          { Panel.empty "Best induction score" with
+              XLabel = "variant"; YLabel = "score"
+              Series = perSeed inductionScores } ]
+
+let private table (r: Experiment1Result) =
+    { Title = "Per variant (seeds " + String.Join(", ", r.Settings.Seeds) + ")"
+      Header = [ "variant"; "final loss, mean [95% CI]"; "steps to threshold per seed"; "Δ vs standard"; "p (permutation)"
+                 "best induction score per seed"; "decomposition error (max)"; "logit-lens repeated-half loss, mean per layer" ]
+      Rows =
+        [ for v in r.Variants ->
+              let steps = v.Runs |> List.map (fun run -> run.StepsToThreshold |> Option.map string |> Option.defaultValue "never")
+              let lens =
+                  let labels = (List.head v.Runs).Analysis.LogitLens |> Array.map fst
+                  labels |> Array.mapi (fun i l -> let m = v.Runs |> List.averageBy (fun run -> snd run.Analysis.LogitLens.[i]) in $"{l} {m:F2}")
+              [ v.Variant.Name
+                ci v.FinalLoss
+                String.Join(", ", steps)
+                (match v.VersusStandard with Some c -> sprintf "%+.3f" c.Difference | None -> "—")
+                (match v.VersusStandard with Some c -> $"{c.PValue:F3}" | None -> "—")
+                String.Join(", ", inductionScores v |> List.map (fun x -> $"{x:F2}"))
+                $"""{(v.Runs |> List.map (fun run -> run.Analysis.DecompositionError) |> List.max):E1}"""
+                String.Join(", ", lens) ] ] }
+
+/// The two-paragraph conclusion, written from the numbers.
+let conclusion (r: Experiment1Result) =
+    let standard = List.head r.Variants
+    let ste = r.Variants |> List.filter (fun v -> v.Variant.Quantizer |> Option.exists (fun q -> q.Gradient = StraightThrough))
+    let blocked = r.Variants |> List.filter (fun v -> v.Variant.Quantizer |> Option.exists (fun q -> q.Gradient = Blocked))
+    let n = r.Settings.Seeds.Length
+    let describe (v: VariantResult) =
+        let c = v.VersusStandard
+        let sig' = match c with Some c when c.PValue < 0.05 -> "significant" | Some _ -> "not significant" | None -> ""
+        let p = match c with Some c -> $"{c.PValue:F3}" | None -> "—"
+        $"{v.Variant.Name} {ci v.FinalLoss} ({(reached v).Length}/{n} reach the threshold; p = {p}, {sig'})"
+    let hurt = ste |> List.filter (fun v -> v.VersusStandard |> Option.exists (fun c -> c.PValue < 0.05 && c.Difference > 0.0))
+    let fine = ste |> List.filter (fun v -> not (List.contains v hurt))
+    let names (vs: VariantResult list) = if vs.IsEmpty then "none" else String.Join(", ", vs |> List.map (fun v -> v.Variant.Name))
+    let q = r.Settings.Range
+    let formed (v: VariantResult) = inductionScores v |> List.filter (fun s -> s >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
+    let layer0 (v: VariantResult) =
+        v.Runs |> List.filter (fun run -> let l, _, sc = run.Analysis.BestInduction in l = 0 && sc >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
+    let steErr = ste |> List.collect (fun v -> v.Runs |> List.map (fun run -> run.Analysis.DecompositionError))
+    [ $"Final held-out loss, mean and 95%% interval over {n} seeds (same initializations and data order per seed): standard {ci standard.FinalLoss} ({(reached standard).Length}/{n} reach the threshold {r.Settings.Threshold}); "
+      + String.Join("; ", (ste @ blocked) |> List.map describe)
+      + $". With a straight-through gradient, quantizing the stream after every block (clamp to ±{q}, k levels) significantly raised the final loss for: {names hurt}; it did not, at this seed count, for: {names fine}. "
+      + (if blocked.IsEmpty then ""
+         else $"Without straight-through the rounding passes no gradient, so only the unembedding (and final norm) learn: {names blocked} stays near chance (ln 63 ≈ 4.14 nats on these uniform tokens), above every straight-through variant on the same grid — on that grid the gradient path, not the grid, is what stops learning.")
+      $"The residual analysis of the trained discretized models: the stream no longer decomposes exactly into the sum of its writes (relative error up to {(if steErr.IsEmpty then 0.0 else List.max steErr):E1} with straight-through, against {(standard.Runs |> List.map (fun run -> run.Analysis.DecompositionError) |> List.max):E1} for the standard model), because each block's output is rounded before the next reads it; the logit lens and the per-head scores still read it. Induction heads (best score ≥ {MechInterp.Analysis.Residual.InductionStudy.headFormedLevel}) formed in {formed standard}/{n} standard runs and in "
+      + String.Join(", ", (ste @ blocked) |> List.map (fun v -> $"{formed v}/{n} {v.Variant.Name}"))
+      + $" runs; in {layer0 standard}/{n} standard runs the best such head sits in layer 0, which can only copy by position (the repeat is always {r.Settings.Training.HalfLength - 1} tokens back), so on this task these are positional copying heads rather than compositional induction heads."
+      + " Attention patterns that copy can form while the loss stays at chance (compare each variant's induction scores with its final loss in the table): a head's pattern is computed from the normalized stream it reads, but what it writes must pass through the grid before the unembedding sees it." ]
+
+let section (r: Experiment1Result) =
+    let standard = List.head r.Variants
+    { ReportSection.create "experiment1" "experiment_1: does discretizing the residual stream hurt convergence?" with
+        Paragraphs =
+          [ $"Variants of the same 2-layer attention-only decoder (d_model {r.Settings.Training.DModel}, {r.Settings.Training.Heads} heads) trained on the induction task for {r.Settings.Training.Steps} steps, differing only in what happens to the residual stream after every block. Quantization: each dimension is clamped to [−{r.Settings.Range}, {r.Settings.Range}] and rounded to the nearest of k evenly spaced levels, endpoints included (a fixed range, chosen because LayerNorm before every reader makes the stream's scale free for the model to set). Straight-through: x_q = x + (Q(x) − x).detach(); without: x_q = Q(x) with zero gradient. Final loss is the loss on the seed's fixed held-out batch at the end, with the variant's quantization; significance is an exact two-sided permutation test against the standard variant. A vector-quantized (codebook) variant was not run." ]
+          @ conclusion r
+        KeyNumbers =
+          [ yield { Label = "standard final loss"; Value = ci standard.FinalLoss }
+            for v in List.tail r.Variants ->
+                { Label = $"{v.Variant.Name} final loss"
+                  Value = ci v.FinalLoss + (match v.VersusStandard with Some c -> $" (p = {c.PValue:F3})" | None -> "") } ]
+        Figures = [ bandFigure r; summaryFigure r ]
+        Tables = [ table r ] }
+
+let settings (scale: Scale) = if scale = Full then fullSettings else quickSettings
+
+let experiment : Experiment =
+    { Name = "experiment1"
+      Description = "experiment_1: quantizing the residual stream after every block, with and without a straight-through gradient"
+      Run =
+        fun scale ->
+            let r = run (settings scale) (fun line -> Console.Out.WriteLine line; Console.Out.Flush())
+            { Sections = [ section r ]; Results = toJson r } }

@@ -1,0 +1,122 @@
+/// Training a small decoder on repeated random tokens while watching its heads: snapshots of the
+/// repeated-half loss and of every head's previous-token and induction score through training.
+/// Shared by the induction study and experiment_1 (which adds hooks that rewrite the stream).
+module MechInterp.Analysis.Residual.InductionRun
+
+open System
+open TorchSharp
+open MechInterp.Hooks
+open MechInterp.Model
+open MechInterp.Data
+open MechInterp.Training
+open MechInterp.Analysis.Residual.HeadScores
+
+/// What to train: an attention-only decoder (d_model, heads, layers) on InductionTask(vocab, half).
+type InductionSettings =
+    { DModel: int
+      Layers: int
+      Heads: int
+      Vocab: int
+      HalfLength: int
+      Steps: int
+      BatchSize: int
+      LearningRate: float
+      /// Snapshot (eval loss and head scores on a fixed batch) every this many steps, and at the end.
+      SnapshotEvery: int
+      EvalBatchSize: int }
+
+/// The model's state at one step, measured on the fixed evaluation batch with the run's hooks attached.
+type Snapshot =
+    { Step: int
+      /// Masked next-token loss over every prediction (what training minimizes).
+      Loss: float
+      /// Loss on the repeated half only: what only induction can predict.
+      RepeatedHalfLoss: float
+      PreviousToken: HeadScoreTable
+      Induction: HeadScoreTable }
+
+type InductionRunResult =
+    { Settings: InductionSettings
+      ModelSeed: int
+      DataSeed: int
+      /// Training loss at every step (1-based step = index + 1).
+      Losses: float[]
+      Snapshots: Snapshot list
+      Seconds: float }
+
+let task (s: InductionSettings) = InductionTask(s.Vocab, s.HalfLength)
+
+let config (s: InductionSettings) (modelSeed: int) =
+    DecoderConfig(d_model = s.DModel, n_layers = s.Layers, n_heads = s.Heads, attn_only = true,
+                  d_vocab = s.Vocab, n_ctx = 1 + 2 * s.HalfLength, normalization_type = "LN", seed = modelSeed)
+
+/// The fixed evaluation batch of a data seed (disjoint in seed from the training stream).
+let evalBatch (s: InductionSettings) (dataSeed: int) =
+    (task s).Sample(s.EvalBatchSize, Random(dataSeed * 7919 + 17))
+
+/// Loss, repeated-half loss and head scores of the model (with `hooks`) on a batch.
+let measure (s: InductionSettings) (model: HookedTransformer) (hooks: Hook[]) (batch: TokenBatch) (step: int) =
+    use _scope = torch.NewDisposeScope()
+    use _ = torch.no_grad()
+    let names = patternNames model |> Set.ofList
+    let struct (logits, cache) = model.RunWithCache(batch.Tokens, Func<string, bool>(names.Contains), hooks)
+    use cache = cache
+    let repeated = (task s).RepeatedHalfMask(int batch.Tokens.shape.[0])
+    { Step = step
+      Loss = Losses.Masked(logits, batch.Tokens, batch.LossMask).item<float32>() |> float
+      RepeatedHalfLoss = Losses.Masked(logits, batch.Tokens, repeated).item<float32>() |> float
+      PreviousToken = scoreHeads "previous-token" previousTokenScore model cache
+      Induction = scoreHeads "induction" (inductionScore s.HalfLength) model cache }
+
+/// Trains one model; `hooks model` are attached to every training forward pass and every snapshot
+/// (e.g. quantization of the stream). The model seed fixes the initialization, the data seed the batches.
+let train (s: InductionSettings) (modelSeed: int) (dataSeed: int) (hooks: HookedTransformer -> Hook[]) =
+    let model = new HookedTransformer(config s modelSeed)
+    let attached = hooks model
+    use eval = evalBatch s dataSeed
+    let snapshots = Collections.Generic.List<Snapshot>()
+    snapshots.Add(measure s model attached eval 0)
+    let loss =
+        Func<HookedTransformer, TokenBatch, torch.Tensor>(fun m batch ->
+            let logits = if attached.Length = 0 then m.forward batch.Tokens else m.RunWithHooks(batch.Tokens, attached)
+            Losses.Masked(logits, batch.Tokens, batch.LossMask))
+    let onStep =
+        Action<StepInfo>(fun info ->
+            if info.Step % s.SnapshotEvery = 0 || info.Step = s.Steps then
+                snapshots.Add(measure s info.Model attached eval info.Step))
+    let trainer =
+        Trainer(model, task s,
+                TrainingConfig(Steps = s.Steps, BatchSize = s.BatchSize, LearningRate = s.LearningRate,
+                               Seed = dataSeed, EvalEvery = 0, Progress = false),
+                Loss = loss, OnStep = onStep)
+    let result = trainer.Run()
+    model,
+    { Settings = s
+      ModelSeed = modelSeed
+      DataSeed = dataSeed
+      Losses = result.History |> Seq.map (fun p -> p.Loss) |> Array.ofSeq
+      Snapshots = List.ofSeq snapshots
+      Seconds = result.Seconds }
+
+/// Runs `f` with libtorch on one thread, restoring the setting after. These models are too small for
+/// intra-op threads to pay, and on a shared machine libtorch's thread barriers made steps ~20× slower.
+let onOneThread (f: unit -> 'a) =
+    let threads = MechInterp.Settings.Threads
+    MechInterp.Settings.Threads <- 1
+    try f () finally MechInterp.Settings.Threads <- threads
+
+/// The trailing mean of the last `window` losses at each step.
+let smoothed (window: int) (losses: float[]) =
+    Array.init losses.Length (fun i ->
+        let from = max 0 (i - window + 1)
+        Array.average losses.[from .. i])
+
+/// The first 1-based step at which the trailing-window mean loss is at or below the threshold; None if never.
+let stepsToThreshold (window: int) (threshold: float) (losses: float[]) =
+    smoothed window losses |> Array.tryFindIndex (fun l -> l <= threshold) |> Option.map ((+) 1)
+
+/// The first snapshot step at which some head's score reaches `level`; None if none does.
+let firstStepAbove (level: float) (score: Snapshot -> HeadScoreTable) (snapshots: Snapshot list) =
+    snapshots
+    |> List.tryFind (fun snap -> let _, _, v = best (score snap) in v >= level)
+    |> Option.map (fun snap -> snap.Step)

@@ -1,0 +1,158 @@
+/// How a two-layer attention-only model learns induction, read through the residual stream:
+/// the loss curve and its bump, when previous-token and induction heads appear, which layer writes
+/// what at the end (logit lens, direct attribution), and patching that localizes the circuit.
+module MechInterp.Analysis.Residual.InductionStudy
+
+open System
+open TorchSharp
+open MechInterp.Model
+open MechInterp.Analysis.Residual.Decomposition
+open MechInterp.Analysis.Residual.LogitAttribution
+open MechInterp.Analysis.Residual.HeadScores
+open MechInterp.Analysis.Residual.InductionRun
+open MechInterp.Analysis.Patching.ActivationPatching
+
+/// A head "has formed" once its score on the evaluation batch reaches this level.
+let headFormedLevel = 0.3
+
+/// What the trained model does, measured at the end.
+type EndAnalysis =
+    { PreviousToken: HeadScoreTable
+      Induction: HeadScoreTable
+      /// Repeated-half loss of the logit lens after each layer.
+      LogitLens: (string * float)[]
+      /// Mean direct attribution to logit(correct) − mean logit over the repeated half, per layer and per head.
+      AttributionByLayer: (string * float)[]
+      AttributionByHead: (string * float)[]
+      /// max |Σ components − final resid| / max |final resid|.
+      DecompositionError: float
+      /// Clean: BOS A A; corrupted: BOS B A (a different first half); metric as the attribution's.
+      Patching: PatchingResult list }
+
+type InductionStudyResult =
+    { Run: InductionRunResult
+      PreviousTokenStep: int option
+      InductionStep: int option
+      /// The step at which the smoothed training loss falls fastest (the in-context-learning bump).
+      SteepestDropStep: int
+      End: EndAnalysis }
+
+/// logit(correct next token) − mean logit on the positions only induction can predict.
+let repeatedHalfMetric (model: HookedTransformer) (s: InductionSettings) (tokens: torch.Tensor) =
+    let batch, n = tokens.shape.[0], tokens.shape.[1]
+    let next = torch.cat([| tokens.narrow(1L, 1L, n - 1L); tokens.narrow(1L, 0L, 1L) |], 1L)   // [batch, pos]; last column unused
+    let full = correctMinusMean model next
+    let mask = torch.zeros([| 1L; n; 1L |])
+    mask.narrow(1L, int64 s.HalfLength + 1L, int64 s.HalfLength - 1L).fill_(TorchSharp.Scalar.op_Implicit 1.0f) |> ignore
+    { Coefficients = full.Coefficients * mask }, float batch * float (s.HalfLength - 1)
+
+/// The same sequences with the first half redrawn: nothing to copy from, so induction cannot help.
+let corrupt (s: InductionSettings) (tokens: torch.Tensor) (seed: int) =
+    use gen = new torch.Generator(uint64 seed)
+    let batch = tokens.shape.[0]
+    let fresh = torch.randint(1L, int64 s.Vocab, [| batch; int64 s.HalfLength |], generator = gen)
+    let c = tokens.clone()
+    c.narrow(1L, 1L, int64 s.HalfLength).copy_(fresh) |> ignore
+    c
+
+let private meanOver (count: float) (stack: ResidualStack) =
+    let totals = stack.Stack.sum([| 1L; 2L |]).data<float32>().ToArray()
+    Array.zip stack.Labels (totals |> Array.map (fun t -> float t / count))
+
+/// The end-of-training analysis of any model trained on the task (e.g. one loaded from a checkpoint).
+let analyseEnd (s: InductionSettings) (model: HookedTransformer) (patchBatch: int) (seed: int) =
+    use _scope = torch.NewDisposeScope()
+    use _ = torch.no_grad()
+    use batch = evalBatch s seed
+    let struct (_, cache) = model.RunWithCache(batch.Tokens, residualFilter model)
+    use cache = cache
+    let metric, count = repeatedHalfMetric model s batch.Tokens
+    let final = cache.[$"blocks.{s.Layers - 1}.hook_resid_post"]
+    let parts = decomposeResid model cache
+    let err = (parts.Stack.sum(0L) - final).abs().max().item<float32>() / final.abs().max().item<float32>()
+    let repeated = (task s).RepeatedHalfMask(int batch.Tokens.shape.[0])
+    let clean = batch.Tokens.narrow(0L, 0L, int64 (min patchBatch s.EvalBatchSize))
+    let corrupted = corrupt s clean (seed + 1)
+    let patchMetric (logits: torch.Tensor) =
+        let m, c = repeatedHalfMetric model s clean
+        float ((evaluate m logits).sum().item<float32>()) / c
+    { PreviousToken = scoreHeads "previous-token" previousTokenScore model cache
+      Induction = scoreHeads "induction" (inductionScore s.HalfLength) model cache
+      LogitLens = logitLensLoss model cache batch.Tokens repeated
+      AttributionByLayer = directAttribution model cache parts metric |> meanOver count
+      AttributionByHead = directAttribution model cache (decomposeResidByHead model cache) metric |> meanOver count
+      DecompositionError = float err
+      Patching = patchEverything model clean corrupted patchMetric }
+
+/// Trains (saving the final model to `checkpoint` when given) and analyses.
+let run (s: InductionSettings) (seed: int) (patchBatch: int) (checkpoint: string option) =
+    onOneThread (fun () ->
+        let model, result = train s seed seed (fun _ -> [||])
+        use model = model
+        checkpoint |> Option.iter (fun path ->
+            match IO.Path.GetDirectoryName(IO.Path.GetFullPath path) with
+            | null -> ()
+            | dir -> IO.Directory.CreateDirectory dir |> ignore
+            model.Save path)
+        let steepest =
+            result.Snapshots |> List.pairwise
+            |> List.maxBy (fun (a, b) -> (a.RepeatedHalfLoss - b.RepeatedHalfLoss) / float (b.Step - a.Step))
+            |> snd
+        { Run = result
+          PreviousTokenStep = firstStepAbove headFormedLevel (fun snap -> snap.PreviousToken) result.Snapshots
+          InductionStep = firstStepAbove headFormedLevel (fun snap -> snap.Induction) result.Snapshots
+          SteepestDropStep = steepest.Step
+          End = analyseEnd s model patchBatch seed })
+
+/// Quick: minutes on two cores; Full: a wider model and a longer run.
+let quickSettings =
+    { DModel = 64; Layers = 2; Heads = 4; Vocab = 64; HalfLength = 16; Steps = 500; BatchSize = 32
+      LearningRate = 1e-3; SnapshotEvery = 25; EvalBatchSize = 64 }
+
+let fullSettings =
+    { quickSettings with DModel = 128; Heads = 8; Steps = 2000; SnapshotEvery = 50; EvalBatchSize = 128 }
+
+/// A matrix as rows, rounded for the results file.
+/// A number for JSON: rounded, and null where it is not finite (JSON has no NaN).
+let finite (x: float) = if Double.IsFinite x then Nullable(Math.Round(x, 5)) else Nullable()
+
+let rows (m: float[,]) =
+    Array.init (Array2D.length1 m) (fun r -> Array.init (Array2D.length2 m) (fun c -> finite m.[r, c]))
+
+let labelled (xs: (string * float)[]) = xs |> Array.map (fun (l, v) -> {| label = l; value = finite v |})
+
+let settingsRecord (s: InductionSettings) =
+    {| d_model = s.DModel; n_layers = s.Layers; n_heads = s.Heads; attn_only = true; d_vocab = s.Vocab
+       half_length = s.HalfLength; steps = s.Steps; batch_size = s.BatchSize; learning_rate = s.LearningRate
+       snapshot_every = s.SnapshotEvery; eval_batch_size = s.EvalBatchSize |}
+
+let patchingRecord (p: PatchingResult) =
+    {| ``component`` = p.Component; rows = p.RowLabels; columns = p.ColumnLabels; clean = finite p.Clean
+       corrupted = finite p.Corrupted; values = rows p.Values; recovered = rows p.Recovered |}
+
+/// The numbers of residual.json.
+let toJson (r: InductionStudyResult) : Text.Json.Nodes.JsonNode =
+    let optional (x: int option) = Option.toNullable x
+    let node =
+        {| settings = settingsRecord r.Run.Settings
+           seed = r.Run.ModelSeed
+           seconds = r.Run.Seconds
+           train_loss = r.Run.Losses |> Array.map finite
+           snapshots =
+            [| for s in r.Run.Snapshots ->
+                   {| step = s.Step; loss = finite s.Loss; repeated_half_loss = finite s.RepeatedHalfLoss
+                      previous_token_scores = rows s.PreviousToken.Values; induction_scores = rows s.Induction.Values |} |]
+           head_formed_level = headFormedLevel
+           previous_token_head_step = optional r.PreviousTokenStep
+           induction_head_step = optional r.InductionStep
+           steepest_drop_step = r.SteepestDropStep
+           final_previous_token_scores = rows r.End.PreviousToken.Values
+           final_induction_scores = rows r.End.Induction.Values
+           logit_lens_repeated_half_loss = labelled r.End.LogitLens
+           attribution_by_layer = labelled r.End.AttributionByLayer
+           attribution_by_head = labelled r.End.AttributionByHead
+           decomposition_error = finite r.End.DecompositionError
+           patching = r.End.Patching |> List.map patchingRecord |> Array.ofList |}
+    match Text.Json.JsonSerializer.SerializeToNode node with
+    | null -> invalidOp "the results serialized to null"
+    | n -> n

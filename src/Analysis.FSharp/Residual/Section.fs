@@ -1,0 +1,141 @@
+/// The induction study as an experiment of the main job: its settings per scale, its results file
+/// (residual.json) and its report section.
+module MechInterp.Analysis.Residual.Section
+
+open System
+open MechInterp.Analysis.Report
+open MechInterp.Analysis.Residual.HeadScores
+open MechInterp.Analysis.Residual.InductionRun
+open MechInterp.Analysis.Residual.InductionStudy
+open MechInterp.Analysis.Patching.ActivationPatching
+
+let private palette = [| "#1f77b4"; "#d62728"; "#2ca02c"; "#9467bd"; "#ff7f0e"; "#8c564b"; "#e377c2"; "#17becf" |]
+let private color i = palette.[i % palette.Length]
+
+/// Where the study keeps its trained model (relative to the working directory, as the main job's artifacts).
+let checkpointPath = IO.Path.Combine("artifacts", "checkpoints", "induction.safetensors")
+
+let private whenFormed = function
+    | Some (s: int) -> $"reaching {headFormedLevel} at step {s}"
+    | None -> $"never reaching {headFormedLevel}"
+
+/// A heatmap panel of a [row, column] matrix over [zMin, zMax].
+let heatmapPanel title xLabel yLabel (m: float[,]) zMin zMax =
+    let m = m |> Array2D.map (fun v -> if Double.IsFinite v then v else 0.0)
+    { Panel.empty title with XLabel = xLabel; YLabel = yLabel; Series = [ Heatmap(m, zMin, zMax) ] }
+
+let private lossFigure (r: InductionStudyResult) =
+    let smooth = smoothed 20 r.Run.Losses
+    let steps = Array.init smooth.Length (fun i -> float (i + 1))
+    let snaps = r.Run.Snapshots
+    let sx = snaps |> List.map (fun s -> float s.Step) |> Array.ofList
+    let maxScore (f: Snapshot -> HeadScoreTable) layer =
+        snaps |> List.map (fun s -> let t = f s in Seq.max [ for h in 0 .. Array2D.length2 t.Values - 1 -> t.Values.[layer, h] ]) |> Array.ofList
+    let layers = r.Run.Settings.Layers
+    Figure.create "training" "Loss and head scores through training"
+        $"Left: training loss (20-step trailing mean, all positions) and the held-out loss on the repeated half, which only induction can lower; it falls fastest in the interval ending at step {r.SteepestDropStep}. Right: the highest previous-token and induction score among each layer's heads at every snapshot; a head counts as formed at {headFormedLevel}."
+        2
+        [ { Panel.empty "Loss" with
+              XLabel = "step"; YLabel = "loss (nats)"; ShowLegend = true
+              Series =
+                [ Line("training loss", steps, smooth, color 0, false)
+                  Line("repeated-half loss (held out)", sx, snaps |> List.map (fun s -> s.RepeatedHalfLoss) |> Array.ofList, color 1, true) ] }
+          { Panel.empty "Head scores" with
+              XLabel = "step"; YLabel = "score"; ShowLegend = true
+              Series =
+                [ for l in 0 .. layers - 1 do
+                      yield Line($"L{l} previous-token (max)", sx, maxScore (fun s -> s.PreviousToken) l, color (2 * l), true)
+                      yield Line($"L{l} induction (max)", sx, maxScore (fun s -> s.Induction) l, color (2 * l + 1), true)
+                  yield HLine(headFormedLevel, "formed") ] } ]
+
+let private headFigure (e: EndAnalysis) =
+    Figure.create "heads" "Per-head scores at the end"
+        "Rows are layers (L0 at the top), columns heads. Previous-token score: mean attention from each position to the one before; induction score: mean attention from each repeated token to the token after its first occurrence."
+        2
+        [ heatmapPanel "Previous-token score" "head" "layer" e.PreviousToken.Values -1.0 1.0
+          heatmapPanel "Induction score" "head" "layer" e.Induction.Values -1.0 1.0 ]
+
+let private lensFigure (e: EndAnalysis) =
+    let bars (xs: (string * float)[]) = [| for i in 0 .. xs.Length - 1 -> float i |], xs |> Array.map snd
+    let lx, ly = bars e.LogitLens
+    let hx, hy = bars e.AttributionByHead
+    Figure.create "lens" "Logit lens and direct logit attribution"
+        ("Left: loss on the repeated half when the residual stream is read out after each layer (bars in order "
+         + String.Join(", ", e.LogitLens |> Array.map fst) + "). Right: each component's direct contribution to logit(correct) − mean logit on the repeated half, final norm frozen (bars in order "
+         + String.Join(", ", e.AttributionByHead |> Array.map fst) + ").")
+        2
+        [ { Panel.empty "Logit lens: repeated-half loss" with
+              XLabel = "stream after"; YLabel = "loss (nats)"
+              Series = [ Bars("loss", lx, ly, Array.init lx.Length color) ] }
+          { Panel.empty "Direct logit attribution" with
+              XLabel = "component"; YLabel = "logit difference"
+              Series = [ Bars("attribution", hx, hy, Array.init hx.Length (fun i -> color (i / 3))) ] } ]
+
+let private patchingFigure (patches: PatchingResult list) =
+    Figure.create "patching" "Activation patching (clean → corrupted)"
+        "Clean: BOS, A, A; corrupted: BOS, B, A. Colour: share of the clean logit(correct) − mean logit on the repeated half restored by patching one place (1 = all; red positive, blue negative, each map on the symmetric scale in its title). Layer × position maps have layers as rows, positions 0..2h as columns; the head map has layers as rows, heads as columns."
+        patches.Length
+        [ for p in patches ->
+              // Each map on its own symmetric scale: one position's share is small next to a whole head's.
+              let top = p.Recovered |> Seq.cast<float> |> Seq.filter Double.IsFinite |> Seq.map abs |> Seq.fold max 1e-6
+              heatmapPanel $"{p.Component} (±{top:F2})" (if p.Component.StartsWith "head" then "head" else "position") "layer" p.Recovered -top top ]
+
+/// Which heads carry the circuit, in words: the best previous-token and induction heads and patching's top head.
+let private describe (r: InductionStudyResult) =
+    let e = r.End
+    let pl, ph, pv = best e.PreviousToken
+    let il, ih, iv = best e.Induction
+    let heads = e.Patching |> List.find (fun p -> p.Component.StartsWith "head")
+    let topHead =
+        seq { for l in 0 .. Array2D.length1 heads.Recovered - 1 do
+                for h in 0 .. Array2D.length2 heads.Recovered - 1 -> l, h, heads.Recovered.[l, h] }
+        |> Seq.maxBy (fun (_, _, v) -> if Double.IsFinite v then v else -infinity)
+    let tl, th, tv = topHead
+    let lensText = String.Join(", ", e.LogitLens |> Array.map (fun (l, v) -> $"{l} {v:F2}"))
+    let layerText = String.Join(", ", e.AttributionByLayer |> Array.map (fun (l, v) -> $"{l} {v:F2}"))
+    let first = List.head r.Run.Snapshots
+    let last = List.last r.Run.Snapshots
+    [ $"A {r.Run.Settings.Layers}-layer attention-only decoder (d_model {r.Run.Settings.DModel}, {r.Run.Settings.Heads} heads, LayerNorm) is trained for {r.Run.Settings.Steps} steps on BOS followed by {r.Run.Settings.HalfLength} random tokens repeated once (vocabulary {r.Run.Settings.Vocab}); the first half is unpredictable, the second predictable only by copying. Snapshots every {r.Run.Settings.SnapshotEvery} steps measure a fixed held-out batch."
+      $"The repeated-half loss goes from {first.RepeatedHalfLoss:F2} to {last.RepeatedHalfLoss:F2} nats, falling fastest in the interval ending at step {r.SteepestDropStep}: that is the in-context-learning bump of the training loss. The best previous-token head is L{pl}H{ph} (score {pv:F2} at the end; the best previous-token score {whenFormed r.PreviousTokenStep}); the best induction head is L{il}H{ih} (score {iv:F2} at the end; the best induction score {whenFormed r.InductionStep})."
+      $"At the end the components sum to the final residual stream to a relative error of {e.DecompositionError:E1}. The logit lens (repeated-half loss read out after each layer: {lensText}) shows the copying is written by the last layer, and direct attribution agrees (per layer: {layerText})."
+      let h = r.Run.Settings.HalfLength
+      let sumOver (name: string) layer (first: int) (last: int) =
+          match e.Patching |> List.tryFind (fun p -> p.Component = name) with
+          | Some p when layer < Array2D.length1 p.Recovered ->
+              Seq.sum [ for c in first .. min last (Array2D.length2 p.Recovered - 1) -> (let v = p.Recovered.[layer, c] in if Double.IsFinite v then v else 0.0) ]
+          | _ -> nan
+      let layers = r.Run.Settings.Layers
+      let l0First = sumOver "attn_out" 0 1 h
+      let lastPreFirst = sumOver "resid_pre" (layers - 1) 1 h
+      let lastAttnRepeat = sumOver "attn_out" (layers - 1) (h + 1) (2 * h)
+      $"Patching single heads from the clean into the corrupted run restores the most through L{tl}H{th} ({tv:P0} of the clean metric). By position, summed over the first half (positions 1..{h}): L0 attn_out restores {l0First:P0} and L{layers - 1} resid_pre {lastPreFirst:P0}; over the repeated half (positions {h + 1}..{2 * h}), L{layers - 1} attn_out restores {lastAttnRepeat:P0}. Information about the first half reaches the last layer through layer 0's writes at first-half positions, and the last layer writes the answer at the repeated positions."
+      $"A caveat on this task: the repeat always starts at the same position, so the token to copy is always {h - 1} positions back and a head can find it by position alone, without a previous-token head to compose with. Weak previous-token scores next to working copying heads (here {pv:F2} against {iv:F2}) are the signature of that positional shortcut; randomizing the offset of the repeat would force the compositional circuit." ]
+
+let section (r: InductionStudyResult) =
+    let e = r.End
+    let il, ih, iv = best e.Induction
+    let pl, ph, pv = best e.PreviousToken
+    let last = List.last r.Run.Snapshots
+    { ReportSection.create "residual" "The residual stream: how a two-layer attention-only model learns induction" with
+        Paragraphs = describe r
+        KeyNumbers =
+          [ { Label = "repeated-half loss at the end"; Value = $"{last.RepeatedHalfLoss:F3} nats" }
+            { Label = "steepest fall of the repeated-half loss"; Value = $"step {r.SteepestDropStep}" }
+            { Label = "best induction head"; Value = $"L{il}H{ih}, score {iv:F2}" }
+            { Label = "best previous-token head"; Value = $"L{pl}H{ph}, score {pv:F2}" }
+            { Label = "decomposition error (relative)"; Value = $"{e.DecompositionError:E1}" } ]
+        Figures = [ lossFigure r; headFigure e; lensFigure e; patchingFigure e.Patching ]
+        Tables =
+          [ { Title = "Direct logit attribution to logit(correct) − mean logit, repeated half"
+              Header = [ "component"; "mean contribution" ]
+              Rows = [ for l, v in e.AttributionByHead -> [ l; $"{v:F3}" ] ] } ] }
+
+let settings (scale: Scale) = if scale = Full then fullSettings else quickSettings
+
+let experiment : Experiment =
+    { Name = "residual"
+      Description = "the residual stream as shared state: training a 2-layer attention-only model on induction, logit lens, attribution, patching"
+      Run =
+        fun scale ->
+            let r = run (settings scale) 0 16 (Some checkpointPath)
+            { Sections = [ section r ]; Results = toJson r } }

@@ -1,0 +1,153 @@
+/// Ablation and patching on a hand-built model whose answers can be worked out on paper.
+module MechInterp.Analysis.Tests.PatchingTests
+
+open System
+open Xunit
+open TorchSharp
+open MechInterp.Model
+open MechInterp.Analysis.Patching.Ablation
+open MechInterp.Analysis.Patching.ActivationPatching
+open MechInterp.Analysis.Residual.HeadScores
+open MechInterp.Analysis.Statistics.Significance
+open MechInterp.Analysis.Discretization.Quantization
+
+/// One attention-only layer, no norm, d_model 2, vocab 2, one head: W_E = W_V = W_O = W_U = I, W_Q = W_K = 0
+/// and no positions, so attention is uniform over the prefix and
+/// logits[p] = e(t_p) + mean_{j ≤ p} e(t_j). Token 0 is e0 = [1, 0], token 1 is e1 = [0, 1].
+let private averagingModel () =
+    let cfg =
+        DecoderConfig(d_model = 2, n_layers = 1, n_heads = 1, d_head = 2, attn_only = true, normalization_type = "none",
+                      d_vocab = 2, n_ctx = 3, seed = 0)
+    let model = new HookedTransformer(cfg)
+    use _ = torch.no_grad()
+    let eye = torch.eye 2L
+    model.embed.W_E.copy_(eye) |> ignore
+    model.pos_embed.W_pos.zero_() |> ignore
+    let attn = model.blocks.[0].attn
+    attn.W_Q.zero_() |> ignore
+    attn.W_K.zero_() |> ignore
+    attn.W_V.copy_(eye.unsqueeze(0L)) |> ignore
+    attn.W_O.copy_(eye.unsqueeze(0L)) |> ignore
+    model.unembed.W_U.copy_(eye) |> ignore
+    model
+
+let private tokens (rows: int64 list list) =
+    torch.tensor(rows |> List.concat |> Array.ofList).reshape(int64 rows.Length, int64 rows.Head.Length)
+
+/// logit 0 − logit 1 at the last position of the first sequence.
+let private lastDiff (logits: torch.Tensor) =
+    let row = logits.[0L, -1L]
+    float (row.[0L].item<float32>() - row.[1L].item<float32>())
+
+let private vec (t: torch.Tensor) = t.data<float32>().ToArray() |> Array.map float
+
+[<Collection("torch")>]
+type HandBuiltModelTests(_fixture: TorchFixture) =
+
+    [<Fact>]
+    member _.``the averaging model computes what it was built to compute`` () =
+        use _scope = torch.NewDisposeScope()
+        let model = averagingModel ()
+        let logits = model.forward (tokens [ [ 0L; 1L; 1L ] ])
+        // last position: e1 + (e0 + e1 + e1) / 3 = [1/3, 5/3]
+        let last = vec logits.[0L, 2L]
+        Assert.Equal(1.0 / 3.0, last.[0], 5)
+        Assert.Equal(5.0 / 3.0, last.[1], 5)
+
+    [<Fact>]
+    member _.``zero, mean and resample ablation of attn_out give the worked-out logits`` () =
+        use _scope = torch.NewDisposeScope()
+        let model = averagingModel ()
+        let input = tokens [ [ 0L; 0L; 0L ]; [ 1L; 1L; 1L ] ]
+        let name = "blocks.0.hook_attn_out"
+        let near expected (actual: float[]) = Array.forall2 (fun (e: float) a -> abs (e - a) < 1e-5) expected actual
+        // zero: logits are the embeddings
+        let zero = runAblated model input Zero name None
+        Assert.True(near [| 1.0; 0.0 |] (vec zero.[0L, 2L]))
+        // mean over the batch of attn_out = ([1,0] + [0,1]) / 2
+        let mean = runAblated model input Mean name None
+        Assert.True(near [| 1.5; 0.5 |] (vec mean.[0L, 2L]))
+        Assert.True(near [| 0.5; 1.5 |] (vec mean.[1L, 2L]))
+        // resample with two inputs swaps them: sequence 0 gets attn_out [0, 1]
+        let resampled = runAblated model input (Resample 0) name None
+        Assert.True(near [| 1.0; 1.0 |] (vec resampled.[0L, 1L]))
+        // head 0 is the only head: ablating it is ablating the whole layer
+        let zeroHead = runAblated model input Zero "blocks.0.attn.hook_z" (Some 0)
+        Assert.True(near [| 1.0; 0.0 |] (vec zeroHead.[0L, 2L]))
+        Assert.Contains("head 1 is out of range", (Assert.Throws<ArgumentException>(fun () ->
+            runAblated model input Zero "blocks.0.attn.hook_z" (Some 1) |> ignore)).Message)
+        Assert.Contains("at least 2", (Assert.Throws<ArgumentException>(fun () ->
+            runAblated model (tokens [ [ 0L; 0L; 0L ] ]) (Resample 0) name None |> ignore)).Message)
+
+    [<Fact>]
+    member _.``patching each position of resid_pre and attn_out recovers the worked-out share`` () =
+        use _scope = torch.NewDisposeScope()
+        let model = averagingModel ()
+        let clean, corrupted = tokens [ [ 0L; 0L; 0L ] ], tokens [ [ 1L; 1L; 1L ] ]
+        let resid = patchLayerPosition model clean corrupted lastDiff "resid_pre"
+        Assert.Equal(2.0, resid.Clean, 5)
+        Assert.Equal(-2.0, resid.Corrupted, 5)
+        // patching position 0 or 1 changes only the average: e1 + [1/3, 2/3] → −4/3;
+        // position 2 changes the token and the average: e0 + [1/3, 2/3] → 2/3
+        Assert.Equal(-4.0 / 3.0, resid.Values.[0, 0], 5)
+        Assert.Equal(-4.0 / 3.0, resid.Values.[0, 1], 5)
+        Assert.Equal(2.0 / 3.0, resid.Values.[0, 2], 5)
+        Assert.Equal((2.0 / 3.0 + 2.0) / 4.0, resid.Recovered.[0, 2], 5)
+        let attn = patchLayerPosition model clean corrupted lastDiff "attn_out"
+        // attn_out at an earlier position does not reach the last one in a one-layer model
+        Assert.Equal(-2.0, attn.Values.[0, 0], 5)
+        Assert.Equal(0.0, attn.Values.[0, 2], 5)
+        let heads = patchHeads model clean corrupted lastDiff
+        Assert.Equal(0.0, heads.Values.[0, 0], 5)
+        Assert.Equal<string[]>([| "H0" |], heads.ColumnLabels)
+        Assert.Contains("no hook 'blocks.0.hook_mlp_out'", (Assert.Throws<ArgumentException>(fun () ->
+            patchLayerPosition model clean corrupted lastDiff "mlp_out" |> ignore)).Message)
+
+/// Scores and quantization use libtorch: they wait for the fixture that loads it, as every torch test does.
+[<Collection("torch")>]
+type ScoreAndQuantizationTests(_fixture: TorchFixture) =
+
+    [<Fact>]
+    member _.``head scores read the diagonals they name`` () =
+        use _scope = torch.NewDisposeScope()
+        // 5 positions, period 2 (BOS a b a b): head 0 attends to the previous token, head 1 to query − 1 + ... − period + 1.
+        let n = 5L
+        let previous = torch.zeros(n, n)
+        for q in 0L .. n - 1L do previous.[q, max 0L (q - 1L)] <- torch.tensor 1.0f
+        let induction = torch.zeros(n, n)
+        for q in 0L .. n - 1L do induction.[q, max 0L (q - 1L)] <- torch.tensor 1.0f   // period 2: q − 2 + 1 = q − 1
+        let uniform = torch.ones(n, n).tril().div(torch.ones(n, n).tril().sum(-1L, keepdim = true))
+        let pattern = torch.stack([| previous; uniform |]).unsqueeze(0L)               // [1, head, q, k]
+        let prev = vec (previousTokenScore pattern)
+        Assert.Equal(1.0, prev.[0], 6)
+        Assert.Equal((1.0 / 2.0 + 1.0 / 3.0 + 1.0 / 4.0 + 1.0 / 5.0) / 4.0, prev.[1], 6)
+        let induct = vec (inductionScore 3 (torch.stack([| induction; uniform |]).unsqueeze(0L)))
+        // period 3: queries 4 only (q ≥ 4), key 4 − 2 = 2; the previous-token head puts 0 there
+        Assert.Equal(0.0, induct.[0], 6)
+        Assert.Equal(1.0 / 5.0, induct.[1], 6)
+
+    [<Fact>]
+    member _.``the permutation test finds a clear difference and not a null one`` () =
+        let a = [ 1.0; 1.1; 0.9; 1.05; 0.95 ]
+        let clear = permutationTest a [ 2.0; 2.1; 1.9; 2.05; 1.95 ]
+        Assert.Equal(252, clear.Permutations)
+        Assert.Equal(2.0 / 252.0, clear.PValue, 9)
+        Assert.Equal(1.0, clear.Difference, 9)
+        let same = permutationTest a a
+        Assert.Equal(1.0, same.PValue, 9)
+
+    [<Fact>]
+    member _.``quantization rounds to k levels and its gradient path is as named`` () =
+        use _scope = torch.NewDisposeScope()
+        let x = torch.tensor([| -2.0f; -0.4f; 0.1f; 0.9f; 3.0f |]).requires_grad_()
+        let q = { Levels = 3; Range = 1.0; Gradient = StraightThrough }
+        let y = quantize q x
+        Assert.Equal<float[]>([| -1.0; 0.0; 0.0; 1.0; 1.0 |], vec (y.detach()))
+        y.sum().backward()
+        match x.grad with
+        | null -> failwith "the straight-through path left no gradient"
+        | grad -> Assert.Equal<float[]>([| 1.0; 1.0; 1.0; 1.0; 1.0 |], vec grad)
+        let blocked = quantize { q with Gradient = Blocked } x
+        Assert.False(blocked.requires_grad)
+        Assert.Equal(2, vec (roundToGrid { q with Levels = 2 } x) |> Array.distinct |> Array.length)
+        Assert.Contains("at least 2 levels, got 1", (Assert.Throws<ArgumentException>(fun () -> quantize { q with Levels = 1 } x |> ignore)).Message)
