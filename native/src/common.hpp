@@ -35,6 +35,20 @@ inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
     return r;
 }
 
+// The grouped dispatch buffers (CPU and CUDA alike): tokens * k (token, slot) pairs land in `rows`
+// rows of width d, so rows must hold every pair and no product may overflow.
+inline void check_dispatch_sizes(int64_t tokens, int64_t k, int64_t d, int64_t rows) {
+    require_positive(tokens, "tokens");
+    require_positive(k, "k");
+    require_positive(d, "d");
+    require_positive(rows, "rows");
+    checked_mul(tokens, d, "tokens * d");
+    checked_mul(rows, d, "rows * d");
+    const int64_t pairs = checked_mul(tokens, k, "tokens * k");
+    if (rows < pairs)
+        throw Error{MI_ERR_INVALID_SIZE, "rows (" + std::to_string(rows) + ") must hold every pair: tokens * k = " + std::to_string(pairs)};
+}
+
 // Runs a kernel body, converting Error and any C++ exception into a status: nothing escapes the C ABI.
 template <class F>
 mi_status guard(F&& body) noexcept {

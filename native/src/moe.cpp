@@ -83,18 +83,6 @@ std::vector<uint8_t> check_rows(const int64_t* row_of, int64_t pairs, int64_t ro
     return used;
 }
 
-void check_dispatch_sizes(int64_t tokens, int64_t k, int64_t d, int64_t rows) {
-    mi::require_positive(tokens, "tokens");
-    mi::require_positive(k, "k");
-    mi::require_positive(d, "d");
-    mi::require_positive(rows, "rows");
-    mi::checked_mul(tokens, d, "tokens * d");
-    mi::checked_mul(rows, d, "rows * d");
-    const int64_t pairs = mi::checked_mul(tokens, k, "tokens * k");
-    if (rows < pairs)
-        throw mi::Error{MI_ERR_INVALID_SIZE, "rows (" + std::to_string(rows) + ") must hold every pair: tokens * k = " + std::to_string(pairs)};
-}
-
 }  // namespace
 
 namespace mi {
@@ -240,7 +228,7 @@ MI_API mi_status mi_moe_gather_f32(const float* x, const int64_t* row_of, int64_
         mi::require_pointer(x, "x");
         mi::require_pointer(row_of, "row_of");
         mi::require_pointer(grouped, "grouped");
-        check_dispatch_sizes(tokens, k, d, rows);
+        mi::check_dispatch_sizes(tokens, k, d, rows);
         check_rows(row_of, tokens * k, rows);
         for_tokens(tokens, [&](int64_t t) {
             for (int64_t s = 0; s < k; ++s) std::copy(x + t * d, x + (t + 1) * d, grouped + row_of[t * k + s] * d);
@@ -254,7 +242,7 @@ MI_API mi_status mi_moe_gather_backward_f32(const float* dgrouped, const int64_t
         mi::require_pointer(dgrouped, "dgrouped");
         mi::require_pointer(row_of, "row_of");
         mi::require_pointer(dx, "dx");
-        check_dispatch_sizes(tokens, k, d, rows);
+        mi::check_dispatch_sizes(tokens, k, d, rows);
         check_rows(row_of, tokens * k, rows);
         for_tokens(tokens, [&](int64_t t) {
             float* out = dx + t * d;
@@ -274,7 +262,7 @@ MI_API mi_status mi_moe_combine_f32(const float* grouped, const float* gates, co
         mi::require_pointer(gates, "gates");
         mi::require_pointer(row_of, "row_of");
         mi::require_pointer(y, "y");
-        check_dispatch_sizes(tokens, k, d, rows);
+        mi::check_dispatch_sizes(tokens, k, d, rows);
         check_rows(row_of, tokens * k, rows);
         for_tokens(tokens, [&](int64_t t) {
             float* out = y + t * d;
@@ -298,7 +286,7 @@ MI_API mi_status mi_moe_combine_backward_f32(const float* grouped, const float* 
         mi::require_pointer(dy, "dy");
         mi::require_pointer(dgrouped, "dgrouped");
         mi::require_pointer(dgates, "dgates");
-        check_dispatch_sizes(tokens, k, d, rows);
+        mi::check_dispatch_sizes(tokens, k, d, rows);
         const auto used = check_rows(row_of, tokens * k, rows);
         // Padding rows of a batched layout get no gradient.
         for (int64_t r = 0; r < rows; ++r)

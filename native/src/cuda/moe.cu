@@ -179,15 +179,7 @@ std::vector<int64_t> count_on_device(const int64_t* index, int64_t tokens, int64
 }
 
 void check_sizes(int64_t tokens, int64_t k, int64_t d, int64_t rows) {
-    mi::require_positive(tokens, "tokens");
-    mi::require_positive(k, "k");
-    mi::require_positive(d, "d");
-    mi::require_positive(rows, "rows");
-    mi::checked_mul(tokens, d, "tokens * d");
-    mi::checked_mul(rows, d, "rows * d");
-    const int64_t pairs = mi::checked_mul(tokens, k, "tokens * k");
-    if (rows < pairs)
-        throw mi::Error{MI_ERR_INVALID_SIZE, "rows (" + std::to_string(rows) + ") must hold every pair: tokens * k = " + std::to_string(pairs)};
+    mi::check_dispatch_sizes(tokens, k, d, rows);
     if (tokens > 2147483647 || rows > 2147483647)
         throw mi::Error{MI_ERR_INVALID_SIZE, "CUDA grids hold at most 2^31 - 1 tokens and rows, got " + std::to_string(tokens) + " and " + std::to_string(rows)};
 }
