@@ -32,6 +32,19 @@ public static class Settings
         }
     }
 
+    /// <summary>
+    /// Runs <paramref name="body"/> with <see cref="Threads"/> set to <paramref name="threads"/>, restoring
+    /// the previous value afterwards, also on throw. Small models train faster on one libtorch thread:
+    /// intra-op threads do not pay at their sizes, and on a shared machine thread barriers cost far more.
+    /// </summary>
+    public static T WithThreads<T>(int threads, Func<T> body)
+    {
+        int before = Threads;
+        Threads = threads;
+        try { return body(); }
+        finally { Threads = before; }
+    }
+
     /// <summary>Which kernel implementation runs.</summary>
     public static KernelBackend Kernels { get; set; } = ReadKernels();
 

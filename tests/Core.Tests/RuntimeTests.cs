@@ -34,4 +34,15 @@ public class RuntimeTests
         finally { Settings.Threads = before; }
         Assert.Throws<ArgumentOutOfRangeException>(() => Settings.Threads = 0);
     }
+
+    [Fact]
+    public void WithThreadsRestoresTheSettingAlsoOnThrow()
+    {
+        int before = Settings.Threads;
+        Assert.Equal(1, Settings.WithThreads(1, () => get_num_threads()));
+        Assert.Equal(before, Settings.Threads);
+        Assert.Throws<InvalidOperationException>(() => Settings.WithThreads<int>(1, () => throw new InvalidOperationException()));
+        Assert.Equal(before, Settings.Threads);
+        Assert.Equal(before, get_num_threads());
+    }
 }

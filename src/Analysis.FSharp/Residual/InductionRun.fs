@@ -100,10 +100,7 @@ let train (s: InductionSettings) (modelSeed: int) (dataSeed: int) (hooks: Hooked
 
 /// Runs `f` with libtorch on one thread, restoring the setting after. These models are too small for
 /// intra-op threads to pay, and on a shared machine libtorch's thread barriers made steps ~20× slower.
-let onOneThread (f: unit -> 'a) =
-    let threads = MechInterp.Settings.Threads
-    MechInterp.Settings.Threads <- 1
-    try f () finally MechInterp.Settings.Threads <- threads
+let onOneThread (f: unit -> 'a) = MechInterp.Settings.WithThreads(1, System.Func<'a>(f))
 
 /// The trailing mean of the last `window` losses at each step.
 let smoothed (window: int) (losses: float[]) =

@@ -86,12 +86,7 @@ let run (log: string -> unit) (config: SuperpositionConfig) : SuperpositionResul
     for s in config.Main @ [ config.Plane; config.Dimensionality ] do validate s
     // Toy-model tensors are too small for intra-op threads to pay; on a shared machine libtorch's thread
     // barriers made a step 30× slower with 2 threads than with 1. The setting is restored afterwards.
-    let threads = MechInterp.Settings.Threads
-    MechInterp.Settings.Threads <- 1
-    try
-        train log config
-    finally
-        MechInterp.Settings.Threads <- threads
+    MechInterp.Settings.WithThreads(1, fun () -> train log config)
 
 let private activationKey = function ToyActivation.Relu -> "relu" | _ -> "linear"
 
