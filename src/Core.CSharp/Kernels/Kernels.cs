@@ -28,7 +28,7 @@ public static class Kernel
     {
         TorchRuntime.EnsureLoaded();
         AttentionShapes.Check(q, k, v);
-        return UseNative(backend, q) && NativeAttention.IsImplemented
+        return UseNative(backend, q)
             ? NativeAttention.Forward(q, k, v, causal, returnPattern)
             : ManagedAttention.Forward(q, k, v, causal, returnPattern);
     }
@@ -44,7 +44,7 @@ public static class Kernel
     {
         TorchRuntime.EnsureLoaded();
         ExpertShapes.Check(x, expertIndex, gates, wIn, bIn, wOut, bOut);
-        return UseNative(backend, x) && NativeExperts.IsImplemented
+        return UseNative(backend, x)
             ? NativeExperts.Forward(x, expertIndex, gates, wIn, bIn, wOut, bOut, activation)
             : ManagedExperts.Forward(x, expertIndex, gates, wIn, bIn, wOut, bOut, activation);
     }

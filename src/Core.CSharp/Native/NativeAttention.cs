@@ -7,8 +7,6 @@ namespace MechInterp.Native;
 /// <summary>The native fused attention behind <see cref="Kernel.Attention"/>.</summary>
 internal static class NativeAttention
 {
-    public static bool IsImplemented => true;
-
     public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern)
     {
         NativeTensors.RequireFloat32Cpu(q, "q");

@@ -12,8 +12,6 @@ namespace MechInterp.Native;
 /// </summary>
 internal static class NativeExperts
 {
-    public static bool IsImplemented => true;
-
     /// <summary>Padding every group to the largest one is worth one batched GEMM while it wastes at most this share.</summary>
     private const double MaxPaddingWaste = 0.25;
 
