@@ -30,8 +30,8 @@ let printHeads (t: HeadScores.HeadScoreTable) =
 let printEnd (e: EndAnalysis) =
     printHeads e.PreviousToken
     printHeads e.Induction
-    printfn "logit lens, repeated-half loss: %s" (String.Join(", ", e.LogitLens |> Array.map (fun (l, v) -> $"{l} {v:F3}")))
-    printfn "direct attribution (logit(correct) - mean logit, repeated half):"
+    printfn "logit lens, repeat loss: %s" (String.Join(", ", e.LogitLens |> Array.map (fun (l, v) -> $"{l} {v:F3}")))
+    printfn "direct attribution (logit(correct) - mean logit, repeat):"
     for l, v in e.AttributionByHead do printfn "  %-10s %7.3f" l v
     printfn "decomposition error: %.2e" e.DecompositionError
     for p in e.Patching do
@@ -51,8 +51,8 @@ else
     for s in r.Run.Snapshots do
         let _, _, prev = HeadScores.best s.PreviousToken
         let _, _, ind = HeadScores.best s.Induction
-        printfn "step %5d  loss %.3f  repeated-half %.3f  best prev-token %.2f  best induction %.2f" s.Step s.Loss s.RepeatedHalfLoss prev ind
-    printfn "steepest repeated-half fall ends at step %d; previous-token head at %A, induction head at %A (level %.1f)"
+        printfn "step %5d  loss %.3f  repeat %.3f  best prev-token %.2f  best induction %.2f" s.Step s.Loss s.RepeatLoss prev ind
+    printfn "steepest repeat fall ends at step %d; previous-token head at %A, induction head at %A (level %.1f)"
         r.SteepestDropStep r.PreviousTokenStep r.InductionStep headFormedLevel
     printEnd r.End
     let json = Path.Combine("artifacts", "results", "residual.json")

@@ -9,27 +9,28 @@ open MechInterp.Data
 open MechInterp.Training
 
 // Settings: change freely.
-let steps = 600
+let steps = 2000
 let checkpoint = "artifacts/checkpoints/induction-script.safetensors"
 
-let task = InductionTask(vocabSize = 64, halfLength = 16)
+// Each sequence repeats a segment of 8..16 random tokens at a random offset (maxRepeat 16: 33 tokens).
+let task = InductionTask(vocabSize = 64, maxRepeat = 16, minRepeat = 8)
 let config =
-    DecoderConfig(d_model = 64, n_layers = 2, n_heads = 4, attn_only = true,
+    DecoderConfig(d_model = 64, n_layers = 2, n_heads = 4, attn_only = true, positional_embedding_type = "rotary",
                   d_vocab = task.VocabSize, n_ctx = task.SequenceLength, normalization_type = "LN", seed = 0)
 let model = new HookedTransformer(config)
 
-let repeatedHalfLoss (m: HookedTransformer) (batch: TokenBatch) =
+let repeatLoss (m: HookedTransformer) (batch: TokenBatch) =
     use _ = torch.NewDisposeScope()
     let logits = m.forward batch.Tokens
-    let mask = task.RepeatedHalfMask(int batch.Tokens.shape.[0])
-    readOnlyDict [ "repeated_half_loss", float (Losses.Masked(logits, batch.Tokens, mask).item<float32>()) ]
+    let mask = InductionTask.RepeatMask batch
+    readOnlyDict [ "repeat_loss", float (Losses.Masked(logits, batch.Tokens, mask).item<float32>()) ]
 
 let trainer =
     Trainer(model, task, TrainingConfig(Steps = steps, BatchSize = 32, LearningRate = 1e-3, EvalEvery = 100),
-            Metrics = Func<_, _, _>(repeatedHalfLoss))
+            Metrics = Func<_, _, _>(repeatLoss))
 let result = trainer.Run()
 for e in result.Evals do
-    printfn "step %4d  eval loss %.3f  repeated-half loss %.3f" e.Step e.Loss e.Metrics.["repeated_half_loss"]
+    printfn "step %4d  eval loss %.3f  repeat loss %.3f" e.Step e.Loss e.Metrics.["repeat_loss"]
 printfn "trained %d steps in %.1f s (%.0f tokens/s)" steps result.Seconds result.TokensPerSecond
 
 model.Save checkpoint

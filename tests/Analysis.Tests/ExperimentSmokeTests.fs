@@ -19,7 +19,7 @@ let private field (key: string) (node: JsonNode | null) : JsonNode =
 let private count (node: JsonNode) = node.AsArray().Count
 
 let private tiny: InductionRun.InductionSettings =
-    { DModel = 16; Layers = 2; Heads = 2; Vocab = 12; HalfLength = 4; Steps = 20; BatchSize = 8
+    { DModel = 16; Layers = 2; Heads = 2; Vocab = 12; MaxRepeat = 4; MinRepeat = 2; PositionalEmbedding = "standard"; Steps = 20; BatchSize = 8
       LearningRate = 3e-3; SnapshotEvery = 10; EvalBatchSize = 8 }
 
 [<Collection("torch")>]
@@ -46,9 +46,17 @@ type ExperimentSmokeTests(_fixture: TorchFixture) =
                 Seeds = [ 0; 1 ]
                 StraightThroughLevels = [ 4 ]
                 BlockedLevels = [ 4 ]
+                CodebookSizes = [ 4 ]
                 Threshold = 100.0 }
         let result = Experiment1.run settings ignore
-        Assert.Equal<string list>([ "standard"; "ste-k4"; "no-ste-k4" ], result.Variants |> List.map (fun v -> v.Variant.Name))
+        Assert.Equal<string list>([ "standard"; "ste-k4"; "no-ste-k4"; "vq-4" ], result.Variants |> List.map (fun v -> v.Variant.Name))
+        // the codebook variant reports its usage per quantized block: at most its 4 entries
+        let vq = result.Variants |> List.last
+        for run in vq.Runs do
+            Assert.Equal(2, run.Analysis.CodebookUsage.Length)
+            for _, used, perplexity in run.Analysis.CodebookUsage do
+                Assert.InRange(used, 1, 4)
+                Assert.InRange(perplexity, 1.0, 4.0 + 1e-9)
         let json = Experiment1.toJson result
         Assert.Equal(100.0, (json |> field "threshold").GetValue<float>())
         let variants = (json |> field "variants").AsArray()
@@ -64,3 +72,19 @@ type ExperimentSmokeTests(_fixture: TorchFixture) =
         Assert.Equal(6, (variants.[1] |> field "versus_standard" |> field "permutations").GetValue<int>())
         Assert.InRange((variants.[1] |> field "versus_standard" |> field "p_value").GetValue<float>(), 2.0 / 6.0 - 1e-9, 1.0)
         Assert.True(result.Variants.[1].Runs.Head.Analysis.DecompositionError > 0.0)
+
+    [<Fact>]
+    member _.``experiment_1 gives the same numbers on one worker and on two`` () =
+        let settings =
+            { Experiment1.quickSettings with
+                Training = { tiny with Steps = 10; SnapshotEvery = 10 }
+                Seeds = [ 0; 1; 2 ]
+                StraightThroughLevels = [ 4 ]
+                BlockedLevels = []
+                CodebookSizes = [ 4 ] }
+        let losses (r: Experiment1.Experiment1Result) =
+            [ for v in r.Variants do for run in v.Runs -> v.Variant.Name, run.Seed, run.Run.Losses ]
+        let one = Experiment1.runWith 1 settings ignore
+        let two = Experiment1.runWith 2 settings ignore
+        Assert.Equal<(string * int * float[]) list>(losses one, losses two)
+        Assert.Equal(9, (losses one).Length)

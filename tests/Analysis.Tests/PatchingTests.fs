@@ -127,6 +127,21 @@ type ScoreAndQuantizationTests(_fixture: TorchFixture) =
         Assert.Equal(1.0 / 5.0, induct.[1], 6)
 
     [<Fact>]
+    member _.``attention to given keys averages only the queries that have one`` () =
+        use _scope = torch.NewDisposeScope()
+        // 2 sequences, 4 positions, 1 head with a known pattern; keys differ per sequence (varying period).
+        let pattern = torch.tensor([| 1.0f; 0.0f; 0.0f; 0.0f
+                                      0.5f; 0.5f; 0.0f; 0.0f
+                                      0.2f; 0.3f; 0.5f; 0.0f
+                                      0.1f; 0.2f; 0.3f; 0.4f |]).reshape(1L, 1L, 4L, 4L).expand(2L, 1L, 4L, 4L)
+        let keys = tokens [ [ -1L; -1L; 1L; 2L ]; [ -1L; -1L; -1L; 0L ] ]
+        // (q2 → k1) 0.3, (q3 → k2) 0.3, (q3 → k0) 0.1: mean over 3 counted queries
+        Assert.Equal((0.3 + 0.3 + 0.1) / 3.0, (vec (attentionTo keys pattern)).[0], 6)
+        let e = Assert.Throws<System.ArgumentException>(fun () -> attentionTo (tokens [ List.replicate 4 -1L; List.replicate 4 -1L ]) pattern |> ignore)
+        Assert.Contains("no query has a key", e.Message)
+        Assert.Throws<System.ArgumentException>(fun () -> attentionTo (torch.zeros([| 2L; 3L |], dtype = torch.ScalarType.Int64)) pattern |> ignore) |> ignore
+
+    [<Fact>]
     member _.``the permutation test finds a clear difference and not a null one`` () =
         let a = [ 1.0; 1.1; 0.9; 1.05; 0.95 ]
         let clear = permutationTest a [ 2.0; 2.1; 1.9; 2.05; 1.95 ]

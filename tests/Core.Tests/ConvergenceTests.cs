@@ -11,19 +11,22 @@ public class ConvergenceTests
     [Fact]
     public void TwoLayerAttentionOnlyModelLearnsInduction()
     {
-        var task = new InductionTask(vocabSize: 64, halfLength: 16);
+        var task = new InductionTask(vocabSize: 64, maxRepeat: 16, minRepeat: 8);
         using var model = new HookedTransformer(new DecoderConfig
         {
-            d_model = 64, n_layers = 2, n_heads = 4, attn_only = true, d_vocab = task.VocabSize, n_ctx = task.SequenceLength, seed = 0,
+            d_model = 64, n_layers = 2, n_heads = 4, attn_only = true, positional_embedding_type = "rotary",
+            d_vocab = task.VocabSize, n_ctx = task.SequenceLength, seed = 0,
         });
-        new Trainer(model, task, new TrainingConfig { Steps = 500, BatchSize = 32, LearningRate = 1e-3, EvalEvery = 0, Progress = false }).Run();
+        // The repeat's length and offset vary, so only a previous-token → induction circuit predicts it; it forms
+        // near step 1,200 here (the repeat loss sits above 2.3 nats before).
+        new Trainer(model, task, new TrainingConfig { Steps = 2000, BatchSize = 32, LearningRate = 1e-3, EvalEvery = 0, Progress = false }).Run();
 
         using var scope = NewDisposeScope();
         using var _ = no_grad();
         using var batch = task.Sample(128, new Random(99));
         var logits = model.forward(batch.Tokens);
-        double repeated = Losses.Masked(logits, batch.Tokens, task.RepeatedHalfMask(128)).item<float>();
-        Assert.True(repeated < 1.0, $"loss on the repeated half is {repeated:F3} nats after 500 steps");
+        double repeated = Losses.Masked(logits, batch.Tokens, InductionTask.RepeatMask(batch)).item<float>();
+        Assert.True(repeated < 1.0, $"loss on the repeat is {repeated:F3} nats after 2000 steps");
     }
 
     [Fact]

@@ -1,4 +1,5 @@
 using MechInterp.Data;
+using static TorchSharp.torch;
 
 namespace MechInterp.Tests;
 
@@ -21,14 +22,66 @@ public class DataTests
     }
 
     [Fact]
-    public void InductionSequencesRepeatTheirFirstHalf()
+    public void InductionSequencesRepeatASegmentOfVaryingLengthAndOffset()
     {
-        var task = new InductionTask(20, 5);
+        var task = new InductionTask(vocabSize: 50, maxRepeat: 8, minRepeat: 3);
+        using var scope = NewDisposeScope();
+        using var batch = task.Sample(64, new Random(1));
+        long n = task.SequenceLength;
+        long[] tokens = batch.Tokens.data<long>().ToArray();
+        long[] segment = batch.Labels[InductionTask.SegmentFeature].data<long>().ToArray();
+        long[] keys = InductionTask.InductionKeys(batch).data<long>().ToArray();
+        bool[] mask = InductionTask.RepeatMask(batch).data<bool>().ToArray();
+        var lengths = new HashSet<long>();
+        var starts = new HashSet<long>();
+        for (int b = 0; b < 64; b++)
+        {
+            long Seg(long p) => segment[b * n + p];
+            Assert.Equal(InductionTask.Bos, tokens[b * n]);
+            long length = Enumerable.Range(0, (int)n).Count(p => Seg(p) == InductionTask.SegmentRepeat);
+            Assert.Equal(length, Enumerable.Range(0, (int)n).Count(p => Seg(p) == InductionTask.SegmentFirst));
+            Assert.InRange(length, 3, 8);
+            lengths.Add(length);
+            starts.Add(Enumerable.Range(0, (int)n).First(p => Seg(p) == InductionTask.SegmentFirst));
+            for (long p = 1; p < n; p++)
+            {
+                long k = keys[b * n + p];
+                if (Seg(p) == InductionTask.SegmentRepeat)
+                {
+                    // the key follows the query token's earlier copy
+                    Assert.Equal(tokens[b * n + p], tokens[b * n + p - length]);
+                    Assert.Equal(p - length + 1, k);
+                    Assert.Equal(InductionTask.SegmentFirst, Seg(p - length));
+                }
+                else Assert.Equal(-1L, k);
+                if (p < n - 1)
+                    Assert.Equal(Seg(p) == InductionTask.SegmentRepeat && Seg(p + 1) == InductionTask.SegmentRepeat, mask[b * (n - 1) + p]);
+            }
+        }
+        Assert.True(lengths.Count >= 5 && starts.Count >= 5, $"{lengths.Count} lengths and {starts.Count} start positions in 64 sequences");
+
+        // the corrupted run redraws exactly the first copy
+        using var gen = new Generator(7);
+        long[] corrupted = task.CorruptFirstCopy(batch, gen).data<long>().ToArray();
+        int changedOutside = Enumerable.Range(0, tokens.Length).Count(i => segment[i] != InductionTask.SegmentFirst && corrupted[i] != tokens[i]);
+        int changedInside = Enumerable.Range(0, tokens.Length).Count(i => segment[i] == InductionTask.SegmentFirst && corrupted[i] != tokens[i]);
+        Assert.Equal(0, changedOutside);
+        Assert.True(changedInside > segment.Count(s => s == InductionTask.SegmentFirst) * 9 / 10, $"{changedInside} first-copy tokens redrawn");
+    }
+
+    [Fact]
+    public void AFixedLengthInductionTaskIsBosThenTwoCopies()
+    {
+        var task = new InductionTask(20, 5, minRepeat: 5);
         using var batch = task.Sample(3, new Random(1));
         var t = batch.Tokens;
         Assert.True(t[.., 1..6].equal(t[.., 6..11]).all().item<bool>());
-        Assert.Equal(0L, t[.., 0].max().item<long>());
-        Assert.Equal(3L * 4, task.RepeatedHalfMask(3).sum().item<long>());
+        Assert.Equal(3L * 4, InductionTask.RepeatMask(batch).sum().item<long>());
+        Assert.Equal(4, new InductionTask(20, 8).MinRepeat);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new InductionTask(20, 5, minRepeat: 6));
+        Assert.Contains("minRepeat must be in [1, maxRepeat = 5], got 6", e.Message);
+        var missing = Assert.Throws<ArgumentException>(() => InductionTask.RepeatMask(new ModularAddition().Sample(2, new Random(0))));
+        Assert.Contains("no 'segment' labels", missing.Message);
     }
 
     [Fact]

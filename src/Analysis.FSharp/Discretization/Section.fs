@@ -67,7 +67,7 @@ let private summaryFigure (r: Experiment1Result) =
 let private table (r: Experiment1Result) =
     { Title = "Per variant (seeds " + String.Join(", ", r.Settings.Seeds) + ")"
       Header = [ "variant"; "final loss, mean [95% CI]"; "steps to threshold per seed"; "Δ vs standard"; "p (permutation)"
-                 "best induction score per seed"; "decomposition error (max)"; "logit-lens repeated-half loss, mean per layer" ]
+                 "best induction score per seed"; "decomposition error (max)"; "logit-lens repeat loss, mean per layer" ]
       Rows =
         [ for v in r.Variants ->
               let steps = v.Runs |> List.map (fun run -> run.StepsToThreshold |> Option.map string |> Option.defaultValue "never")
@@ -86,8 +86,9 @@ let private table (r: Experiment1Result) =
 /// The two-paragraph conclusion, written from the numbers.
 let conclusion (r: Experiment1Result) =
     let standard = List.head r.Variants
-    let ste = r.Variants |> List.filter (fun v -> v.Variant.Quantizer |> Option.exists (fun q -> q.Gradient = StraightThrough))
-    let blocked = r.Variants |> List.filter (fun v -> v.Variant.Quantizer |> Option.exists (fun q -> q.Gradient = Blocked))
+    let ste = r.Variants |> List.filter (fun v -> isGrid StraightThrough v.Variant)
+    let blocked = r.Variants |> List.filter (fun v -> isGrid Blocked v.Variant)
+    let vq = r.Variants |> List.filter (fun v -> isCodebook v.Variant)
     let n = r.Settings.Seeds.Length
     let describe (v: VariantResult) =
         let c = v.VersusStandard
@@ -101,22 +102,36 @@ let conclusion (r: Experiment1Result) =
     let formed (v: VariantResult) = inductionScores v |> List.filter (fun s -> s >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
     let layer0 (v: VariantResult) =
         v.Runs |> List.filter (fun run -> let l, _, sc = run.Analysis.BestInduction in l = 0 && sc >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
-    let steErr = ste |> List.collect (fun v -> v.Runs |> List.map (fun run -> run.Analysis.DecompositionError))
+    let steErr = (ste @ vq) |> List.collect (fun v -> v.Runs |> List.map (fun run -> run.Analysis.DecompositionError))
     [ $"Final held-out loss, mean and 95%% interval over {n} seeds (same initializations and data order per seed): standard {ci standard.FinalLoss} ({(reached standard).Length}/{n} reach the threshold {r.Settings.Threshold}); "
-      + String.Join("; ", (ste @ blocked) |> List.map describe)
+      + String.Join("; ", (ste @ blocked @ vq) |> List.map describe)
       + $". With a straight-through gradient, quantizing the stream after every block (clamp to ±{q}, k levels) significantly raised the final loss for: {names hurt}; it did not, at this seed count, for: {names fine}. "
       + (if blocked.IsEmpty then ""
-         else $"Without straight-through the rounding passes no gradient, so only the unembedding (and final norm) learn: {names blocked} stays near chance (ln 63 ≈ 4.14 nats on these uniform tokens), above every straight-through variant on the same grid — on that grid the gradient path, not the grid, is what stops learning.")
+         else $"Without straight-through the rounding passes no gradient, so only the unembedding (and final norm) learn: {names blocked} stays near chance (ln 63 ≈ 4.14 nats on these uniform tokens), above every straight-through variant on the same grid — on that grid the gradient path, not the grid, is what stops learning. ")
+      + (if vq.IsEmpty then ""
+         else
+             let usage (v: VariantResult) =
+                 let all = v.Runs |> List.collect (fun run -> run.Analysis.CodebookUsage)
+                 if all.IsEmpty then "" else
+                     let used = all |> List.averageBy (fun (_, u, _) -> float u)
+                     let perplexity = all |> List.averageBy (fun (_, _, p) -> p)
+                     $"{v.Variant.Name} uses {used:F0} entries on average per codebook (assignment perplexity {perplexity:F0})"
+             let vqHurt = vq |> List.filter (fun v -> v.VersusStandard |> Option.exists (fun c -> c.PValue < 0.05 && c.Difference > 0.0))
+             $"Replacing each position's whole vector by the nearest codebook entry (at most log2 K bits per position, against d_model values on a grid) significantly raised the final loss for: {names vqHurt}; "
+             + String.Join("; ", vq |> List.map usage) + ".")
       $"The residual analysis of the trained discretized models: the stream no longer decomposes exactly into the sum of its writes (relative error up to {(if steErr.IsEmpty then 0.0 else List.max steErr):E1} with straight-through, against {(standard.Runs |> List.map (fun run -> run.Analysis.DecompositionError) |> List.max):E1} for the standard model), because each block's output is rounded before the next reads it; the logit lens and the per-head scores still read it. Induction heads (best score ≥ {MechInterp.Analysis.Residual.InductionStudy.headFormedLevel}) formed in {formed standard}/{n} standard runs and in "
-      + String.Join(", ", (ste @ blocked) |> List.map (fun v -> $"{formed v}/{n} {v.Variant.Name}"))
-      + $" runs; in {layer0 standard}/{n} standard runs the best such head sits in layer 0, which can only copy by position (the repeat is always {r.Settings.Training.HalfLength - 1} tokens back), so on this task these are positional copying heads rather than compositional induction heads."
+      + String.Join(", ", (ste @ blocked @ vq) |> List.map (fun v -> $"{formed v}/{n} {v.Variant.Name}"))
+      + $" runs. The segment's length and offset vary per sequence, so a layer-0 head, which sees only token and position, cannot find the earlier copy; in {layer0 standard}/{n} standard runs the best such head is nonetheless in layer 0, and in {n - layer0 standard}/{n} in a later layer where it can compose with a previous-token head."
       + " Attention patterns that copy can form while the loss stays at chance (compare each variant's induction scores with its final loss in the table): a head's pattern is computed from the normalized stream it reads, but what it writes must pass through the grid before the unembedding sees it." ]
 
 let section (r: Experiment1Result) =
     let standard = List.head r.Variants
     { ReportSection.create "experiment1" "experiment_1: does discretizing the residual stream hurt convergence?" with
         Paragraphs =
-          [ $"Variants of the same 2-layer attention-only decoder (d_model {r.Settings.Training.DModel}, {r.Settings.Training.Heads} heads) trained on the induction task for {r.Settings.Training.Steps} steps, differing only in what happens to the residual stream after every block. Quantization: each dimension is clamped to [−{r.Settings.Range}, {r.Settings.Range}] and rounded to the nearest of k evenly spaced levels, endpoints included (a fixed range, chosen because LayerNorm before every reader makes the stream's scale free for the model to set). Straight-through: x_q = x + (Q(x) − x).detach(); without: x_q = Q(x) with zero gradient. Final loss is the loss on the seed's fixed held-out batch at the end, with the variant's quantization; significance is an exact two-sided permutation test against the standard variant. A vector-quantized (codebook) variant was not run." ]
+          [ $"Variants of the same 2-layer attention-only decoder (d_model {r.Settings.Training.DModel}, {r.Settings.Training.Heads} heads, {r.Settings.Training.PositionalEmbedding} positions) trained on the induction task (a segment of {r.Settings.Training.MinRepeat}–{r.Settings.Training.MaxRepeat} random tokens repeated once at a random offset) for {r.Settings.Training.Steps} steps, differing only in what happens to the residual stream after every block. Quantization: each dimension is clamped to [−{r.Settings.Range}, {r.Settings.Range}] and rounded to the nearest of k evenly spaced levels, endpoints included (a fixed range, chosen because LayerNorm before every reader makes the stream's scale free for the model to set). Straight-through: x_q = x + (Q(x) − x).detach(); without: x_q = Q(x) with zero gradient. Final loss is the loss on the seed's fixed held-out batch at the end, with the variant's quantization; significance is an exact two-sided permutation test against the standard variant."
+            + (if r.Variants |> List.exists (fun v -> isCodebook v.Variant) then
+                   " Codebook (vq-K): each position's whole vector is replaced by the nearest of K learned entries, one codebook per block, entries following an exponential moving average (decay 0.99) of the vectors assigned to them, initialized from the first batch; the gradient passes straight through, and a commitment loss 0.25·‖x − sg(q)‖² adds its gradient (not its value) to training."
+               else " A vector-quantized (codebook) variant was not run.") ]
           @ conclusion r
         KeyNumbers =
           [ yield { Label = "standard final loss"; Value = ci standard.FinalLoss }

@@ -38,6 +38,22 @@ let inductionScore (period: int) (pattern: torch.Tensor) =
     if period < 2 then invalidArg (nameof period) $"period must be at least 2, got {period}"
     diagonalScore pattern (period - 1) (period + 1)
 
+/// Mean attention from each query to a key given per (sequence, query) → [head]: keys [batch, query],
+/// −1 where the query does not count. How induction is scored when the period varies per sequence
+/// (InductionTask.InductionKeys gives the keys).
+let attentionTo (keys: torch.Tensor) (pattern: torch.Tensor) =
+    checkPattern pattern
+    let b, h, q = pattern.shape.[0], pattern.shape.[1], pattern.shape.[2]
+    if keys.shape <> [| b; q |] then
+        invalidArg (nameof keys) $"keys must be [batch, query] = [{b},{q}], got [{System.String.Join(',', keys.shape)}]"
+    let zero = TorchSharp.Scalar.op_Implicit 0L
+    let counted = keys.ge(zero)                                                          // [batch, query]
+    let n = counted.sum().item<int64>()
+    if n = 0L then invalidArg (nameof keys) "no query has a key (every key is -1)"
+    let index = keys.clamp_min(zero).view(b, 1L, q, 1L).expand(b, h, q, 1L)  // [batch, head, query, 1]
+    let onKey = pattern.gather(3L, index).squeeze(3L)                                     // [batch, head, query]
+    (onKey * counted.unsqueeze(1L).to_type(onKey.dtype)).sum([| 0L; 2L |]).div(TorchSharp.Scalar.op_Implicit(float n))
+
 /// The names the scores read, for RunWithCache's filter.
 let patternNames (model: HookedTransformer) =
     [ for l in 0 .. model.Config.n_layers - 1 -> $"blocks.{l}.attn.hook_pattern" ]

@@ -1,5 +1,5 @@
 /// Training a small decoder on repeated random tokens while watching its heads: snapshots of the
-/// repeated-half loss and of every head's previous-token and induction score through training.
+/// repeat loss and of every head's previous-token and induction score through training.
 /// Shared by the induction study and experiment_1 (which adds hooks that rewrite the stream).
 module MechInterp.Analysis.Residual.InductionRun
 
@@ -11,13 +11,17 @@ open MechInterp.Data
 open MechInterp.Training
 open MechInterp.Analysis.Residual.HeadScores
 
-/// What to train: an attention-only decoder (d_model, heads, layers) on InductionTask(vocab, half).
+/// What to train: an attention-only decoder (d_model, heads, layers) on InductionTask(vocab, maxRepeat, minRepeat).
 type InductionSettings =
     { DModel: int
       Layers: int
       Heads: int
       Vocab: int
-      HalfLength: int
+      /// Segment length range: each sequence repeats a segment of L ∈ [MinRepeat, MaxRepeat] tokens at a random offset.
+      MaxRepeat: int
+      MinRepeat: int
+      /// "standard" (learned absolute) or "rotary".
+      PositionalEmbedding: string
       Steps: int
       BatchSize: int
       LearningRate: float
@@ -30,8 +34,8 @@ type Snapshot =
     { Step: int
       /// Masked next-token loss over every prediction (what training minimizes).
       Loss: float
-      /// Loss on the repeated half only: what only induction can predict.
-      RepeatedHalfLoss: float
+      /// Loss on the second copy of the segment only: what only induction can predict.
+      RepeatLoss: float
       PreviousToken: HeadScoreTable
       Induction: HeadScoreTable }
 
@@ -44,42 +48,61 @@ type InductionRunResult =
       Snapshots: Snapshot list
       Seconds: float }
 
-let task (s: InductionSettings) = InductionTask(s.Vocab, s.HalfLength)
+/// What a run attaches to its model: hooks on every forward pass (training steps and snapshots), and an extra
+/// training-loss term read after each training forward (e.g. a codebook's commitment loss).
+type Intervention =
+    { Hooks: Hook[]
+      ExtraLoss: unit -> torch.Tensor option }
+
+let noIntervention = { Hooks = [||]; ExtraLoss = fun () -> None }
+let hooksOnly (hooks: Hook[]) = { Hooks = hooks; ExtraLoss = fun () -> None }
+
+let task (s: InductionSettings) = InductionTask(s.Vocab, s.MaxRepeat, s.MinRepeat)
 
 let config (s: InductionSettings) (modelSeed: int) =
     DecoderConfig(d_model = s.DModel, n_layers = s.Layers, n_heads = s.Heads, attn_only = true,
-                  d_vocab = s.Vocab, n_ctx = 1 + 2 * s.HalfLength, normalization_type = "LN", seed = modelSeed)
+                  d_vocab = s.Vocab, n_ctx = 1 + 2 * s.MaxRepeat, normalization_type = "LN",
+                  positional_embedding_type = s.PositionalEmbedding, seed = modelSeed)
+
+/// `size` rows of a data seed's evaluation stream: a smaller size gives a prefix of the same rows.
+let evalRows (s: InductionSettings) (dataSeed: int) (size: int) =
+    (task s).Sample(size, Random(dataSeed * 7919 + 17))
 
 /// The fixed evaluation batch of a data seed (disjoint in seed from the training stream).
-let evalBatch (s: InductionSettings) (dataSeed: int) =
-    (task s).Sample(s.EvalBatchSize, Random(dataSeed * 7919 + 17))
+let evalBatch (s: InductionSettings) (dataSeed: int) = evalRows s dataSeed s.EvalBatchSize
 
-/// Loss, repeated-half loss and head scores of the model (with `hooks`) on a batch.
+/// Loss, repeat loss and head scores of the model (with `hooks`) on a batch.
 let measure (s: InductionSettings) (model: HookedTransformer) (hooks: Hook[]) (batch: TokenBatch) (step: int) =
     use _scope = torch.NewDisposeScope()
     use _ = torch.no_grad()
     let names = patternNames model |> Set.ofList
     let struct (logits, cache) = model.RunWithCache(batch.Tokens, Func<string, bool>(names.Contains), hooks)
     use cache = cache
-    let repeated = (task s).RepeatedHalfMask(int batch.Tokens.shape.[0])
+    let repeated = InductionTask.RepeatMask batch
     { Step = step
       Loss = Losses.Masked(logits, batch.Tokens, batch.LossMask).item<float32>() |> float
-      RepeatedHalfLoss = Losses.Masked(logits, batch.Tokens, repeated).item<float32>() |> float
+      RepeatLoss = Losses.Masked(logits, batch.Tokens, repeated).item<float32>() |> float
       PreviousToken = scoreHeads "previous-token" previousTokenScore model cache
-      Induction = scoreHeads "induction" (inductionScore s.HalfLength) model cache }
+      Induction = scoreHeads "induction" (attentionTo (InductionTask.InductionKeys batch)) model cache }
 
-/// Trains one model; `hooks model` are attached to every training forward pass and every snapshot
+/// Trains one model; `intervene model` is attached to every training forward pass and every snapshot
 /// (e.g. quantization of the stream). The model seed fixes the initialization, the data seed the batches.
-let train (s: InductionSettings) (modelSeed: int) (dataSeed: int) (hooks: HookedTransformer -> Hook[]) =
+let train (s: InductionSettings) (modelSeed: int) (dataSeed: int) (intervene: HookedTransformer -> Intervention) =
     let model = new HookedTransformer(config s modelSeed)
-    let attached = hooks model
+    let intervention = intervene model
+    let attached = intervention.Hooks
     use eval = evalBatch s dataSeed
     let snapshots = Collections.Generic.List<Snapshot>()
     snapshots.Add(measure s model attached eval 0)
     let loss =
         Func<HookedTransformer, TokenBatch, torch.Tensor>(fun m batch ->
             let logits = if attached.Length = 0 then m.forward batch.Tokens else m.RunWithHooks(batch.Tokens, attached)
-            Losses.Masked(logits, batch.Tokens, batch.LossMask))
+            let loss = Losses.Masked(logits, batch.Tokens, batch.LossMask)
+            match intervention.ExtraLoss() with
+            // The extra term adds its gradient but not its value: the loss history stays the language-model
+            // loss, comparable across variants.
+            | Some extra -> loss + (extra - extra.detach())
+            | None -> loss)
     let onStep =
         Action<StepInfo>(fun info ->
             if info.Step % s.SnapshotEvery = 0 || info.Step = s.Steps then

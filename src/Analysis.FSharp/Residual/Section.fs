@@ -33,13 +33,13 @@ let private lossFigure (r: InductionStudyResult) =
         snaps |> List.map (fun s -> let t = f s in Seq.max [ for h in 0 .. Array2D.length2 t.Values - 1 -> t.Values.[layer, h] ]) |> Array.ofList
     let layers = r.Run.Settings.Layers
     Figure.create "training" "Loss and head scores through training"
-        $"Left: training loss (20-step trailing mean, all positions) and the held-out loss on the repeated half, which only induction can lower; it falls fastest in the interval ending at step {r.SteepestDropStep}. Right: the highest previous-token and induction score among each layer's heads at every snapshot; a head counts as formed at {headFormedLevel}."
+        $"Left: training loss (20-step trailing mean, all positions) and the held-out loss on the repeat, which only induction can lower; it falls fastest in the interval ending at step {r.SteepestDropStep}. Right: the highest previous-token and induction score among each layer's heads at every snapshot; a head counts as formed at {headFormedLevel}."
         2
         [ { Panel.empty "Loss" with
               XLabel = "step"; YLabel = "loss (nats)"; ShowLegend = true
               Series =
                 [ Line("training loss", steps, smooth, color 0, false)
-                  Line("repeated-half loss (held out)", sx, snaps |> List.map (fun s -> s.RepeatedHalfLoss) |> Array.ofList, color 1, true) ] }
+                  Line("repeat loss (held out)", sx, snaps |> List.map (fun s -> s.RepeatLoss) |> Array.ofList, color 1, true) ] }
           { Panel.empty "Head scores" with
               XLabel = "step"; YLabel = "score"; ShowLegend = true
               Series =
@@ -60,11 +60,11 @@ let private lensFigure (e: EndAnalysis) =
     let lx, ly = bars e.LogitLens
     let hx, hy = bars e.AttributionByHead
     Figure.create "lens" "Logit lens and direct logit attribution"
-        ("Left: loss on the repeated half when the residual stream is read out after each layer (bars in order "
-         + String.Join(", ", e.LogitLens |> Array.map fst) + "). Right: each component's direct contribution to logit(correct) − mean logit on the repeated half, final norm frozen (bars in order "
+        ("Left: loss on the repeat when the residual stream is read out after each layer (bars in order "
+         + String.Join(", ", e.LogitLens |> Array.map fst) + "). Right: each component's direct contribution to logit(correct) − mean logit on the repeat, final norm frozen (bars in order "
          + String.Join(", ", e.AttributionByHead |> Array.map fst) + ").")
         2
-        [ { Panel.empty "Logit lens: repeated-half loss" with
+        [ { Panel.empty "Logit lens: repeat loss" with
               XLabel = "stream after"; YLabel = "loss (nats)"
               Series = [ Bars("loss", lx, ly, Array.init lx.Length color) ] }
           { Panel.empty "Direct logit attribution" with
@@ -73,7 +73,7 @@ let private lensFigure (e: EndAnalysis) =
 
 let private patchingFigure (patches: PatchingResult list) =
     Figure.create "patching" "Activation patching (clean → corrupted)"
-        "Clean: BOS, A, A; corrupted: BOS, B, A. Colour: share of the clean logit(correct) − mean logit on the repeated half restored by patching one place (1 = all; red positive, blue negative, each map on the symmetric scale in its title). Layer × position maps have layers as rows, positions 0..2h as columns; the head map has layers as rows, heads as columns."
+        "Clean: BOS, A, A; corrupted: BOS, B, A. Colour: share of the clean logit(correct) − mean logit on the repeat restored by patching one place (1 = all; red positive, blue negative, each map on the symmetric scale in its title). Layer × position maps have layers as rows, positions 0..2h as columns; the head map has layers as rows, heads as columns."
         patches.Length
         [ for p in patches ->
               // Each map on its own symmetric scale: one position's share is small next to a whole head's.
@@ -95,10 +95,10 @@ let private describe (r: InductionStudyResult) =
     let layerText = String.Join(", ", e.AttributionByLayer |> Array.map (fun (l, v) -> $"{l} {v:F2}"))
     let first = List.head r.Run.Snapshots
     let last = List.last r.Run.Snapshots
-    [ $"A {r.Run.Settings.Layers}-layer attention-only decoder (d_model {r.Run.Settings.DModel}, {r.Run.Settings.Heads} heads, LayerNorm) is trained for {r.Run.Settings.Steps} steps on BOS followed by {r.Run.Settings.HalfLength} random tokens repeated once (vocabulary {r.Run.Settings.Vocab}); the first half is unpredictable, the second predictable only by copying. Snapshots every {r.Run.Settings.SnapshotEvery} steps measure a fixed held-out batch."
-      $"The repeated-half loss goes from {first.RepeatedHalfLoss:F2} to {last.RepeatedHalfLoss:F2} nats, falling fastest in the interval ending at step {r.SteepestDropStep}: that is the in-context-learning bump of the training loss. The best previous-token head is L{pl}H{ph} (score {pv:F2} at the end; the best previous-token score {whenFormed r.PreviousTokenStep}); the best induction head is L{il}H{ih} (score {iv:F2} at the end; the best induction score {whenFormed r.InductionStep})."
-      $"At the end the components sum to the final residual stream to a relative error of {e.DecompositionError:E1}. The logit lens (repeated-half loss read out after each layer: {lensText}) shows the copying is written by the last layer, and direct attribution agrees (per layer: {layerText})."
-      let h = r.Run.Settings.HalfLength
+    [ $"A {r.Run.Settings.Layers}-layer attention-only decoder (d_model {r.Run.Settings.DModel}, {r.Run.Settings.Heads} heads, LayerNorm, {r.Run.Settings.PositionalEmbedding} positions) is trained for {r.Run.Settings.Steps} steps on sequences of BOS and {2 * r.Run.Settings.MaxRepeat} random tokens (vocabulary {r.Run.Settings.Vocab}) in which a segment of L tokens, L drawn per sequence from [{r.Run.Settings.MinRepeat}, {r.Run.Settings.MaxRepeat}], appears twice in a row at a random offset; everything but the second copy is unpredictable, and the second copy is predictable only by finding the earlier occurrence of the current token and copying what followed it. Because L and the offset vary, the earlier copy is at no fixed distance: position alone does not solve the task. (With learned absolute positions, trial runs settled on position-keyed copying, best previous-token score at most 0.2 after 4,000 steps; with rotary positions the previous-token and induction heads form.) Snapshots every {r.Run.Settings.SnapshotEvery} steps measure a fixed held-out batch."
+      $"The repeat loss goes from {first.RepeatLoss:F2} to {last.RepeatLoss:F2} nats, falling fastest in the interval ending at step {r.SteepestDropStep}: that is the in-context-learning bump of the training loss. The best previous-token head is L{pl}H{ph} (score {pv:F2} at the end; the best previous-token score {whenFormed r.PreviousTokenStep}); the best induction head is L{il}H{ih} (score {iv:F2} at the end; the best induction score {whenFormed r.InductionStep})."
+      $"At the end the components sum to the final residual stream to a relative error of {e.DecompositionError:E1}. The logit lens (repeat loss read out after each layer: {lensText}) says where the answer is written, and direct attribution splits the same logit difference (per layer: {layerText})."
+      let h = r.Run.Settings.MaxRepeat
       let sumOver (name: string) layer (first: int) (last: int) =
           match e.Patching |> List.tryFind (fun p -> p.Component = name) with
           | Some p when layer < Array2D.length1 p.Recovered ->
@@ -108,8 +108,11 @@ let private describe (r: InductionStudyResult) =
       let l0First = sumOver "attn_out" 0 1 h
       let lastPreFirst = sumOver "resid_pre" (layers - 1) 1 h
       let lastAttnRepeat = sumOver "attn_out" (layers - 1) (h + 1) (2 * h)
-      $"Patching single heads from the clean into the corrupted run restores the most through L{tl}H{th} ({tv:P0} of the clean metric). By position, summed over the first half (positions 1..{h}): L0 attn_out restores {l0First:P0} and L{layers - 1} resid_pre {lastPreFirst:P0}; over the repeated half (positions {h + 1}..{2 * h}), L{layers - 1} attn_out restores {lastAttnRepeat:P0}. Information about the first half reaches the last layer through layer 0's writes at first-half positions, and the last layer writes the answer at the repeated positions."
-      $"A caveat on this task: the repeat always starts at the same position, so the token to copy is always {h - 1} positions back and a head can find it by position alone, without a previous-token head to compose with. Weak previous-token scores next to working copying heads (here {pv:F2} against {iv:F2}) are the signature of that positional shortcut; randomizing the offset of the repeat would force the compositional circuit." ]
+      $"Patching single heads from the clean into the corrupted run restores the most through L{tl}H{th} ({tv:P0} of the clean metric). Patching by position uses sequences with one layout (L = {h}, BOS then the two copies). Summed over the first copy (positions 1..{h}): L0 attn_out restores {l0First:P0} and L{layers - 1} resid_pre {lastPreFirst:P0}; over the repeat (positions {h + 1}..{2 * h}), L{layers - 1} attn_out restores {lastAttnRepeat:P0}. Information about the first copy reaches the last layer through layer 0's writes at its positions, and the last layer writes the answer at the repeated positions."
+      let composed = pl < il
+      $"The best previous-token head sits in layer {pl} and the best induction head in layer {il}"
+      + (if composed then ": the order an induction circuit needs, where a later head keys on what an earlier previous-token head wrote (K-composition)."
+         else ", not the order of a composed induction circuit (a previous-token head feeding a later induction head); at this training length the copying is done some other way.") ]
 
 let section (r: InductionStudyResult) =
     let e = r.End
@@ -119,14 +122,14 @@ let section (r: InductionStudyResult) =
     { ReportSection.create "residual" "The residual stream: how a two-layer attention-only model learns induction" with
         Paragraphs = describe r
         KeyNumbers =
-          [ { Label = "repeated-half loss at the end"; Value = $"{last.RepeatedHalfLoss:F3} nats" }
-            { Label = "steepest fall of the repeated-half loss"; Value = $"step {r.SteepestDropStep}" }
+          [ { Label = "repeat loss at the end"; Value = $"{last.RepeatLoss:F3} nats" }
+            { Label = "steepest fall of the repeat loss"; Value = $"step {r.SteepestDropStep}" }
             { Label = "best induction head"; Value = $"L{il}H{ih}, score {iv:F2}" }
             { Label = "best previous-token head"; Value = $"L{pl}H{ph}, score {pv:F2}" }
             { Label = "decomposition error (relative)"; Value = $"{e.DecompositionError:E1}" } ]
         Figures = [ lossFigure r; headFigure e; lensFigure e; patchingFigure e.Patching ]
         Tables =
-          [ { Title = "Direct logit attribution to logit(correct) − mean logit, repeated half"
+          [ { Title = "Direct logit attribution to logit(correct) − mean logit, repeat"
               Header = [ "component"; "mean contribution" ]
               Rows = [ for l, v in e.AttributionByHead -> [ l; $"{v:F3}" ] ] } ] }
 

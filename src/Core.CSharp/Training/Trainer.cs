@@ -21,7 +21,7 @@ public sealed class Trainer(HookedTransformer model, ITokenTask task, TrainingCo
     /// <summary>The training loss of a batch; default: masked next-token cross-entropy plus the MoE router losses.</summary>
     public Func<HookedTransformer, TokenBatch, Tensor> Loss { get; init; } = DefaultLoss;
 
-    /// <summary>Extra metrics computed at each evaluation on the held-out batch (e.g. loss on the repeated half).</summary>
+    /// <summary>Extra metrics computed at each evaluation on the held-out batch (e.g. loss on the repeat).</summary>
     public Func<HookedTransformer, TokenBatch, IReadOnlyDictionary<string, double>>? Metrics { get; init; }
 
     /// <summary>Called after every step with the model as it is after the update.</summary>
