@@ -58,6 +58,10 @@ public class DataTests
                     Assert.Equal(Seg(p) == InductionTask.SegmentRepeat && Seg(p + 1) == InductionTask.SegmentRepeat, mask[b * (n - 1) + p]);
             }
         }
+        // a shifted key moves on by the shift, and is dropped where it would pass the query
+        long[] shifted = InductionTask.InductionKeys(batch, 2).data<long>().ToArray();
+        for (int i = 0; i < keys.Length; i++)
+            Assert.Equal(keys[i] >= 0 && keys[i] + 2 <= i % n ? keys[i] + 2 : -1L, shifted[i]);
         Assert.True(lengths.Count >= 5 && starts.Count >= 5, $"{lengths.Count} lengths and {starts.Count} start positions in 64 sequences");
 
         // the corrupted run redraws exactly the first copy

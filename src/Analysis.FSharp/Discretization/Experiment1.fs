@@ -41,6 +41,8 @@ type RunAnalysis =
       DecompositionError: float
       BestPreviousToken: int * int * float
       BestInduction: int * int * float
+      BestLookBack: int * int * float
+      BestShiftedInduction: int * int * float
       /// Logit-lens loss on the repeat after each layer (label, loss).
       LogitLens: (string * float)[]
       /// Codebook variants: per quantized hook, entries used and the perplexity of the assignments on the evaluation batch.
@@ -110,6 +112,8 @@ let analyse (s: InductionSettings) (intervention: Intervention) (codebooks: Code
     { DecompositionError = float err
       BestPreviousToken = HeadScores.best snapshot.PreviousToken
       BestInduction = HeadScores.best snapshot.Induction
+      BestLookBack = HeadScores.best snapshot.LookBack
+      BestShiftedInduction = HeadScores.best snapshot.ShiftedInduction
       LogitLens = LogitAttribution.logitLensLoss model cache batch.Tokens repeated
       CodebookUsage =
         match codebooks with
@@ -222,6 +226,8 @@ let toJson (r: Experiment1Result) : Text.Json.Nodes.JsonNode =
            decomposition_error = v.Runs |> List.map (fun run -> finite run.Analysis.DecompositionError)
            best_induction_head = v.Runs |> List.map (fun run -> head run.Analysis.BestInduction)
            best_previous_token_head = v.Runs |> List.map (fun run -> head run.Analysis.BestPreviousToken)
+           best_look_back_head = v.Runs |> List.map (fun run -> head run.Analysis.BestLookBack)
+           best_shifted_induction_head = v.Runs |> List.map (fun run -> head run.Analysis.BestShiftedInduction)
            logit_lens_repeat_loss = v.Runs |> List.map (fun run -> InductionStudy.labelled run.Analysis.LogitLens)
            loss_curve =
             {| step = steps; mean = Array.map finite means; ci95_low = Array.map finite lows; ci95_high = Array.map finite highs |} |}

@@ -67,7 +67,7 @@ let private summaryFigure (r: Experiment1Result) =
 let private table (r: Experiment1Result) =
     { Title = "Per variant (seeds " + String.Join(", ", r.Settings.Seeds) + ")"
       Header = [ "variant"; "final loss, mean [95% CI]"; "steps to threshold per seed"; "Δ vs standard"; "p (permutation)"
-                 "best induction score per seed"; "decomposition error (max)"; "logit-lens repeat loss, mean per layer" ]
+                 "best induction score per seed (shifted)"; "decomposition error (max)"; "logit-lens repeat loss, mean per layer" ]
       Rows =
         [ for v in r.Variants ->
               let steps = v.Runs |> List.map (fun run -> run.StepsToThreshold |> Option.map string |> Option.defaultValue "never")
@@ -79,7 +79,7 @@ let private table (r: Experiment1Result) =
                 String.Join(", ", steps)
                 (match v.VersusStandard with Some c -> sprintf "%+.3f" c.Difference | None -> "—")
                 (match v.VersusStandard with Some c -> $"{c.PValue:F3}" | None -> "—")
-                String.Join(", ", inductionScores v |> List.map (fun x -> $"{x:F2}"))
+                String.Join(", ", v.Runs |> List.map (fun run -> let _, _, c = run.Analysis.BestInduction in let _, _, sh = run.Analysis.BestShiftedInduction in $"{c:F2} ({sh:F2})"))
                 $"""{(v.Runs |> List.map (fun run -> run.Analysis.DecompositionError) |> List.max):E1}"""
                 String.Join(", ", lens) ] ] }
 
@@ -100,6 +100,8 @@ let conclusion (r: Experiment1Result) =
     let names (vs: VariantResult list) = if vs.IsEmpty then "none" else String.Join(", ", vs |> List.map (fun v -> v.Variant.Name))
     let q = r.Settings.Range
     let formed (v: VariantResult) = inductionScores v |> List.filter (fun s -> s >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
+    let formedShifted (v: VariantResult) =
+        v.Runs |> List.filter (fun run -> let _, _, sc = run.Analysis.BestShiftedInduction in sc >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
     let layer0 (v: VariantResult) =
         v.Runs |> List.filter (fun run -> let l, _, sc = run.Analysis.BestInduction in l = 0 && sc >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
     let steErr = (ste @ vq) |> List.collect (fun v -> v.Runs |> List.map (fun run -> run.Analysis.DecompositionError))
@@ -121,6 +123,8 @@ let conclusion (r: Experiment1Result) =
              + String.Join("; ", vq |> List.map usage) + ".")
       $"The residual analysis of the trained discretized models: the stream no longer decomposes exactly into the sum of its writes (relative error up to {(if steErr.IsEmpty then 0.0 else List.max steErr):E1} with straight-through, against {(standard.Runs |> List.map (fun run -> run.Analysis.DecompositionError) |> List.max):E1} for the standard model), because each block's output is rounded before the next reads it; the logit lens and the per-head scores still read it. Induction heads (best score ≥ {MechInterp.Analysis.Residual.InductionStudy.headFormedLevel}) formed in {formed standard}/{n} standard runs and in "
       + String.Join(", ", (ste @ blocked @ vq) |> List.map (fun v -> $"{formed v}/{n} {v.Variant.Name}"))
+      + $" runs; counting shifted induction heads too (attention to q − L + 1 + s, s ≤ {MechInterp.Analysis.Residual.InductionRun.maxShift}), in {formedShifted standard}/{n} standard and "
+      + String.Join(", ", (ste @ blocked @ vq) |> List.map (fun v -> $"{formedShifted v}/{n} {v.Variant.Name}"))
       + $" runs. The segment's length and offset vary per sequence, so a layer-0 head, which sees only token and position, cannot find the earlier copy; in {layer0 standard}/{n} standard runs the best such head is nonetheless in layer 0, and in {n - layer0 standard}/{n} in a later layer where it can compose with a previous-token head."
       + " Attention patterns that copy can form while the loss stays at chance (compare each variant's induction scores with its final loss in the table): a head's pattern is computed from the normalized stream it reads, but what it writes must pass through the grid before the unembedding sees it." ]
 

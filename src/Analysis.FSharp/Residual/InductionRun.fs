@@ -37,7 +37,11 @@ type Snapshot =
       /// Loss on the second copy of the segment only: what only induction can predict.
       RepeatLoss: float
       PreviousToken: HeadScoreTable
-      Induction: HeadScoreTable }
+      Induction: HeadScoreTable
+      /// Per head, the largest look-back score over distances 1..maxShift + 1 (previous-token is distance 1).
+      LookBack: HeadScoreTable
+      /// Per head, the largest induction score over key shifts 0..maxShift (shift 0 is Induction).
+      ShiftedInduction: HeadScoreTable }
 
 type InductionRunResult =
     { Settings: InductionSettings
@@ -71,6 +75,27 @@ let evalRows (s: InductionSettings) (dataSeed: int) (size: int) =
 /// The fixed evaluation batch of a data seed (disjoint in seed from the training stream).
 let evalBatch (s: InductionSettings) (dataSeed: int) = evalRows s dataSeed s.EvalBatchSize
 
+/// How far the induction diagonal may shift and still count: a layer-1 head attending to q − L + 1 + s copies
+/// by content when layer-0 heads look back s and s + 1 tokens (trial runs formed s = 3 instead of the
+/// previous-token circuit at a higher learning rate).
+let maxShift = 4
+
+/// Per head: the largest mean attention at distance d back (from each query q ≥ d), over d = 1..maxShift + 1
+/// → [head]; at least the previous-token score.
+let lookBackScore (pattern: torch.Tensor) =
+    let distances = min (maxShift + 1) (int pattern.shape.[2] - 1)
+    let struct (best, _) = torch.stack([| for d in 1 .. distances -> diagonalScore pattern d d |]).max(0L)
+    best
+
+/// Per head: the largest induction score over shifts 0..maxShift → [head].
+let shiftedInductionScore (batch: TokenBatch) (pattern: torch.Tensor) =
+    let scores =
+        [| for s in 0 .. maxShift do
+               let keys = InductionTask.InductionKeys(batch, s)
+               if keys.ge(TorchSharp.Scalar.op_Implicit 0L).any().item<bool>() then attentionTo keys pattern |]
+    let struct (best, _) = torch.stack(scores).max(0L)
+    best
+
 /// Loss, repeat loss and head scores of the model (with `hooks`) on a batch.
 let measure (s: InductionSettings) (model: HookedTransformer) (hooks: Hook[]) (batch: TokenBatch) (step: int) =
     use _scope = torch.NewDisposeScope()
@@ -83,7 +108,9 @@ let measure (s: InductionSettings) (model: HookedTransformer) (hooks: Hook[]) (b
       Loss = Losses.Masked(logits, batch.Tokens, batch.LossMask).item<float32>() |> float
       RepeatLoss = Losses.Masked(logits, batch.Tokens, repeated).item<float32>() |> float
       PreviousToken = scoreHeads "previous-token" previousTokenScore model cache
-      Induction = scoreHeads "induction" (attentionTo (InductionTask.InductionKeys batch)) model cache }
+      Induction = scoreHeads "induction" (attentionTo (InductionTask.InductionKeys batch)) model cache
+      LookBack = scoreHeads "look-back" lookBackScore model cache
+      ShiftedInduction = scoreHeads "shifted induction" (shiftedInductionScore batch) model cache }
 
 /// Trains one model; `intervene model` is attached to every training forward pass and every snapshot
 /// (e.g. quantization of the stream). The model seed fixes the initialization, the data seed the batches.

@@ -20,6 +20,8 @@ let headFormedLevel = 0.3
 type EndAnalysis =
     { PreviousToken: HeadScoreTable
       Induction: HeadScoreTable
+      LookBack: HeadScoreTable
+      ShiftedInduction: HeadScoreTable
       /// Repeat loss of the logit lens after each layer.
       LogitLens: (string * float)[]
       /// Mean direct attribution to logit(correct) − mean logit over the repeat, per layer and per head.
@@ -34,6 +36,7 @@ type InductionStudyResult =
     { Run: InductionRunResult
       PreviousTokenStep: int option
       InductionStep: int option
+      ShiftedInductionStep: int option
       /// The step at which the smoothed training loss falls fastest (the in-context-learning bump).
       SteepestDropStep: int
       End: EndAnalysis }
@@ -78,6 +81,8 @@ let analyseEnd (s: InductionSettings) (model: HookedTransformer) (patchBatch: in
         float ((evaluate m logits).sum().item<float32>()) / c
     { PreviousToken = scoreHeads "previous-token" previousTokenScore model cache
       Induction = scoreHeads "induction" (attentionTo (InductionTask.InductionKeys batch)) model cache
+      LookBack = scoreHeads "look-back" lookBackScore model cache
+      ShiftedInduction = scoreHeads "shifted induction" (shiftedInductionScore batch) model cache
       LogitLens = logitLensLoss model cache batch.Tokens repeated
       AttributionByLayer = directAttribution model cache parts metric |> meanOver count
       AttributionByHead = directAttribution model cache (decomposeResidByHead model cache) metric |> meanOver count
@@ -101,6 +106,7 @@ let run (s: InductionSettings) (seed: int) (patchBatch: int) (checkpoint: string
         { Run = result
           PreviousTokenStep = firstStepAbove headFormedLevel (fun snap -> snap.PreviousToken) result.Snapshots
           InductionStep = firstStepAbove headFormedLevel (fun snap -> snap.Induction) result.Snapshots
+          ShiftedInductionStep = firstStepAbove headFormedLevel (fun snap -> snap.ShiftedInduction) result.Snapshots
           SteepestDropStep = steepest.Step
           End = analyseEnd s model patchBatch seed })
 
@@ -143,13 +149,18 @@ let toJson (r: InductionStudyResult) : Text.Json.Nodes.JsonNode =
            snapshots =
             [| for s in r.Run.Snapshots ->
                    {| step = s.Step; loss = finite s.Loss; repeat_loss = finite s.RepeatLoss
-                      previous_token_scores = rows s.PreviousToken.Values; induction_scores = rows s.Induction.Values |} |]
+                      previous_token_scores = rows s.PreviousToken.Values; induction_scores = rows s.Induction.Values
+                      look_back_scores = rows s.LookBack.Values; shifted_induction_scores = rows s.ShiftedInduction.Values |} |]
+           max_shift = maxShift
            head_formed_level = headFormedLevel
            previous_token_head_step = optional r.PreviousTokenStep
            induction_head_step = optional r.InductionStep
+           shifted_induction_head_step = optional r.ShiftedInductionStep
            steepest_drop_step = r.SteepestDropStep
            final_previous_token_scores = rows r.End.PreviousToken.Values
            final_induction_scores = rows r.End.Induction.Values
+           final_look_back_scores = rows r.End.LookBack.Values
+           final_shifted_induction_scores = rows r.End.ShiftedInduction.Values
            logit_lens_repeat_loss = labelled r.End.LogitLens
            attribution_by_layer = labelled r.End.AttributionByLayer
            attribution_by_head = labelled r.End.AttributionByHead

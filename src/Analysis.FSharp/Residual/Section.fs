@@ -85,6 +85,8 @@ let private describe (r: InductionStudyResult) =
     let e = r.End
     let pl, ph, pv = best e.PreviousToken
     let il, ih, iv = best e.Induction
+    let sl, sh, sv = best e.ShiftedInduction
+    let bl, bh, bv = best e.LookBack
     let heads = e.Patching |> List.find (fun p -> p.Component.StartsWith "head")
     let topHead =
         seq { for l in 0 .. Array2D.length1 heads.Recovered - 1 do
@@ -96,7 +98,7 @@ let private describe (r: InductionStudyResult) =
     let first = List.head r.Run.Snapshots
     let last = List.last r.Run.Snapshots
     [ $"A {r.Run.Settings.Layers}-layer attention-only decoder (d_model {r.Run.Settings.DModel}, {r.Run.Settings.Heads} heads, LayerNorm, {r.Run.Settings.PositionalEmbedding} positions) is trained for {r.Run.Settings.Steps} steps on sequences of BOS and {2 * r.Run.Settings.MaxRepeat} random tokens (vocabulary {r.Run.Settings.Vocab}) in which a segment of L tokens, L drawn per sequence from [{r.Run.Settings.MinRepeat}, {r.Run.Settings.MaxRepeat}], appears twice in a row at a random offset; everything but the second copy is unpredictable, and the second copy is predictable only by finding the earlier occurrence of the current token and copying what followed it. Because L and the offset vary, the earlier copy is at no fixed distance: position alone does not solve the task. (With learned absolute positions, trial runs settled on position-keyed copying, best previous-token score at most 0.2 after 4,000 steps; with rotary positions the previous-token and induction heads form.) Snapshots every {r.Run.Settings.SnapshotEvery} steps measure a fixed held-out batch."
-      $"The repeat loss goes from {first.RepeatLoss:F2} to {last.RepeatLoss:F2} nats, falling fastest in the interval ending at step {r.SteepestDropStep}: that is the in-context-learning bump of the training loss. The best previous-token head is L{pl}H{ph} (score {pv:F2} at the end; the best previous-token score {whenFormed r.PreviousTokenStep}); the best induction head is L{il}H{ih} (score {iv:F2} at the end; the best induction score {whenFormed r.InductionStep})."
+      $"The repeat loss goes from {first.RepeatLoss:F2} to {last.RepeatLoss:F2} nats, falling fastest in the interval ending at step {r.SteepestDropStep}: that is the in-context-learning bump of the training loss. The best previous-token head is L{pl}H{ph} (score {pv:F2} at the end; the best previous-token score {whenFormed r.PreviousTokenStep}); the best induction head is L{il}H{ih} (score {iv:F2} at the end; the best induction score {whenFormed r.InductionStep}). Letting the induction diagonal shift (attention from q to q − L + 1 + s, s ≤ {maxShift}, which copies by content when layer-0 heads look back s and s + 1 tokens), the best shifted-induction head is L{sl}H{sh} (score {sv:F2}; {whenFormed r.ShiftedInductionStep}) and the best look-back head (distance 1..{maxShift + 1}) L{bl}H{bh} (score {bv:F2})."
       $"At the end the components sum to the final residual stream to a relative error of {e.DecompositionError:E1}. The logit lens (repeat loss read out after each layer: {lensText}) says where the answer is written, and direct attribution splits the same logit difference (per layer: {layerText})."
       let h = r.Run.Settings.MaxRepeat
       let sumOver (name: string) layer (first: int) (last: int) =
@@ -109,10 +111,13 @@ let private describe (r: InductionStudyResult) =
       let lastPreFirst = sumOver "resid_pre" (layers - 1) 1 h
       let lastAttnRepeat = sumOver "attn_out" (layers - 1) (h + 1) (2 * h)
       $"Patching single heads from the clean into the corrupted run restores the most through L{tl}H{th} ({tv:P0} of the clean metric). Patching by position uses sequences with one layout (L = {h}, BOS then the two copies). Summed over the first copy (positions 1..{h}): L0 attn_out restores {l0First:P0} and L{layers - 1} resid_pre {lastPreFirst:P0}; over the repeat (positions {h + 1}..{2 * h}), L{layers - 1} attn_out restores {lastAttnRepeat:P0}. Information about the first copy reaches the last layer through layer 0's writes at its positions, and the last layer writes the answer at the repeated positions."
-      let composed = pl < il
-      $"The best previous-token head sits in layer {pl} and the best induction head in layer {il}"
-      + (if composed then ": the order an induction circuit needs, where a later head keys on what an earlier previous-token head wrote (K-composition)."
-         else ", not the order of a composed induction circuit (a previous-token head feeding a later induction head); at this training length the copying is done some other way.") ]
+      let level = headFormedLevel
+      if iv >= level && pv >= level && pl < il then
+          $"The best previous-token head sits in layer {pl} and the best induction head in layer {il}, both above {level}: the order an induction circuit needs, where a later head keys on what an earlier previous-token head wrote (K-composition)."
+      elif sv >= level && bv >= level && bl < sl then
+          $"The canonical scores stay low (previous-token {pv:F2}, induction {iv:F2}) but the shifted ones do not (look-back {bv:F2} in layer {bl}, shifted induction {sv:F2} in layer {sl}): the model copies by content through a shifted circuit, matching on a token a few positions back instead of the previous one. The exact-offset induction score of TransformerLens would call this model induction-free."
+      else
+          $"Neither the canonical (previous-token {pv:F2}, induction {iv:F2}) nor the shifted scores (look-back {bv:F2}, shifted induction {sv:F2}) reach {level} in a composed order: at this training length no induction circuit has formed." ]
 
 let section (r: InductionStudyResult) =
     let e = r.End

@@ -83,14 +83,17 @@ public sealed class InductionTask : ITokenTask
 
     /// <summary>
     /// For each query position in the repeat, the key an induction head attends to: the position after the
-    /// query token's earlier copy, q − L + 1. [batch, pos], −1 where the query is not in the repeat.
+    /// query token's earlier copy, q − L + 1, moved on by <paramref name="shift"/> (a shifted induction head
+    /// keys on what a look-back-(shift + 1) head wrote). [batch, pos], −1 where the query is not in the repeat.
     /// </summary>
-    public static Tensor InductionKeys(TokenBatch batch)
+    public static Tensor InductionKeys(TokenBatch batch, int shift = 0)
     {
+        if (shift < 0) throw new ArgumentOutOfRangeException(nameof(shift), shift, $"shift must be ≥ 0, got {shift}");
         var repeat = Segment(batch).eq(SegmentRepeat);                  // [batch, pos]
         var length = repeat.sum([1], keepdim: true, type: ScalarType.Int64);   // [batch, 1]: L per sequence
         var position = arange(repeat.shape[1], dtype: ScalarType.Int64).unsqueeze(0);   // [1, pos]
-        return where(repeat, position - length + 1, full_like(position - length, -1L));
+        var key = position - length + 1 + shift;
+        return where(repeat.logical_and(key.le(position)), key, full_like(key, -1L));
     }
 
     /// <summary>
