@@ -30,6 +30,8 @@ let printHeads (t: HeadScores.HeadScoreTable) =
 let printEnd (e: EndAnalysis) =
     printHeads e.PreviousToken
     printHeads e.Induction
+    printHeads e.LookBack
+    printHeads e.ShiftedInduction
     printfn "logit lens, repeat loss: %s" (String.Join(", ", e.LogitLens |> Array.map (fun (l, v) -> $"{l} {v:F3}")))
     printfn "direct attribution (logit(correct) - mean logit, repeat):"
     for l, v in e.AttributionByHead do printfn "  %-10s %7.3f" l v
@@ -43,7 +45,8 @@ if File.Exists checkpoint && args |> Array.contains "--checkpoint" then
     // Analyse a saved model: its config must match the task settings (d_vocab, n_ctx).
     use model = HookedTransformer.Load checkpoint
     printfn "loaded %s (%s)" checkpoint (model.Config.ToJson())
-    let s = { settings with DModel = model.Config.d_model; Heads = model.Config.n_heads; Layers = model.Config.n_layers }
+    let s = { settings with DModel = model.Config.d_model; Heads = model.Config.n_heads; Layers = model.Config.n_layers
+                            PositionalEmbedding = model.Config.positional_embedding_type; MaxRepeat = (model.Config.n_ctx - 1) / 2 }
     printEnd (InductionRun.onOneThread (fun () -> analyseEnd s model 16 0))
 else
     let r = run settings 0 16 (Some checkpoint)
@@ -51,7 +54,8 @@ else
     for s in r.Run.Snapshots do
         let _, _, prev = HeadScores.best s.PreviousToken
         let _, _, ind = HeadScores.best s.Induction
-        printfn "step %5d  loss %.3f  repeat %.3f  best prev-token %.2f  best induction %.2f" s.Step s.Loss s.RepeatLoss prev ind
+        let _, _, shifted = HeadScores.best s.ShiftedInduction
+        printfn "step %5d  loss %.3f  repeat %.3f  best prev-token %.2f  best induction %.2f  best shifted induction %.2f" s.Step s.Loss s.RepeatLoss prev ind shifted
     printfn "steepest repeat fall ends at step %d; previous-token head at %A, induction head at %A (level %.1f)"
         r.SteepestDropStep r.PreviousTokenStep r.InductionStep headFormedLevel
     printEnd r.End

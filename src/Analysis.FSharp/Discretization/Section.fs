@@ -109,7 +109,16 @@ let conclusion (r: Experiment1Result) =
       + String.Join("; ", (ste @ blocked @ vq) |> List.map describe)
       + $". With a straight-through gradient, quantizing the stream after every block (clamp to ±{q}, k levels) significantly raised the final loss for: {names hurt}; it did not, at this seed count, for: {names fine}. "
       + (if blocked.IsEmpty then ""
-         else $"Without straight-through the rounding passes no gradient, so only the unembedding (and final norm) learn: {names blocked} stays near chance (ln 63 ≈ 4.14 nats on these uniform tokens), above every straight-through variant on the same grid — on that grid the gradient path, not the grid, is what stops learning. ")
+         else
+             let chance = log (float (r.Settings.Training.Vocab - 1))
+             let levels (v: VariantResult) = match v.Variant.Discretizer with Some(Grid g) -> g.Levels | _ -> 0
+             let versus (b: VariantResult) =
+                 match ste |> List.tryFind (fun v -> levels v = levels b) with
+                 | Some v -> $"{b.Variant.Name} ends at {b.FinalLoss.Mean:F3} against {v.FinalLoss.Mean:F3} for {v.Variant.Name} on the same grid"
+                 | None -> $"{b.Variant.Name} ends at {b.FinalLoss.Mean:F3}"
+             $"Without straight-through the rounding passes no gradient to anything before the last block's output, so only the unembedding and final norm learn: "
+             + String.Join("; ", blocked |> List.map versus)
+             + $" (chance on uniform tokens is ln {r.Settings.Training.Vocab - 1} = {chance:F2} nats). ")
       + (if vq.IsEmpty then ""
          else
              let usage (v: VariantResult) =
@@ -125,8 +134,12 @@ let conclusion (r: Experiment1Result) =
       + String.Join(", ", (ste @ blocked @ vq) |> List.map (fun v -> $"{formed v}/{n} {v.Variant.Name}"))
       + $" runs; counting shifted induction heads too (attention to q − L + 1 + s, s ≤ {MechInterp.Analysis.Residual.InductionRun.maxShift}), in {formedShifted standard}/{n} standard and "
       + String.Join(", ", (ste @ blocked @ vq) |> List.map (fun v -> $"{formedShifted v}/{n} {v.Variant.Name}"))
-      + $" runs. The segment's length and offset vary per sequence, so a layer-0 head, which sees only token and position, cannot find the earlier copy; in {layer0 standard}/{n} standard runs the best such head is nonetheless in layer 0, and in {n - layer0 standard}/{n} in a later layer where it can compose with a previous-token head."
-      + " Attention patterns that copy can form while the loss stays at chance (compare each variant's induction scores with its final loss in the table): a head's pattern is computed from the normalized stream it reads, but what it writes must pass through the grid before the unembedding sees it." ]
+      + $" runs. A layer-0 head sees only each position's own token and position, so it can find the earlier copy of the current token but not the token after it; in {layer0 standard}/{n} standard runs the best exact-offset induction head is nonetheless in layer 0, in the others in layer 1, where it can compose with a layer-0 look-back head."
+      + (let copyingAtChance =
+             (blocked @ vq @ ste)
+             |> List.filter (fun v -> formedShifted v > 0 && v.FinalLoss.Mean > log (float (r.Settings.Training.Vocab - 1)) - 0.15)
+         if copyingAtChance.IsEmpty then ""
+         else $" In {names copyingAtChance} some runs form copying attention patterns while the loss stays near chance: a head's pattern is computed from the normalized stream it reads, but what it writes must pass through the discretization before the unembedding sees it.") ]
 
 let section (r: Experiment1Result) =
     let standard = List.head r.Variants
