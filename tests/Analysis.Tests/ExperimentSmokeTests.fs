@@ -49,7 +49,7 @@ type ExperimentSmokeTests(_fixture: TorchFixture) =
                 CodebookSizes = [ 4 ]
                 Threshold = 100.0 }
         let result = Experiment1.run settings ignore
-        Assert.Equal<string list>([ "standard"; "ste-k4"; "no-ste-k4"; "vq-4" ], result.Variants |> List.map (fun v -> v.Variant.Name))
+        Assert.Equal<string list>([ "standard"; "ste-k4"; "no-ste-k4"; "clamp-only"; "vq-4" ], result.Variants |> List.map (fun v -> v.Variant.Name))
         // the codebook variant reports its usage per quantized block: at most its 4 entries
         let vq = result.Variants |> List.last
         for run in vq.Runs do
@@ -72,6 +72,8 @@ type ExperimentSmokeTests(_fixture: TorchFixture) =
         Assert.Equal(6, (variants.[1] |> field "versus_standard" |> field "permutations").GetValue<int>())
         Assert.InRange((variants.[1] |> field "versus_standard" |> field "p_value").GetValue<float>(), 2.0 / 6.0 - 1e-9, 1.0)
         Assert.True(result.Variants.[1].Runs.Head.Analysis.DecompositionError > 0.0)
+        Assert.Equal<string list>([ "none"; "grid"; "grid"; "clamp"; "codebook" ],
+                                  [ for v in variants -> (v |> field "kind").GetValue<string>() ])
 
     [<Fact>]
     member _.``experiment_1 gives the same numbers on one worker and on two`` () =
@@ -81,6 +83,7 @@ type ExperimentSmokeTests(_fixture: TorchFixture) =
                 Seeds = [ 0; 1; 2 ]
                 StraightThroughLevels = [ 4 ]
                 BlockedLevels = []
+                ClampOnly = false
                 CodebookSizes = [ 4 ] }
         let losses (r: Experiment1.Experiment1Result) =
             [ for v in r.Variants do for run in v.Runs -> v.Variant.Name, run.Seed, run.Run.Losses ]

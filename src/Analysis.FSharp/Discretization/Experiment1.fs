@@ -18,6 +18,8 @@ type Discretizer =
     | Grid of Quantizer
     /// The whole vector replaced by the nearest entry of a learned codebook.
     | Codebook of CodebookSettings
+    /// Each dimension clamped to [−range, range], straight-through, no rounding: the grids' control.
+    | Clamp of range: float
 
 /// One arm of the experiment: no discretizer is the standard model.
 type Variant = { Name: string; Discretizer: Discretizer option }
@@ -29,6 +31,8 @@ type Experiment1Settings =
       Range: float
       StraightThroughLevels: int list
       BlockedLevels: int list
+      /// Whether to run the clamp-only control (the grids' clamp and straight-through gradient, no rounding).
+      ClampOnly: bool
       /// Codebook sizes of the vector-quantized variants (commitment 0.25, EMA decay 0.99).
       CodebookSizes: int list
       /// Loss threshold on the trailing mean of the training loss (window SmoothingWindow).
@@ -74,6 +78,7 @@ let variants (s: Experiment1Settings) =
           { Name = $"ste-k{k}"; Discretizer = Some(Grid { Levels = k; Range = s.Range; Gradient = StraightThrough }) }
       for k in s.BlockedLevels ->
           { Name = $"no-ste-k{k}"; Discretizer = Some(Grid { Levels = k; Range = s.Range; Gradient = Blocked }) }
+      if s.ClampOnly then yield { Name = "clamp-only"; Discretizer = Some(Clamp s.Range) }
       for k in s.CodebookSizes ->
           { Name = $"vq-{k}"; Discretizer = Some(Codebook { Size = k; Commitment = 0.25; Decay = 0.99 }) } ]
 
@@ -92,6 +97,7 @@ let interventionOf (variant: Variant) (seed: int) (model: HookedTransformer) =
     match variant.Discretizer with
     | None -> noIntervention, None
     | Some(Grid q) -> hooksOnly (quantizeHooks q model), None
+    | Some(Clamp range) -> hooksOnly (clampHooks range model), None
     | Some(Codebook c) ->
         let codebooks = attach c seed model
         { Hooks = codebooks.Hooks; ExtraLoss = codebooks.CommitmentLoss }, Some codebooks
@@ -188,6 +194,7 @@ let quickSettings =
       Range = 1.0
       StraightThroughLevels = [ 2; 4; 16; 256 ]
       BlockedLevels = [ 16 ]
+      ClampOnly = true
       CodebookSizes = [ 256 ]
       Threshold = 4.0
       SmoothingWindow = 20 }
@@ -207,10 +214,10 @@ let toJson (r: Experiment1Result) : Text.Json.Nodes.JsonNode =
         let lo, hi = v.FinalLoss.Ci95
         let steps, means, lows, highs = lossBand s.SmoothingWindow 10 v.Runs
         {| name = v.Variant.Name
-           kind = (match v.Variant.Discretizer with None -> "none" | Some(Grid _) -> "grid" | Some(Codebook _) -> "codebook")
+           kind = (match v.Variant.Discretizer with None -> "none" | Some(Grid _) -> "grid" | Some(Codebook _) -> "codebook" | Some(Clamp _) -> "clamp")
            levels = (match v.Variant.Discretizer with Some(Grid q) -> Nullable q.Levels | _ -> Nullable())
            codebook_size = (match v.Variant.Discretizer with Some(Codebook c) -> Nullable c.Size | _ -> Nullable())
-           straight_through = (match v.Variant.Discretizer with Some(Grid q) -> Nullable(q.Gradient = StraightThrough) | Some(Codebook _) -> Nullable true | None -> Nullable())
+           straight_through = (match v.Variant.Discretizer with Some(Grid q) -> Nullable(q.Gradient = StraightThrough) | Some(Codebook _) | Some(Clamp _) -> Nullable true | None -> Nullable())
            codebook_usage =
             v.Runs |> List.map (fun run -> run.Analysis.CodebookUsage |> List.map (fun (hook, used, perplexity) -> {| hook = hook; entries_used = used; perplexity = finite perplexity |}))
            seeds = v.Runs |> List.map (fun run -> run.Seed)
@@ -235,7 +242,7 @@ let toJson (r: Experiment1Result) : Text.Json.Nodes.JsonNode =
         {| threshold = s.Threshold
            threshold_on = $"trailing {s.SmoothingWindow}-step mean of the training loss (all positions)"
            quantization =
-            $"grid: after every block, each residual dimension clamped to [-{s.Range}, {s.Range}] and rounded to k evenly spaced levels (endpoints included); codebook: after every block, each position's vector replaced by the nearest of K entries (EMA-updated, decay 0.99, initialized from the first batch), straight-through gradient, commitment loss 0.25 * mse(x, sg(q)) added to the gradient (not to the reported loss)"
+            $"grid: after every block, each residual dimension clamped to [-{s.Range}, {s.Range}] and rounded to k evenly spaced levels (endpoints included); clamp: the same clamp and straight-through gradient without rounding; codebook: after every block, each position's vector replaced by the nearest of K entries (EMA-updated, decay 0.99, initialized from the first batch), straight-through gradient, commitment loss 0.25 * mse(x, sg(q)) added to the gradient (not to the reported loss)"
            final_loss_is = "loss on the seed's fixed held-out batch after the last step, with the variant's quantization"
            significance = "exact two-sided permutation test of the difference of mean final loss against the standard variant"
            settings = InductionStudy.settingsRecord s.Training

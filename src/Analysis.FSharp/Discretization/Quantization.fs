@@ -48,3 +48,11 @@ let quantizeHooks (q: Quantizer) (model: HookedTransformer) =
     let q = validate q
     let names = quantizedHookNames model |> Set.ofList
     [| Hook(System.Func<string, bool>(fun n -> names.Contains n), HookFn(fun act _ -> quantize q act)) |]
+
+/// The control for the grid variants: the same clamp to [−range, range] and the same straight-through
+/// gradient, without rounding, so a grid variant's cost splits into what clamping costs and what rounding adds.
+let clampHooks (range: float) (model: HookedTransformer) =
+    if not (range > 0.0) || System.Double.IsInfinity range then invalidArg (nameof range) $"the range must be positive and finite, got {range}"
+    let names = quantizedHookNames model |> Set.ofList
+    let low, high = torch.tensor(float32 -range), torch.tensor(float32 range)
+    [| Hook(System.Func<string, bool>(fun n -> names.Contains n), HookFn(fun act _ -> act + (act.clamp(low, high) - act).detach())) |]

@@ -119,6 +119,11 @@ let conclusion (r: Experiment1Result) =
              $"Without straight-through the rounding passes no gradient to anything before the last block's output, so only the unembedding and final norm learn: "
              + String.Join("; ", blocked |> List.map versus)
              + $" (chance on uniform tokens is ln {r.Settings.Training.Vocab - 1} = {chance:F2} nats). ")
+      + (match r.Variants |> List.tryFind (fun v -> match v.Variant.Discretizer with Some(Clamp _) -> true | _ -> false) with
+         | None -> ""
+         | Some c ->
+             let p = match c.VersusStandard with Some cmp -> $"p = {cmp.PValue:F3}" | None -> ""
+             $"The clamp-only control (the same clamp to ±{q} and straight-through gradient, no rounding) ends at {ci c.FinalLoss} ({p}, {(reached c).Length}/{n} reach the threshold): the part of a grid variant's cost that clamping alone explains. ")
       + (if vq.IsEmpty then ""
          else
              let usage (v: VariantResult) =
