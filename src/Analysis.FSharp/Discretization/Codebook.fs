@@ -31,7 +31,9 @@ let private keep (old: torch.Tensor | null) (t: torch.Tensor) =
     t.DetachFromDisposeScope()
 
 /// One codebook [size, d_model] with its EMA statistics. Initialized from the first batch it sees (random
-/// rows of it), so no entry starts far from the data. Updates only on forward passes with gradients on
+/// rows of it), so no entry starts far from the data; in experiment_1 that is the step-0 measurement, the
+/// untrained model's stream on the evaluation batch (random tokens, so nothing about later predictions),
+/// which the EMA forgets within a few hundred steps. Updates only on forward passes with gradients on
 /// (training steps), never on measurements.
 type VectorQuantizer(settings: CodebookSettings, seed: int) =
     let settings = validate settings

@@ -104,10 +104,12 @@ let conclusion (r: Experiment1Result) =
         v.Runs |> List.filter (fun run -> let _, _, sc = run.Analysis.BestShiftedInduction in sc >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
     let layer0 (v: VariantResult) =
         v.Runs |> List.filter (fun run -> let l, _, sc = run.Analysis.BestInduction in l = 0 && sc >= MechInterp.Analysis.Residual.InductionStudy.headFormedLevel) |> List.length
-    let steErr = (ste @ vq) |> List.collect (fun v -> v.Runs |> List.map (fun run -> run.Analysis.DecompositionError))
+    let clamp = r.Variants |> List.filter (fun v -> match v.Variant.Discretizer with Some(Clamp _) -> true | _ -> false)
+    let steErr = (ste @ vq @ clamp) |> List.collect (fun v -> v.Runs |> List.map (fun run -> run.Analysis.DecompositionError))
     [ $"Final held-out loss, mean and 95%% interval over {n} seeds (same initializations and data order per seed): standard {ci standard.FinalLoss} ({(reached standard).Length}/{n} reach the threshold {r.Settings.Threshold}); "
-      + String.Join("; ", (ste @ blocked @ vq) |> List.map describe)
-      + $". With a straight-through gradient, quantizing the stream after every block (clamp to ±{q}, k levels) significantly raised the final loss for: {names hurt}; it did not, at this seed count, for: {names fine}. "
+      + String.Join("; ", (ste @ blocked @ clamp @ vq) |> List.map describe) + ". "
+      + (if ste.IsEmpty then ""
+         else $"With a straight-through gradient, quantizing the stream after every block (clamp to ±{q}, k levels) significantly raised the final loss for: {names hurt}; it did not, at this seed count, for: {names fine}. ")
       + (if blocked.IsEmpty then ""
          else
              let chance = log (float (r.Settings.Training.Vocab - 1))
@@ -135,10 +137,10 @@ let conclusion (r: Experiment1Result) =
              let vqHurt = vq |> List.filter (fun v -> v.VersusStandard |> Option.exists (fun c -> c.PValue < 0.05 && c.Difference > 0.0))
              $"Replacing each position's whole vector by the nearest codebook entry (at most log2 K bits per position, against d_model values on a grid) significantly raised the final loss for: {names vqHurt}; "
              + String.Join("; ", vq |> List.map usage) + ".")
-      $"The residual analysis of the trained discretized models: the stream no longer decomposes exactly into the sum of its writes (relative error up to {(if steErr.IsEmpty then 0.0 else List.max steErr):E1} with straight-through, against {(standard.Runs |> List.map (fun run -> run.Analysis.DecompositionError) |> List.max):E1} for the standard model), because each block's output is rounded before the next reads it; the logit lens and the per-head scores still read it. Induction heads (best score ≥ {MechInterp.Analysis.Residual.InductionStudy.headFormedLevel}) formed in {formed standard}/{n} standard runs and in "
-      + String.Join(", ", (ste @ blocked @ vq) |> List.map (fun v -> $"{formed v}/{n} {v.Variant.Name}"))
+      $"The residual analysis of the trained discretized models: the stream no longer decomposes exactly into the sum of its writes (relative error up to {(if steErr.IsEmpty then 0.0 else List.max steErr):E1} with straight-through, against {(standard.Runs |> List.map (fun run -> run.Analysis.DecompositionError) |> List.max):E1} for the standard model), because each block's output is rounded, clamped or replaced by a code before the next reads it; the logit lens and the per-head scores still read it. Induction heads (best score ≥ {MechInterp.Analysis.Residual.InductionStudy.headFormedLevel}) formed in {formed standard}/{n} standard runs and in "
+      + String.Join(", ", (ste @ blocked @ clamp @ vq) |> List.map (fun v -> $"{formed v}/{n} {v.Variant.Name}"))
       + $" runs; counting shifted induction heads too (attention to q − L + 1 + s, s ≤ {MechInterp.Analysis.Residual.InductionRun.maxShift}), in {formedShifted standard}/{n} standard and "
-      + String.Join(", ", (ste @ blocked @ vq) |> List.map (fun v -> $"{formedShifted v}/{n} {v.Variant.Name}"))
+      + String.Join(", ", (ste @ blocked @ clamp @ vq) |> List.map (fun v -> $"{formedShifted v}/{n} {v.Variant.Name}"))
       + $" runs. A layer-0 head sees only each position's own token and position, so it can find the earlier copy of the current token but not the token after it; in {layer0 standard}/{n} standard runs the best exact-offset induction head is nonetheless in layer 0, in the others in layer 1, where it can compose with a layer-0 look-back head."
       + (let copyingAtChance =
              (blocked @ vq @ ste)
