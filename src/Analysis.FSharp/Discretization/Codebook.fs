@@ -67,14 +67,16 @@ type VectorQuantizer(settings: CodebookSettings, seed: int) =
             + c.pow(TorchSharp.Scalar.op_Implicit 2).sum(1L).unsqueeze(0L)
         let index = distances.argmin(1L)                                                          // [n]
         let q = c.index_select(0L, index).view(x.shape)
-        let oneHot = torch.nn.functional.one_hot(index, k).to_type(torch.float32)                // [n, size]
-        usage <- keep usage (usage + oneHot.sum(0L))
+        // Per-entry counts and sums by scatter (O(n·d)), not a one-hot [n, size] matmul (O(n·size·d)).
+        let assigned = torch.zeros(k).index_add_(0L, index, torch.ones(flat.shape.[0]), TorchSharp.Scalar.op_Implicit 1.0f)   // [size]
+        usage <- keep usage (usage + assigned)
         if torch.is_grad_enabled() then
             use _ = torch.no_grad()
             let decay = TorchSharp.Scalar.op_Implicit(float32 settings.Decay)
             let rest = TorchSharp.Scalar.op_Implicit(float32 (1.0 - settings.Decay))
-            let newCounts = counts.mul(decay) + oneHot.sum(0L).mul(rest)
-            let newSums = sums.mul(decay) + oneHot.t().matmul(flat).mul(rest)
+            let newCounts = counts.mul(decay) + assigned.mul(rest)
+            let assignedSums = torch.zeros(k, d).index_add_(0L, index, flat, TorchSharp.Scalar.op_Implicit 1.0f)   // [size, d]
+            let newSums = sums.mul(decay) + assignedSums.mul(rest)
             // Laplace smoothing keeps an unused entry's count above zero (Razavi et al.).
             let total = newCounts.sum()
             let eps = 1e-5f
