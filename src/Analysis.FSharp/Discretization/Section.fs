@@ -141,7 +141,9 @@ let conclusion (r: Experiment1Result) =
       + String.Join(", ", (ste @ blocked @ clamp @ vq) |> List.map (fun v -> $"{formed v}/{n} {v.Variant.Name}"))
       + $" runs; counting shifted induction heads too (attention to q − L + 1 + s, s ≤ {MechInterp.Analysis.Residual.InductionRun.maxShift}), in {formedShifted standard}/{n} standard and "
       + String.Join(", ", (ste @ blocked @ clamp @ vq) |> List.map (fun v -> $"{formedShifted v}/{n} {v.Variant.Name}"))
-      + $" runs. A layer-0 head sees only each position's own token and position, so it can find the earlier copy of the current token but not the token after it; in {layer0 standard}/{n} standard runs the best exact-offset induction head is nonetheless in layer 0, in the others in layer 1, where it can compose with a layer-0 look-back head."
+      + " runs."
+      + (if formed standard = 0 then ""
+         else $" A layer-0 head sees only each position's own token and position, so it can find the earlier copy of the current token but not the token after it; of the {formed standard} standard runs with an induction head, {layer0 standard} have their best one in layer 0 and {formed standard - layer0 standard} in layer 1, where it can compose with a layer-0 look-back head.")
       + (let copyingAtChance =
              (blocked @ vq @ ste)
              |> List.filter (fun v -> formedShifted v > 0 && v.FinalLoss.Mean > log (float (r.Settings.Training.Vocab - 1)) - 0.15)
