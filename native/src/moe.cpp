@@ -5,6 +5,7 @@
 #include "common.hpp"
 #include "moe.hpp"
 #include "parallel.hpp"
+#include "route.hpp"
 
 #include <cmath>
 #include <limits>
@@ -23,34 +24,8 @@ void for_tokens(int64_t tokens, Fn&& fn) {
     });
 }
 
-// The k largest logits of one token, descending; ties go to the lower expert id.
-void top_k(const float* logits, int64_t experts, int64_t k, int64_t* index) {
-    for (int64_t s = 0; s < k; ++s) {
-        int64_t best = -1;
-        for (int64_t e = 0; e < experts; ++e) {
-            bool taken = false;
-            for (int64_t p = 0; p < s; ++p) taken = taken || index[p] == e;
-            if (!taken && (best < 0 || logits[e] > logits[best])) best = e;
-        }
-        index[s] = best;
-    }
-}
-
-// The gates of one token before any drop: softmax over all experts read at the chosen ones, or
-// softmax over the chosen logits only (Mixtral). Also used by the backward to recompute them.
-void gates_of(const float* logits, int64_t experts, int64_t k, int32_t gating, const int64_t* index, float* gates) {
-    float max = -std::numeric_limits<float>::infinity();
-    if (gating == MI_GATING_SOFTMAX)
-        for (int64_t e = 0; e < experts; ++e) max = std::max(max, logits[e]);
-    else
-        for (int64_t s = 0; s < k; ++s) max = std::max(max, logits[index[s]]);
-    double sum = 0.0;
-    if (gating == MI_GATING_SOFTMAX)
-        for (int64_t e = 0; e < experts; ++e) sum += std::exp(static_cast<double>(logits[e]) - max);
-    else
-        for (int64_t s = 0; s < k; ++s) sum += std::exp(static_cast<double>(logits[index[s]]) - max);
-    for (int64_t s = 0; s < k; ++s) gates[s] = static_cast<float>(std::exp(static_cast<double>(logits[index[s]]) - max) / sum);
-}
+using mi::route::gates_of;
+using mi::route::top_k;
 
 void check_gating(int32_t gating) {
     if (gating != MI_GATING_SOFTMAX && gating != MI_GATING_TOPK_SOFTMAX)
@@ -120,21 +95,7 @@ MI_API mi_status mi_moe_route_f32(const float* logits, int64_t tokens, int64_t e
             top_k(logits + t * experts, experts, k, expert_index + t * k);
             gates_of(logits + t * experts, experts, k, gating, expert_index + t * k, gates + t * k);
         });
-        // Capacity in GShard's order: every token's first choice before any second choice.
-        std::fill(counts, counts + experts, int64_t{0});
-        *dropped = 0;
-        for (int64_t s = 0; s < k; ++s)
-            for (int64_t t = 0; t < tokens; ++t) {
-                const int64_t p = t * k + s, e = expert_index[p];
-                const bool keep = capacity == 0 || counts[e] < capacity;
-                kept[p] = keep ? 1 : 0;
-                if (keep) {
-                    ++counts[e];
-                } else {
-                    gates[p] = 0.0f;
-                    ++*dropped;
-                }
-            }
+        *dropped = mi::route::apply_capacity(expert_index, tokens, experts, k, capacity, gates, counts, kept);
     });
 }
 

@@ -1,9 +1,8 @@
 // Expert dispatch on CUDA, same ABI and conventions as moe.cpp. Route, count and the counting sort
 // run on the device; gather and combine run one block per token, so no two blocks write one row.
 #include "../moe.hpp"
+#include "../route.hpp"
 #include "cuda_common.cuh"
-
-#include <math_constants.h>
 
 #include <vector>
 
@@ -19,47 +18,14 @@ __global__ void route_kernel(const float* logits, int64_t tokens, int64_t expert
                              float* gates) {
     const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (t >= tokens) return;
-    const float* l = logits + t * experts;
-    int64_t* idx = index + t * k;
-    for (int64_t s = 0; s < k; ++s) {
-        int64_t best = -1;
-        for (int64_t e = 0; e < experts; ++e) {
-            bool taken = false;
-            for (int64_t p = 0; p < s; ++p) taken = taken || idx[p] == e;
-            if (!taken && (best < 0 || l[e] > l[best])) best = e;
-        }
-        idx[s] = best;
-    }
-    float max = -CUDART_INF_F;
-    double sum = 0.0;
-    if (gating == MI_GATING_SOFTMAX) {
-        for (int64_t e = 0; e < experts; ++e) max = fmaxf(max, l[e]);
-        for (int64_t e = 0; e < experts; ++e) sum += exp(static_cast<double>(l[e]) - max);
-    } else {
-        for (int64_t s = 0; s < k; ++s) max = fmaxf(max, l[idx[s]]);
-        for (int64_t s = 0; s < k; ++s) sum += exp(static_cast<double>(l[idx[s]]) - max);
-    }
-    for (int64_t s = 0; s < k; ++s) gates[t * k + s] = static_cast<float>(exp(static_cast<double>(l[idx[s]]) - max) / sum);
+    mi::route::top_k(logits + t * experts, experts, k, index + t * k);
+    mi::route::gates_of(logits + t * experts, experts, k, gating, index + t * k, gates + t * k);
 }
 
 // Capacity in GShard's order is inherently sequential (slot-major, token order): one thread walks the pairs.
 __global__ void capacity_kernel(const int64_t* index, int64_t tokens, int64_t experts, int64_t k, int64_t capacity,
                                 float* gates, int64_t* counts, uint8_t* kept, int64_t* dropped) {
-    for (int64_t e = 0; e < experts; ++e) counts[e] = 0;
-    int64_t n = 0;
-    for (int64_t s = 0; s < k; ++s)
-        for (int64_t t = 0; t < tokens; ++t) {
-            const int64_t p = t * k + s, e = index[p];
-            const bool keep = capacity == 0 || counts[e] < capacity;
-            kept[p] = keep ? 1 : 0;
-            if (keep) {
-                ++counts[e];
-            } else {
-                gates[p] = 0.0f;
-                ++n;
-            }
-        }
-    *dropped = n;
+    *dropped = mi::route::apply_capacity(index, tokens, experts, k, capacity, gates, counts, kept);
 }
 
 // counts[e] += 1 per pair; the first out-of-range pair (lowest id) is kept in *bad.
