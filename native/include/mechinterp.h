@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header; the C# side refuses a mismatch. */
-#define MI_ABI_VERSION 1
+#define MI_ABI_VERSION 2
 
 typedef int32_t mi_status;
 enum {
@@ -78,6 +78,21 @@ MI_API mi_status mi_attention_backward_f32(const float* q, const float* k, const
                                            const float* lse, const float* dout, int64_t batch, int64_t heads,
                                            int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* dq,
                                            float* dk, float* dv);
+/* The same with rotary position embeddings applied to q and k inside the kernel (no rotated copy is
+ * materialized): GPT-NeoX "rotate half" on the first rotary_dim (even, <= d_head) entries of every row, a row at
+ * position p becoming x * rot_cos[p] + roll(x, rotary_dim / 2) * rot_sin[p] there, so rot_sin holds -sin on its
+ * first half and +sin on its second. rot_cos, rot_sin: [kv_len, rotary_dim]; key j is at position j, query i at
+ * i + kv_len - q_len (q_len <= kv_len). scores and pattern come from the rotated q and k; the backward's dq and
+ * dk are gradients for the unrotated q and k. CPU only. */
+MI_API mi_status mi_attention_rotary_forward_f32(const float* q, const float* k, const float* v, int64_t batch, int64_t heads,
+                                                 int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal,
+                                                 const float* rot_cos, const float* rot_sin, int64_t rotary_dim, float* out,
+                                                 float* lse, float* scores, float* pattern);
+MI_API mi_status mi_attention_rotary_backward_f32(const float* q, const float* k, const float* v, const float* out,
+                                                  const float* lse, const float* dout, int64_t batch, int64_t heads,
+                                                  int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal,
+                                                  const float* rot_cos, const float* rot_sin, int64_t rotary_dim, float* dq,
+                                                  float* dk, float* dv);
 
 /* ---- mixture-of-experts dispatch ----------------------------------------------------------------
  * A token t routed to k experts makes k (token, slot) pairs, pair p = t * k + s. The grouped buffer

@@ -45,8 +45,57 @@ void transpose_block(const float* src, int64_t nk, int64_t d, float* dst) {
     }
 }
 
+// Rotary position embedding applied inside the kernel (GPT-NeoX "rotate half" on the first `dim` entries of
+// every row): row r at position p becomes x * cos[p] + roll(x, dim / 2) * sin[p], sin signed as the ABI says.
+struct Rotary {
+    const float* cos = nullptr;   // [kv_len, dim]
+    const float* sin = nullptr;   // [kv_len, dim]
+    int64_t dim = 0;
+
+    bool on() const { return cos != nullptr; }
+
+    // The rotated row x at position p, times scale, into out[0, d). Two branch-free halves, so they vectorize.
+    void rotate(const float* x, int64_t d, int64_t p, float scale, float* out) const {
+        const int64_t half = dim / 2;
+        const float* c = cos + p * dim;
+        const float* s = sin + p * dim;
+        for (int64_t i = 0; i < half; ++i) out[i] = (x[i] * c[i] + x[i + half] * s[i]) * scale;
+        for (int64_t i = half; i < dim; ++i) out[i] = (x[i] * c[i] + x[i - half] * s[i]) * scale;
+        for (int64_t i = dim; i < d; ++i) out[i] = x[i] * scale;
+    }
+
+    // The gradient for the unrotated row from the gradient g of the rotated one (the transpose of the rotation:
+    // roll by half is its own inverse), times scale, into out.
+    void unrotate(const float* g, int64_t d, int64_t p, float scale, float* out) const {
+        const int64_t half = dim / 2;
+        const float* c = cos + p * dim;
+        const float* s = sin + p * dim;
+        for (int64_t i = 0; i < half; ++i) out[i] = (g[i] * c[i] + g[i + half] * s[i + half]) * scale;
+        for (int64_t i = half; i < dim; ++i) out[i] = (g[i] * c[i] + g[i - half] * s[i - half]) * scale;
+        for (int64_t i = dim; i < d; ++i) out[i] = g[i] * scale;
+    }
+};
+
+// copy_rows_padded with every row rotated: row i is at position p0 + i.
+void copy_rows_rotated(const float* src, int64_t n, int64_t d, int64_t dp, float scale, const Rotary& rot, int64_t p0, float* dst) {
+    if (!rot.on()) return copy_rows_padded(src, n, d, dp, scale, dst);
+    for (int64_t i = 0; i < n; ++i) {
+        rot.rotate(src + i * d, d, p0 + i, scale, dst + i * dp);
+        for (int64_t c = d; c < dp; ++c) dst[i * dp + c] = 0.0f;
+    }
+}
+
+// transpose_block with every key row rotated first: key j is at position p0 + j.
+void transpose_rotated(const float* src, int64_t nk, int64_t d, const Rotary& rot, int64_t p0, float* dst) {
+    if (!rot.on()) return transpose_block(src, nk, d, dst);
+    thread_local std::vector<float> rows;
+    if (rows.size() < static_cast<size_t>(nk * d)) rows.resize(static_cast<size_t>(nk * d));
+    for (int64_t j = 0; j < nk; ++j) rot.rotate(src + j * d, d, p0 + j, 1.0f, rows.data() + j * d);
+    transpose_block(rows.data(), nk, d, dst);
+}
+
 template <class Ops>
-void forward(const AttentionDims& g, const float* q, const float* k, const float* v, float* out, float* lse,
+void forward(const AttentionDims& g, const Rotary& rot, const float* q, const float* k, const float* v, float* out, float* lse,
              float* scores, float* pattern) {
     const int64_t d = g.d_head, dp = mi::round_up8(d), tq = g.q_len, tk = g.kv_len;
     const int64_t nkb = (tk + kAttnBlockK - 1) / kAttnBlockK, nqb = (tq + kAttnBlockQ - 1) / kAttnBlockQ;
@@ -54,19 +103,24 @@ void forward(const AttentionDims& g, const float* q, const float* k, const float
 
     // Packed once per call, shared by every query block of a head. The buffers live on the calling
     // thread across calls: fresh pages for every call cost more page faults than the packing itself.
+    // A head with one query block and one key block (short sequences) packs its K^T inside its own task
+    // instead, in L1, rather than in a buffer for all heads that makes a round trip through memory.
+    const bool local_kt = nkb == 1 && nqb == 1;
     const bool pad_v = dp != d;
     thread_local std::vector<float> packed;
-    const size_t kt_size = static_cast<size_t>(heads * nkb * d * kAttnBlockK), v_size = pad_v ? static_cast<size_t>(heads * tk * dp) : 0;
+    const size_t kt_size = local_kt ? 0 : static_cast<size_t>(heads * nkb * d * kAttnBlockK);
+    const size_t v_size = pad_v ? static_cast<size_t>(heads * tk * dp) : 0;
     if (packed.size() < kt_size + v_size) packed.resize(kt_size + v_size);
     float* kt = packed.data();              // [heads, nkb, d, BlockK]
     float* vpad = packed.data() + kt_size;  // [heads, tk, dp] when d is not a multiple of 8
-    mi::parallel_for(heads, [&](int64_t h) {
-        for (int64_t kb = 0; kb < nkb; ++kb) {
-            const int64_t k0 = kb * kAttnBlockK, nk = std::min(kAttnBlockK, tk - k0);
-            transpose_block(k + (h * tk + k0) * d, nk, d, kt + (h * nkb + kb) * d * kAttnBlockK);
-        }
-        if (pad_v) copy_rows_padded(v + h * tk * d, tk, d, dp, 1.0f, vpad + h * tk * dp);
-    });
+    if (!local_kt || pad_v)
+        mi::parallel_for(heads, [&](int64_t h) {
+            for (int64_t kb = 0; !local_kt && kb < nkb; ++kb) {
+                const int64_t k0 = kb * kAttnBlockK, nk = std::min(kAttnBlockK, tk - k0);
+                transpose_rotated(k + (h * tk + k0) * d, nk, d, rot, k0, kt + (h * nkb + kb) * d * kAttnBlockK);
+            }
+            if (pad_v) copy_rows_padded(v + h * tk * d, tk, d, dp, 1.0f, vpad + h * tk * dp);
+        });
     const float* vp = pad_v ? vpad : v;
     float* score_rows = scores != nullptr ? scores : pattern;   // the pattern is computed in place from scores
 
@@ -74,12 +128,14 @@ void forward(const AttentionDims& g, const float* q, const float* k, const float
         // Last query blocks first: under a causal mask they see the most keys, so the pool ends balanced.
         const int64_t h = task / nqb, qb = nqb - 1 - task % nqb;
         const int64_t q0 = qb * kAttnBlockQ, nq = std::min(kAttnBlockQ, tq - q0);
-        float* qs = scratch(kAttnBlockQ * (2 * dp + kAttnBlockK + 2));
+        float* qs = scratch(kAttnBlockQ * (2 * dp + kAttnBlockK + 2) + (local_kt ? d * kAttnBlockK : 0));
         float* acc = qs + kAttnBlockQ * dp;          // [BlockQ, dp] unnormalized output
         float* s = acc + kAttnBlockQ * dp;           // [BlockQ, BlockK] scores, then probabilities
         float* row_max = s + kAttnBlockQ * kAttnBlockK;
         float* row_sum = row_max + kAttnBlockQ;
-        copy_rows_padded(q + (h * tq + q0) * d, nq, d, dp, g.scale, qs);   // q / sqrt(d): scores come out scaled
+        float* kt_local = row_sum + kAttnBlockQ;     // [d, BlockK] this head's K^T, when packed here
+        if (local_kt) transpose_rotated(k + h * tk * d, tk, d, rot, 0, kt_local);
+        copy_rows_rotated(q + (h * tq + q0) * d, nq, d, dp, g.scale, rot, q0 + g.offset(), qs);   // q / sqrt(d): scores come out scaled
         std::fill(acc, acc + nq * dp, 0.0f);
         std::fill(row_max, row_max + nq, kNegInf);
         std::fill(row_sum, row_sum + nq, 0.0f);
@@ -87,7 +143,7 @@ void forward(const AttentionDims& g, const float* q, const float* k, const float
         const int64_t kv_end = g.causal ? std::clamp<int64_t>(q0 + nq + g.offset(), 0, tk) : tk;
         for (int64_t k0 = 0; k0 < kv_end; k0 += kAttnBlockK) {   // blocks past kv_end are fully masked: skipped
             const int64_t nk = std::min(kAttnBlockK, tk - k0), nkp = mi::round_up8(nk);
-            const float* ktb = kt + (h * nkb + k0 / kAttnBlockK) * d * kAttnBlockK;
+            const float* ktb = local_kt ? kt_local : kt + (h * nkb + k0 / kAttnBlockK) * d * kAttnBlockK;
             // On the diagonal, each 6-row strip computes only the key columns its last row sees.
             const bool diagonal = g.visible(q0) - k0 < nk;
             if (!diagonal) Ops::gemm(nq, nkp, d, qs, dp, 1, ktb, kAttnBlockK, s, kAttnBlockK, false);
@@ -145,7 +201,7 @@ void forward(const AttentionDims& g, const float* q, const float* k, const float
 }
 
 template <class Ops>
-void backward(const AttentionDims& g, const float* q, const float* k, const float* v, const float* out,
+void backward(const AttentionDims& g, const Rotary& rot, const float* q, const float* k, const float* v, const float* out,
               const float* lse, const float* dout, float* dq, float* dk, float* dv) {
     const int64_t d = g.d_head, dp = mi::round_up8(d), tq = g.q_len, tk = g.kv_len;
     const int64_t heads = g.batch * g.heads;
@@ -173,7 +229,7 @@ void backward(const AttentionDims& g, const float* q, const float* k, const floa
         float* p = vt + d * BK;           // [BQ, BK] probabilities
         float* ds = p + BQ * BK;          // [BQ, BK] dP, then dS
         const float* qh = q + h * tq * d;
-        copy_rows_padded(qh, tq, d, dp, g.scale, qs);
+        copy_rows_rotated(qh, tq, d, dp, g.scale, rot, g.offset(), qs);
         copy_rows_padded(dout + h * tq * d, tq, d, dp, 1.0f, dos);
         std::fill(dqa, dqa + tq * dp, 0.0f);
         for (int64_t i = 0; i < tq; ++i) {
@@ -186,8 +242,8 @@ void backward(const AttentionDims& g, const float* q, const float* k, const floa
             const int64_t nk = std::min(BK, tk - k0), nkp = mi::round_up8(nk);
             const float* kh = k + (h * tk + k0) * d;
             const float* vh = v + (h * tk + k0) * d;
-            copy_rows_padded(kh, nk, d, dp, 1.0f, kp);
-            transpose_block(kh, nk, d, kt);
+            copy_rows_rotated(kh, nk, d, dp, 1.0f, rot, k0, kp);
+            transpose_rotated(kh, nk, d, rot, k0, kt);
             transpose_block(vh, nk, d, vt);
             std::fill(dka, dka + nk * dp, 0.0f);
             std::fill(dva, dva + nk * dp, 0.0f);
@@ -211,25 +267,50 @@ void backward(const AttentionDims& g, const float* q, const float* k, const floa
                 Ops::gemm(nk, dp, nq, ds, 1, BK, qs + q0 * dp, dp, dka, dp, true);    // dK += dS^T (q * scale)
                 Ops::gemm(nq, dp, nk, ds, BK, 1, kp, dp, dqa + q0 * dp, dp, true);    // dQ += dS K (scaled below)
             }
-            for (int64_t j = 0; j < nk; ++j)
+            for (int64_t j = 0; j < nk; ++j) {
+                // dK is the gradient of the rotated keys: rotate it back to the keys the caller passed.
+                if (rot.on()) rot.unrotate(dka + j * dp, d, k0 + j, 1.0f, dk + (h * tk + k0 + j) * d);
                 for (int64_t c = 0; c < d; ++c) {
-                    dk[(h * tk + k0 + j) * d + c] = dka[j * dp + c];
+                    if (!rot.on()) dk[(h * tk + k0 + j) * d + c] = dka[j * dp + c];
                     dv[(h * tk + k0 + j) * d + c] = dva[j * dp + c];
                 }
+            }
         }
         if (groups > 1) return;
-        for (int64_t i = 0; i < tq; ++i)
-            for (int64_t c = 0; c < d; ++c) dq[(h * tq + i) * d + c] = dqa[i * dp + c] * g.scale;
+        for (int64_t i = 0; i < tq; ++i) {
+            if (rot.on()) rot.unrotate(dqa + i * dp, d, i + g.offset(), g.scale, dq + (h * tq + i) * d);
+            else
+                for (int64_t c = 0; c < d; ++c) dq[(h * tq + i) * d + c] = dqa[i * dp + c] * g.scale;
+        }
     });
     if (groups == 1) return;
     mi::parallel_for(heads, [&](int64_t h) {
-        for (int64_t i = 0; i < tq; ++i)
+        std::vector<float> row(static_cast<size_t>(d));
+        for (int64_t i = 0; i < tq; ++i) {
             for (int64_t c = 0; c < d; ++c) {
                 float sum = 0.0f;
                 for (int64_t gi = 0; gi < groups; ++gi) sum += partial[((h * groups + gi) * tq + i) * dp + c];
-                dq[(h * tq + i) * d + c] = sum * g.scale;
+                row[c] = sum;
             }
+            if (rot.on()) rot.unrotate(row.data(), d, i + g.offset(), g.scale, dq + (h * tq + i) * d);
+            else
+                for (int64_t c = 0; c < d; ++c) dq[(h * tq + i) * d + c] = row[c] * g.scale;
+        }
     });
+}
+
+// The rotary tables and their size, checked against the shapes; an empty Rotary when cos is NULL.
+Rotary check_rotary(const AttentionDims& g, const float* rot_cos, const float* rot_sin, int64_t rotary_dim) {
+    mi::require_pointer(rot_cos, "rot_cos");
+    mi::require_pointer(rot_sin, "rot_sin");
+    if (rotary_dim <= 0 || rotary_dim % 2 != 0 || rotary_dim > g.d_head)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "rotary_dim must be even and in [2, d_head = " + std::to_string(g.d_head) +
+                                                     "], got " + std::to_string(rotary_dim)};
+    if (g.q_len > g.kv_len)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "rotary attention needs q_len <= kv_len (queries are the last positions), got q_len " +
+                                                     std::to_string(g.q_len) + " and kv_len " + std::to_string(g.kv_len)};
+    mi::checked_mul(g.kv_len, rotary_dim, "kv_len * rotary_dim");
+    return Rotary{rot_cos, rot_sin, rotary_dim};
 }
 
 }  // namespace
@@ -275,7 +356,23 @@ MI_API mi_status mi_attention_forward_f32(const float* q, const float* k, const 
         mi::require_pointer(out, "out");
         mi::require_pointer(lse, "lse");
         const auto g = mi::check_attention(batch, heads, q_len, kv_len, d_head, causal, scores || pattern);
-        mi::dispatch_simd([&](auto ops) { forward<decltype(ops)>(g, q, k, v, out, lse, scores, pattern); });
+        mi::dispatch_simd([&](auto ops) { forward<decltype(ops)>(g, Rotary{}, q, k, v, out, lse, scores, pattern); });
+    });
+}
+
+MI_API mi_status mi_attention_rotary_forward_f32(const float* q, const float* k, const float* v, int64_t batch, int64_t heads,
+                                                 int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal,
+                                                 const float* rot_cos, const float* rot_sin, int64_t rotary_dim, float* out,
+                                                 float* lse, float* scores, float* pattern) {
+    return mi::guard([&] {
+        mi::require_pointer(q, "q");
+        mi::require_pointer(k, "k");
+        mi::require_pointer(v, "v");
+        mi::require_pointer(out, "out");
+        mi::require_pointer(lse, "lse");
+        const auto g = mi::check_attention(batch, heads, q_len, kv_len, d_head, causal, scores || pattern);
+        const auto rot = check_rotary(g, rot_cos, rot_sin, rotary_dim);
+        mi::dispatch_simd([&](auto ops) { forward<decltype(ops)>(g, rot, q, k, v, out, lse, scores, pattern); });
     });
 }
 
@@ -294,7 +391,28 @@ MI_API mi_status mi_attention_backward_f32(const float* q, const float* k, const
         mi::require_pointer(dk, "dk");
         mi::require_pointer(dv, "dv");
         const auto g = mi::check_attention(batch, heads, q_len, kv_len, d_head, causal, false);
-        mi::dispatch_simd([&](auto ops) { backward<decltype(ops)>(g, q, k, v, out, lse, dout, dq, dk, dv); });
+        mi::dispatch_simd([&](auto ops) { backward<decltype(ops)>(g, Rotary{}, q, k, v, out, lse, dout, dq, dk, dv); });
+    });
+}
+
+MI_API mi_status mi_attention_rotary_backward_f32(const float* q, const float* k, const float* v, const float* out,
+                                                  const float* lse, const float* dout, int64_t batch, int64_t heads,
+                                                  int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal,
+                                                  const float* rot_cos, const float* rot_sin, int64_t rotary_dim, float* dq,
+                                                  float* dk, float* dv) {
+    return mi::guard([&] {
+        mi::require_pointer(q, "q");
+        mi::require_pointer(k, "k");
+        mi::require_pointer(v, "v");
+        mi::require_pointer(out, "out");
+        mi::require_pointer(lse, "lse");
+        mi::require_pointer(dout, "dout");
+        mi::require_pointer(dq, "dq");
+        mi::require_pointer(dk, "dk");
+        mi::require_pointer(dv, "dv");
+        const auto g = mi::check_attention(batch, heads, q_len, kv_len, d_head, causal, false);
+        const auto rot = check_rotary(g, rot_cos, rot_sin, rotary_dim);
+        mi::dispatch_simd([&](auto ops) { backward<decltype(ops)>(g, rot, q, k, v, out, lse, dout, dq, dk, dv); });
     });
 }
 

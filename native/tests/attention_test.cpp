@@ -154,6 +154,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          Case{2, 1, 37, 37, 16, false, 1.0f},    // not causal
                                          Case{1, 2, 5, 70, 8, true, 1.0f},       // fewer queries than keys (KV cache)
                                          Case{1, 1, 70, 5, 12, true, 1.0f},      // more queries: early rows see nothing
+                                         Case{3, 4, 33, 33, 8, true, 1.0f},      // one block: K^T packed inside each head's task
                                          Case{1, 2, 33, 33, 7, true, 100.0f},    // logits of order +-1e4
                                          Case{1, 1, 100, 100, 32, false, 100.0f}),
                        ::testing::Bool()),
@@ -165,6 +166,116 @@ INSTANTIATE_TEST_SUITE_P(
             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
         return s;
     });
+
+// Rotary attention: the kernel rotates q and k itself. Reference: rotate in double (GPT-NeoX rotate-half at
+// positions j for keys, i + tk - tq for queries), run the plain reference on the rotated rows, and take the
+// gradients back through the rotation.
+struct RotaryCase {
+    int64_t b, h, tq, tk, d, rd;
+    bool causal;
+};
+
+std::ostream& operator<<(std::ostream& os, const RotaryCase& c) {
+    return os << "B" << c.b << "H" << c.h << "Tq" << c.tq << "Tk" << c.tk << "D" << c.d << "R" << c.rd << (c.causal ? "causal" : "full");
+}
+
+class RotaryAttention : public ::testing::TestWithParam<std::tuple<RotaryCase, bool>> {
+protected:
+    void SetUp() override { ASSERT_EQ(mi_set_simd(std::get<1>(GetParam()) ? 1 : 0), MI_OK); }
+    void TearDown() override { mi_set_simd(1); }
+};
+
+TEST_P(RotaryAttention, MatchesTheReferenceOnRotatedRows) {
+    const RotaryCase c = std::get<0>(GetParam());
+    const int64_t bh = c.b * c.h, nq = bh * c.tq * c.d, nk = bh * c.tk * c.d, half = c.rd / 2;
+    auto q = random_vector(nq, 1.0f, 11u), k = random_vector(nk, 1.0f, 12u);
+    auto v = random_vector(nk, 1.0f, 13u), dout = random_vector(nq, 1.0f, 14u);
+    std::vector<float> cos(c.tk * c.rd), sin(c.tk * c.rd);
+    for (int64_t p = 0; p < c.tk; ++p)
+        for (int64_t j = 0; j < half; ++j) {
+            const double angle = p * std::pow(10000.0, -2.0 * j / c.rd);
+            cos[p * c.rd + j] = cos[p * c.rd + j + half] = static_cast<float>(std::cos(angle));
+            sin[p * c.rd + j] = static_cast<float>(-std::sin(angle));
+            sin[p * c.rd + j + half] = static_cast<float>(std::sin(angle));
+        }
+    // Rotated copy of rows [n, d], row r at position p0 + r (the rotation the ABI describes).
+    auto rotate = [&](const float* x, int64_t n, int64_t p0) {
+        std::vector<float> y(x, x + n * c.d);
+        for (int64_t r = 0; r < n; ++r)
+            for (int64_t j = 0; j < c.rd; ++j) {
+                const int64_t partner = j < half ? j + half : j - half, p = p0 + r;
+                y[r * c.d + j] = static_cast<float>(static_cast<double>(x[r * c.d + j]) * cos[p * c.rd + j] +
+                                                    static_cast<double>(x[r * c.d + partner]) * sin[p * c.rd + j]);
+            }
+        return y;
+    };
+    // Gradient through the rotation: dx = g * cos + roll(g * sin).
+    auto unrotate = [&](const std::vector<double>& g, int64_t n, int64_t p0) {
+        std::vector<double> dx(g);
+        for (int64_t r = 0; r < n; ++r)
+            for (int64_t j = 0; j < c.rd; ++j) {
+                const int64_t partner = j < half ? j + half : j - half, p = p0 + r;
+                dx[r * c.d + j] = g[r * c.d + j] * cos[p * c.rd + j] + g[r * c.d + partner] * sin[p * c.rd + partner];
+            }
+        return dx;
+    };
+    std::vector<float> out(nq), lse(bh * c.tq), pattern(bh * c.tq * c.tk), dq(nq), dk(nk), dv(nk);
+    ASSERT_EQ(mi_attention_rotary_forward_f32(q.data(), k.data(), v.data(), c.b, c.h, c.tq, c.tk, c.d, c.causal, cos.data(),
+                                              sin.data(), c.rd, out.data(), lse.data(), nullptr, pattern.data()),
+              MI_OK)
+        << mi_last_error();
+    ASSERT_EQ(mi_attention_rotary_backward_f32(q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), c.b, c.h,
+                                               c.tq, c.tk, c.d, c.causal, cos.data(), sin.data(), c.rd, dq.data(), dk.data(),
+                                               dv.data()),
+              MI_OK)
+        << mi_last_error();
+    const Case plain{c.b, c.h, c.tq, c.tk, c.d, c.causal, 1.0f};
+    for (int64_t h = 0; h < bh; ++h) {
+        const size_t qo = h * c.tq * c.d, ko = h * c.tk * c.d;
+        auto qr = rotate(q.data() + qo, c.tq, c.tk - c.tq), kr = rotate(k.data() + ko, c.tk, 0);
+        Reference ref(plain, qr.data(), kr.data(), v.data() + ko, dout.data() + qo);
+        expect_close(out.data() + qo, ref.out, 2e-5, "out");
+        expect_close(pattern.data() + h * c.tq * c.tk, ref.pattern, 2e-5, "pattern");
+        expect_close(dq.data() + qo, unrotate(ref.dq, c.tq, c.tk - c.tq), 1e-4, "dq");
+        expect_close(dk.data() + ko, unrotate(ref.dk, c.tk, 0), 1e-4, "dk");
+        expect_close(dv.data() + ko, ref.dv, 1e-4, "dv");
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, RotaryAttention,
+    ::testing::Combine(::testing::Values(RotaryCase{3, 4, 33, 33, 8, 8, true},     // one block, K^T packed per task
+                                         RotaryCase{2, 2, 70, 70, 16, 16, true},   // two blocks
+                                         RotaryCase{1, 2, 33, 33, 12, 6, true},    // rotary on part of d_head
+                                         RotaryCase{1, 1, 5, 40, 8, 8, true},      // fewer queries than keys (KV cache)
+                                         RotaryCase{1, 1, 130, 130, 8, 8, true},   // one head, three key blocks: dq partials
+                                         RotaryCase{2, 1, 20, 20, 8, 4, false}),
+                       ::testing::Bool()),
+    [](const auto& info) {
+        std::ostringstream name;
+        name << std::get<0>(info.param) << (std::get<1>(info.param) ? "_avx2" : "_portable");
+        std::string s = name.str();
+        for (auto& ch : s)
+            if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+        return s;
+    });
+
+TEST(Attention, RotaryRejectsBadTables) {
+    std::vector<float> buf(256, 0.0f);
+    float* p = buf.data();
+    auto forward = [&](const float* cos, const float* sin, int64_t rd, int64_t tq, int64_t tk) {
+        return mi_attention_rotary_forward_f32(p, p, p, 1, 1, tq, tk, 4, 1, cos, sin, rd, p, p, nullptr, nullptr);
+    };
+    EXPECT_EQ(forward(nullptr, p, 4, 2, 2), MI_ERR_NULL_POINTER);
+    EXPECT_NE(std::string(mi_last_error()).find("rot_cos is a null pointer"), std::string::npos);
+    EXPECT_EQ(forward(p, nullptr, 4, 2, 2), MI_ERR_NULL_POINTER);
+    EXPECT_EQ(forward(p, p, 3, 2, 2), MI_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(mi_last_error()).find("rotary_dim must be even and in [2, d_head = 4], got 3"), std::string::npos);
+    EXPECT_EQ(forward(p, p, 6, 2, 2), MI_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(forward(p, p, 4, 3, 2), MI_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(mi_last_error()).find("q_len <= kv_len"), std::string::npos);
+    EXPECT_EQ(mi_attention_rotary_backward_f32(p, p, p, p, p, p, 1, 1, 2, 2, 4, 1, p, p, 0, p, p, p), MI_ERR_INVALID_ARGUMENT);
+}
 
 TEST(Attention, ExtremeLogitsGiveNoNaN) {
     const int64_t t = 67, d = 24;

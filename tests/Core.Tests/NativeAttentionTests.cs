@@ -64,6 +64,71 @@ public class NativeAttentionTests
         }
     }
 
+    /// <summary>Rotary tables as the model builds them: cos and signed sin over positions, [pos, rotary_dim].</summary>
+    private static RotaryTables Tables(long pos, long rd)
+    {
+        var inv = arange(0, rd / 2, dtype: ScalarType.Float64).mul(-2.0 * Math.Log(10000.0) / rd).exp();
+        var angles = arange(pos, dtype: ScalarType.Float64).unsqueeze(1).mul(inv.unsqueeze(0));
+        return new RotaryTables(cat([angles.cos(), angles.cos()], 1).to(ScalarType.Float32),
+                                cat([angles.sin().neg(), angles.sin()], 1).to(ScalarType.Float32));
+    }
+
+    [Theory]
+    [InlineData(3, 8, 33, 33, 8, 8, true)]     // the quick induction model's heads: one block, K^T packed per task
+    [InlineData(2, 2, 70, 70, 16, 16, true)]   // two blocks
+    [InlineData(1, 2, 33, 33, 12, 6, true)]    // rotary on part of d_head
+    [InlineData(1, 2, 5, 40, 8, 8, true)]      // fewer queries than keys: queries at the last positions
+    [InlineData(2, 1, 20, 20, 8, 4, false)]
+    public void RotaryNativeEqualsManagedForwardPatternAndGradients(int b, int h, int tq, int tk, int d, int rd, bool causal)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(17);
+        var q = randn(b, h, tq, d);
+        var k = randn(b, h, tk, d);
+        var v = randn(b, h, tk, d);
+        var wz = randn(b, h, tq, d);
+        var wp = randn(b, h, tq, tk);
+        var tables = Tables(tk, rd);
+        foreach (bool returnPattern in new[] { false, true })
+        {
+            var (qn, kn, vn) = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_());
+            var (qm, km, vm) = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_());
+            var native = Kernel.Attention(qn, kn, vn, causal, returnPattern, KernelBackend.Native, tables);
+            var managed = Kernel.Attention(qm, km, vm, causal, returnPattern, KernelBackend.Managed, tables);
+            AssertClose(managed.Z, native.Z, $"rotary z (pattern {returnPattern})");
+            var lossN = native.Z.mul(wz).sum();
+            var lossM = managed.Z.mul(wz).sum();
+            if (returnPattern)
+            {
+                AssertClose(managed.Pattern!, native.Pattern!, "rotary pattern");
+                lossN = lossN.add(native.Pattern!.mul(wp).sum());
+                lossM = lossM.add(managed.Pattern!.mul(wp).sum());
+            }
+            lossN.backward();
+            lossM.backward();
+            AssertClose(qm.grad!, qn.grad!, $"rotary dq (pattern {returnPattern})", 1e-4);
+            AssertClose(km.grad!, kn.grad!, $"rotary dk (pattern {returnPattern})", 1e-4);
+            AssertClose(vm.grad!, vn.grad!, $"rotary dv (pattern {returnPattern})", 1e-4);
+        }
+        // Rotation moves the output: the comparison above is not that of two unrotated kernels.
+        var plain = Kernel.Attention(q, k, v, causal, false, KernelBackend.Native).Z;
+        Assert.True((plain - Kernel.Attention(q, k, v, causal, false, KernelBackend.Native, tables).Z).abs().max().item<float>() > 1e-3);
+    }
+
+    [Fact]
+    public void BadRotaryTablesAreNamed()
+    {
+        using var scope = NewDisposeScope();
+        var q = randn(1, 1, 6, 8);
+        var e = Assert.Throws<ArgumentException>(() => Kernel.Attention(q, q, q, true, false, KernelBackend.Native, Tables(4, 8)));
+        Assert.Contains("[kv_len = 6, rotary_dim]", e.Message);
+        e = Assert.Throws<ArgumentException>(() => Kernel.Attention(q, q, q, true, false, KernelBackend.Native, Tables(6, 10)));
+        Assert.Contains("rotary_dim (10) must be even and at most d_head (8)", e.Message);
+        var longQ = randn(1, 1, 7, 8);
+        e = Assert.Throws<ArgumentException>(() => Kernel.Attention(longQ, q, q, true, false, KernelBackend.Native, Tables(6, 8)));
+        Assert.Contains("q_len (7) <= kv_len (6)", e.Message);
+    }
+
     [Fact]
     public void GradientThroughReturnedScoresMatchesManaged()
     {

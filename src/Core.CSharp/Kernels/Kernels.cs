@@ -22,15 +22,19 @@ public static class Kernel
     /// <summary>
     /// Scaled dot-product attention, scale 1/sqrt(d_head). q, k, v: [batch, head, pos, d_head].
     /// Returns z [batch, head, query, d_head]; with <paramref name="returnPattern"/> also the
-    /// (masked, scaled) scores and the pattern [batch, head, query, key]. Differentiable.
+    /// (masked, scaled) scores and the pattern [batch, head, query, key]. With <paramref name="rotary"/>,
+    /// q and k are rotated first (the native kernel does it while packing them, so no rotated copy is made).
+    /// Differentiable in q, k and v.
     /// </summary>
-    public static AttentionResult Attention(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern = false, KernelBackend? backend = null)
+    public static AttentionResult Attention(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern = false, KernelBackend? backend = null,
+                                            RotaryTables? rotary = null)
     {
         TorchRuntime.EnsureLoaded();
         AttentionShapes.Check(q, k, v);
+        rotary?.Check(q, k);
         return UseNative(backend, q)
-            ? NativeAttention.Forward(q, k, v, causal, returnPattern)
-            : ManagedAttention.Forward(q, k, v, causal, returnPattern);
+            ? NativeAttention.Forward(q, k, v, causal, returnPattern, rotary)
+            : ManagedAttention.Forward(q, k, v, causal, returnPattern, rotary);
     }
 
     /// <summary>
@@ -83,3 +87,50 @@ public static class Kernel
 
 /// <summary>Attention output; Scores and Pattern are null unless asked for. Dispose what you keep.</summary>
 public sealed record AttentionResult(Tensor Z, Tensor? Scores, Tensor? Pattern);
+
+/// <summary>
+/// Rotary position embedding for <see cref="Kernel.Attention"/> (GPT-NeoX "rotate half" on the first RotaryDim
+/// entries of d_head): Cos and Sin [kv_len, rotary_dim], a row at position p becoming
+/// x · Cos[p] + roll(x, rotary_dim / 2) · Sin[p] there (Sin holds −sin on its first half, +sin on its second).
+/// Key j is at position j, query i at i + kv_len − q_len.
+/// </summary>
+public sealed record RotaryTables(Tensor Cos, Tensor Sin)
+{
+    public long RotaryDim => Cos.shape[^1];
+
+    internal void Check(Tensor q, Tensor k)
+    {
+        long kv = k.shape[^2], dHead = q.shape[^1];
+        if (Cos.dim() != 2 || !Cos.shape.SequenceEqual(Sin.shape) || Cos.shape[0] < kv)
+            throw new ArgumentException($"rotary tables must both be [kv_len = {kv}, rotary_dim] (or longer), got cos {AttentionShapes.Shape(Cos)} and sin {AttentionShapes.Shape(Sin)}");
+        if (RotaryDim <= 0 || RotaryDim % 2 != 0 || RotaryDim > dHead)
+            throw new ArgumentException($"rotary_dim ({RotaryDim}) must be even and at most d_head ({dHead})");
+        if (q.shape[^2] > kv)
+            throw new ArgumentException($"rotary attention needs q_len ({q.shape[^2]}) <= kv_len ({kv}): queries are the last positions");
+    }
+
+    /// <summary>The first n positions (the tables may be longer than a shorter sequence needs).</summary>
+    internal RotaryTables First(long n) => n == Cos.shape[0] ? this : new RotaryTables(Cos.narrow(0, 0, n), Sin.narrow(0, 0, n));
+
+    /// <summary>x [.., pos, d_head] rotated, row r at position offset + r: the managed definition the kernel matches.</summary>
+    internal Tensor Apply(Tensor x, long offset)
+    {
+        long pos = x.shape[^2], dHead = x.shape[^1], rd = RotaryDim;
+        var c = Cos.narrow(0, offset, pos);   // [pos, rotary_dim]
+        var s = Sin.narrow(0, offset, pos);
+        if (rd == dHead) return x.mul(c).addcmul_(x.roll(rd / 2, -1), s, 1);
+        var rot = x.narrow(-1, 0, rd);
+        return cat([rot.mul(c).addcmul_(rot.roll(rd / 2, -1), s, 1), x.narrow(-1, rd, dHead - rd)], -1);
+    }
+
+    /// <summary>The transpose of <see cref="Apply"/> (a gradient taken back through the rotation): g · Cos + roll(g · Sin).</summary>
+    internal Tensor ApplyTransposed(Tensor g, long offset)
+    {
+        long pos = g.shape[^2], dHead = g.shape[^1], rd = RotaryDim;
+        var c = Cos.narrow(0, offset, pos);
+        var s = Sin.narrow(0, offset, pos);
+        if (rd == dHead) return g.mul(c).add_(g.mul(s).roll(rd / 2, -1));
+        var rot = g.narrow(-1, 0, rd);
+        return cat([rot.mul(c).add_(rot.mul(s).roll(rd / 2, -1)), g.narrow(-1, rd, dHead - rd)], -1);
+    }
+}

@@ -5,8 +5,13 @@ namespace MechInterp.Kernels;
 /// <summary>The managed twin of the attention kernel: libtorch SDPA, or materialized when the pattern is wanted.</summary>
 internal static class ManagedAttention
 {
-    public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern)
+    public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern, RotaryTables? rotary = null)
     {
+        if (rotary is not null)
+        {
+            q = rotary.Apply(q, k.shape[^2] - q.shape[^2]);
+            k = rotary.Apply(k, 0);
+        }
         // libtorch's causal SDPA aligns the mask top-left; with fewer queries than keys (a KV cache) the
         // last query must see every key, as Scores masks it, so that case takes the materialized path.
         bool sdpaMaskAgrees = !causal || q.shape[^2] == k.shape[^2];

@@ -7,14 +7,24 @@ namespace MechInterp.Native;
 /// <summary>The native fused attention behind <see cref="Kernel.Attention"/>.</summary>
 internal static class NativeAttention
 {
-    public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern)
+    public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern, RotaryTables? rotary = null)
     {
         NativeTensors.RequireFloat32Cpu(q, "q");
         NativeTensors.RequireFloat32Cpu(k, "k");
         NativeTensors.RequireFloat32Cpu(v, "v");
+        Tensor? cos = null, sin = null;
+        if (rotary is not null)
+        {
+            var first = rotary.First(k.shape[2]);
+            NativeTensors.RequireFloat32Cpu(first.Cos, "rotary cos");
+            NativeTensors.RequireFloat32Cpu(first.Sin, "rotary sin");
+            (cos, sin) = (first.Cos.contiguous(), first.Sin.contiguous());
+        }
         // Inference (no grad wanted) skips the autograd node and its bookkeeping.
         bool wantsGrad = is_grad_enabled() && (q.requires_grad || k.requires_grad || v.requires_grad);
-        var outputs = wantsGrad ? AttentionFunction.apply(q, k, v, causal, returnPattern) : AttentionFunction.Compute(q, k, v, causal, returnPattern).Outputs;
+        var outputs = wantsGrad
+            ? AttentionFunction.apply(q, k, v, causal, returnPattern, cos!, sin!)
+            : AttentionFunction.Compute(q, k, v, causal, returnPattern, cos, sin).Outputs;
         return returnPattern
             ? new AttentionResult(outputs[0], outputs[1], outputs[2])
             : new AttentionResult(outputs[0], null, null);
@@ -33,17 +43,24 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
     public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
     {
         bool causal = (bool)vars[3], returnPattern = (bool)vars[4];
-        var (outputs, saved) = Compute((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2], causal, returnPattern);
+        var (cos, sin) = (vars[5] as Tensor, vars[6] as Tensor);
+        var (outputs, saved) = Compute((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2], causal, returnPattern, cos, sin);
         ctx.save_data("causal", causal);
         ctx.save_data("returnPattern", returnPattern);
+        ctx.save_data("rotary", cos is not null);
+        if (cos is not null) saved.AddRange([cos, sin!]);
         // Unused output gradients stay undefined instead of being materialized as [b, h, q, k] zeros.
         ctx.set_materialize_grads(false);
         ctx.save_for_backward(saved);
         return outputs;
     }
 
-    /// <summary>The kernel call: outputs [z] or [z, scores, pattern], and what the backward needs.</summary>
-    public static (List<Tensor> Outputs, List<Tensor> Saved) Compute(Tensor query, Tensor key, Tensor value, bool causal, bool returnPattern)
+    /// <summary>
+    /// The kernel call: outputs [z] or [z, scores, pattern], and what the backward needs. cos and sin (both or
+    /// neither, contiguous [kv_len, rotary_dim]) make it the rotary kernel.
+    /// </summary>
+    public static (List<Tensor> Outputs, List<Tensor> Saved) Compute(Tensor query, Tensor key, Tensor value, bool causal, bool returnPattern,
+                                                                     Tensor? cos = null, Tensor? sin = null)
     {
         var (q, k, v) = (query.contiguous(), key.contiguous(), value.contiguous());
         long batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], tk = k.shape[2], dHead = q.shape[3];
@@ -51,11 +68,19 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
         var lse = empty(batch, heads, tq);                        // [batch, head, query]
         Tensor? scores = returnPattern ? empty(batch, heads, tq, tk) : null;    // [batch, head, query, key]
         Tensor? pattern = returnPattern ? empty(batch, heads, tq, tk) : null;   // [batch, head, query, key]
+        float* scoresPtr = scores is null ? null : NativeTensors.Ptr(scores), patternPtr = pattern is null ? null : NativeTensors.Ptr(pattern);
         if (q.numel() > 0 && k.numel() > 0)
-            Ensure.Ok(NativeMethods.mi_attention_forward_f32(NativeTensors.Ptr(q), NativeTensors.Ptr(k), NativeTensors.Ptr(v),
-                          batch, heads, tq, tk, dHead, causal ? 1 : 0, NativeTensors.Ptr(z), NativeTensors.Ptr(lse),
-                          scores is null ? null : NativeTensors.Ptr(scores), pattern is null ? null : NativeTensors.Ptr(pattern)),
-                      nameof(NativeMethods.mi_attention_forward_f32));
+        {
+            if (cos is null)
+                Ensure.Ok(NativeMethods.mi_attention_forward_f32(NativeTensors.Ptr(q), NativeTensors.Ptr(k), NativeTensors.Ptr(v),
+                              batch, heads, tq, tk, dHead, causal ? 1 : 0, NativeTensors.Ptr(z), NativeTensors.Ptr(lse), scoresPtr, patternPtr),
+                          nameof(NativeMethods.mi_attention_forward_f32));
+            else
+                Ensure.Ok(NativeMethods.mi_attention_rotary_forward_f32(NativeTensors.Ptr(q), NativeTensors.Ptr(k), NativeTensors.Ptr(v),
+                              batch, heads, tq, tk, dHead, causal ? 1 : 0, NativeTensors.Ptr(cos), NativeTensors.Ptr(sin!), cos.shape[1],
+                              NativeTensors.Ptr(z), NativeTensors.Ptr(lse), scoresPtr, patternPtr),
+                          nameof(NativeMethods.mi_attention_rotary_forward_f32));
+        }
         return (returnPattern ? [z, scores!, pattern!] : [z], returnPattern ? [q, k, v, z, lse, pattern!] : [q, k, v, z, lse]);
     }
 
@@ -63,7 +88,8 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
     {
         var saved = ctx.get_saved_variables();
         Tensor q = saved[0], k = saved[1], v = saved[2], z = saved[3], lse = saved[4];
-        bool causal = (bool)ctx.get_data("causal"), returnPattern = (bool)ctx.get_data("returnPattern");
+        bool causal = (bool)ctx.get_data("causal"), returnPattern = (bool)ctx.get_data("returnPattern"), rotary = (bool)ctx.get_data("rotary");
+        Tensor? cos = rotary ? saved[^2] : null, sin = rotary ? saved[^1] : null;
         long batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], tk = k.shape[2], dHead = q.shape[3];
 
         using var dz = Defined(grads[0]) ? grads[0].contiguous() : zeros_like(z);
@@ -71,10 +97,19 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
         var dk = empty_like(k);
         var dv = empty_like(v);
         if (q.numel() > 0 && k.numel() > 0)
-            Ensure.Ok(NativeMethods.mi_attention_backward_f32(NativeTensors.Ptr(q), NativeTensors.Ptr(k), NativeTensors.Ptr(v),
-                          NativeTensors.Ptr(z), NativeTensors.Ptr(lse), NativeTensors.Ptr(dz), batch, heads, tq, tk, dHead,
-                          causal ? 1 : 0, NativeTensors.Ptr(dq), NativeTensors.Ptr(dk), NativeTensors.Ptr(dv)),
-                      nameof(NativeMethods.mi_attention_backward_f32));
+        {
+            if (cos is null)
+                Ensure.Ok(NativeMethods.mi_attention_backward_f32(NativeTensors.Ptr(q), NativeTensors.Ptr(k), NativeTensors.Ptr(v),
+                              NativeTensors.Ptr(z), NativeTensors.Ptr(lse), NativeTensors.Ptr(dz), batch, heads, tq, tk, dHead,
+                              causal ? 1 : 0, NativeTensors.Ptr(dq), NativeTensors.Ptr(dk), NativeTensors.Ptr(dv)),
+                          nameof(NativeMethods.mi_attention_backward_f32));
+            else
+                Ensure.Ok(NativeMethods.mi_attention_rotary_backward_f32(NativeTensors.Ptr(q), NativeTensors.Ptr(k), NativeTensors.Ptr(v),
+                              NativeTensors.Ptr(z), NativeTensors.Ptr(lse), NativeTensors.Ptr(dz), batch, heads, tq, tk, dHead,
+                              causal ? 1 : 0, NativeTensors.Ptr(cos), NativeTensors.Ptr(sin!), cos.shape[1],
+                              NativeTensors.Ptr(dq), NativeTensors.Ptr(dk), NativeTensors.Ptr(dv)),
+                          nameof(NativeMethods.mi_attention_rotary_backward_f32));
+        }
 
         if (returnPattern && (Defined(grads[1]) || Defined(grads[2])))
         {
@@ -87,10 +122,15 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
             if (Defined(grads[1]))
                 dScores = causal ? dScores.add(grads[1].masked_fill(CausalMask(tq, tk), 0.0)) : dScores.add(grads[1]);
             double scale = 1.0 / Math.Sqrt(dHead);
-            dq.add_(dScores.matmul(k).mul(scale));                             // [batch, head, query, d_head]
-            dk.add_(dScores.transpose(-2, -1).matmul(q).mul(scale));           // [batch, head, key, d_head]
+            // The scores came from the rotated q and k: differentiate there, then take the gradient back through the rotation.
+            var tables = rotary ? new RotaryTables(cos!, sin!) : null;
+            var (qr, kr) = tables is null ? (q, k) : (tables.Apply(q, tk - tq), tables.Apply(k, 0));
+            var dqr = dScores.matmul(kr).mul(scale);                            // [batch, head, query, d_head]
+            var dkr = dScores.transpose(-2, -1).matmul(qr).mul(scale);          // [batch, head, key, d_head]
+            dq.add_(tables is null ? dqr : tables.ApplyTransposed(dqr, tk - tq));
+            dk.add_(tables is null ? dkr : tables.ApplyTransposed(dkr, 0));
         }
-        return [dq, dk, dv, null!, null!];
+        return [dq, dk, dv, null!, null!, null!, null!];
     }
 
     private static bool Defined(Tensor? t) => t is not null && !t.IsInvalid;

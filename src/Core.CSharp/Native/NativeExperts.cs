@@ -15,6 +15,12 @@ internal static class NativeExperts
     /// <summary>Padding every group to the largest one is worth one batched GEMM while it wastes at most this share.</summary>
     private const double MaxPaddingWaste = 0.25;
 
+    /// <summary>
+    /// Rows of padding worth one GEMM call saved: with 40 experts of ~128 rows each (ten batched MoE instances), the
+    /// padded path ran fwd+bwd in 13.7 ms against 30.6 ms for a GEMM per expert.
+    /// </summary>
+    internal const long SmallGroupRows = 128;
+
     public static Tensor Forward(Tensor x, Tensor expertIndex, Tensor gates, Tensor wIn, Tensor bIn, Tensor wOut, Tensor bOut,
                                  Func<Tensor, Tensor> activation)
     {
@@ -55,9 +61,12 @@ internal sealed unsafe record DispatchLayout(Tensor RowOf, long[] Counts, long[]
         var counts = new long[experts];
         fixed (long* c = counts)
             Ensure.Ok(NativeMethods.mi_moe_count_i64(NativeTensors.LongPtr(index), tokens, k, experts, c), nameof(NativeMethods.mi_moe_count_i64));
-        // Rows padded to a multiple of 8 keep every group's GEMM aligned.
+        // Rows padded to a multiple of 8 keep every group's GEMM aligned. Padding pays while it wastes at most a
+        // share of the rows, or when the groups are so small that a GEMM each costs more in calls than the padding
+        // rows cost in arithmetic (many small experts: a batched model's instances each bring their own).
         long stride = (counts.Max() + 7) / 8 * 8;
-        bool padded = experts > 1 && stride * experts <= pairs * (1 + maxPaddingWaste);
+        long used = counts.Count(c => c > 0), extra = stride * experts - pairs;
+        bool padded = experts > 1 && extra <= Math.Max(pairs * maxPaddingWaste, NativeExperts.SmallGroupRows * used);
         var rowOf = empty(pairs, dtype: ScalarType.Int64);
         var offsets = new long[experts + 1];
         fixed (long* o = offsets)

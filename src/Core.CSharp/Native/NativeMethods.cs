@@ -8,7 +8,7 @@ internal static unsafe partial class NativeMethods
     public const string Library = "mechinterp_native";
 
     /// <summary>The ABI version this assembly was written against (MI_ABI_VERSION).</summary>
-    public const int AbiVersion = 1;
+    public const int AbiVersion = 2;
 
     [LibraryImport(Library)] public static partial int mi_version();
     [LibraryImport(Library)] public static partial IntPtr mi_last_error();
@@ -31,6 +31,15 @@ internal static unsafe partial class NativeMethods
     public static partial int mi_attention_backward_f32(float* q, float* k, float* v, float* output, float* lse, float* dout,
                                                         long batch, long heads, long qLen, long kvLen, long dHead, int causal,
                                                         float* dq, float* dk, float* dv);
+
+    [LibraryImport(Library)]
+    public static partial int mi_attention_rotary_forward_f32(float* q, float* k, float* v, long batch, long heads, long qLen, long kvLen,
+                                                              long dHead, int causal, float* rotCos, float* rotSin, long rotaryDim,
+                                                              float* output, float* lse, float* scores, float* pattern);
+    [LibraryImport(Library)]
+    public static partial int mi_attention_rotary_backward_f32(float* q, float* k, float* v, float* output, float* lse, float* dout,
+                                                               long batch, long heads, long qLen, long kvLen, long dHead, int causal,
+                                                               float* rotCos, float* rotSin, long rotaryDim, float* dq, float* dk, float* dv);
 
     [LibraryImport(Library)]
     public static partial int mi_moe_route_f32(float* logits, long tokens, long experts, long k, int gating, long capacity,
