@@ -13,8 +13,9 @@ if (!NativeKernels.IsAvailable)
     Console.Error.WriteLine($"bench: the native library is unavailable ({NativeKernels.UnavailableReason}); run `dotnet fsi build.fsx native`.");
     return 1;
 }
-// Threads fixed for the whole run (MECHINTERP_THREADS, default all cores): libtorch and our pool alike.
-Settings.Threads = Settings.Threads;
+// Threads for the whole run (MECHINTERP_THREADS, default all cores), pushed to libtorch and our pool alike without
+// marking the setting as chosen: the Trainer rows measure the default thread choice.
+MechInterp.Runtime.ThreadSettings.Apply(Settings.Threads);
 Console.WriteLine($"threads: {Settings.Threads} (libtorch {get_num_threads()}), AVX2: {NativeKernels.CpuHasAvx2}");
 
 var results = new List<BenchResult>();
@@ -31,12 +32,13 @@ foreach (var (rows, cols) in Wanted("softmax") ? new[] { (8L * 8 * 256, 256L), (
     results.Add(new BenchResult($"softmax rows {rows}x{cols}", ours, "torch.softmax", baseline));
 }
 
-// `dotnet run -- train` (or attn, moe, softmax, hooks) runs one group only, for quick iteration.
+// `dotnet run -- train` (or attn, moe, softmax, hooks, batched) runs one group only, for quick iteration.
 bool Wanted(string group) => args.Length == 0 || args.Contains(group);
 if (Wanted("attn")) results.AddRange(AttentionCases.Run());
 if (Wanted("moe")) results.AddRange(MoeCases.Run());
 if (Wanted("train")) results.AddRange(TrainingStep.Run());
 if (Wanted("hooks")) results.AddRange(HookedModelCases.Run());
+if (Wanted("batched")) results.AddRange(BatchedTrainingCases.Run());
 
 Console.WriteLine();
 Console.WriteLine($"{"case",-48} {"ours ms",10} {"baseline",-16} {"base ms",10} {"speedup",8}");

@@ -14,7 +14,7 @@ let full = fsi.CommandLineArgs |> Array.contains "--full"
 let setup, toy = if full then MoeStudy.fullSetup, MoeStudy.fullToy else MoeStudy.quickSetup, MoeStudy.quickToy
 
 // 1. Train the four models per seed and analyse them on a held-out batch.
-let study = MoeStudy.run (printfn "%s") setup toy
+let study = MoeStudy.run (printfn "%s") setup toy None
 
 // 2. NMI of expert choice with each feature, trained vs baselines, with the largest p-value over seeds.
 for layer in 0 .. setup.Layers - 1 do
@@ -35,6 +35,6 @@ for v in MoeSection.verdicts study do
 
 // 4. Artifacts: the results file and a one-section report.
 let out = Path.Combine(__SOURCE_DIRECTORY__, "..", "artifacts", "moe-script")
-let json = Report.writeResults (Path.Combine(out, "results")) "moe" (MoeStudy.toJson study)
+let json = Report.writeResults (Path.Combine(out, "results")) "moe" (MoeSection.answer study) (MoeStudy.toJson study)
 let page = Report.write (Path.Combine(out, "report")) "MoE experts" [ MoeSection.section study ]
 printfn "\n%s\n%s" json page

@@ -49,8 +49,8 @@ if File.Exists checkpoint && args |> Array.contains "--checkpoint" then
                             PositionalEmbedding = model.Config.positional_embedding_type; MaxRepeat = (model.Config.n_ctx - 1) / 2 }
     printEnd (InductionRun.onOneThread (fun () -> analyseEnd s model 16 0))
 else
-    let r = run settings 0 16 (Some checkpoint)
-    printfn "trained %d steps in %.1f s; saved %s" settings.Steps r.Run.Seconds checkpoint
+    let r = run settings 0 16 (Some checkpoint) (printfn "%s")
+    printfn "trained %d steps (cap %d) in %.1f s; saved %s" r.Run.StepsRun settings.Steps r.Run.Seconds checkpoint
     for s in r.Run.Snapshots do
         let _, _, prev = HeadScores.best s.PreviousToken
         let _, _, ind = HeadScores.best s.Induction
@@ -59,8 +59,7 @@ else
     printfn "steepest repeat fall ends at step %d; previous-token head at %A, induction head at %A (level %.1f)"
         r.SteepestDropStep r.PreviousTokenStep r.InductionStep headFormedLevel
     printEnd r.End
-    let json = Path.Combine("artifacts", "results", "residual.json")
-    Directory.CreateDirectory(Path.GetDirectoryName json) |> ignore
-    File.WriteAllText(json + ".tmp", (toJson r).ToJsonString(Text.Json.JsonSerializerOptions(WriteIndented = true)))
-    File.Move(json + ".tmp", json, true)
+    let answer = MechInterp.Analysis.Residual.Section.answer r
+    printfn "\n%s\n  %s" answer.Question answer.Verdict
+    let json = MechInterp.Analysis.Report.Report.writeResults (Path.Combine("artifacts", "results")) "residual" answer (toJson r)
     printfn "numbers in %s" json

@@ -18,14 +18,14 @@ let show = false                                    // open each figure in a bro
 let outDir = Path.Combine(__SOURCE_DIRECTORY__, "..", "artifacts", "scripts", "superposition")
 
 let baseConfig = Experiment.config scale
-let training = { baseConfig.Plane.Training with LogEvery = 500 }   // AdamW lr 1e-3, batch, steps per scale
+let training = { baseConfig.Plane.Training with LogEvery = 500 }   // AdamW, learning rate, batch, step cap per scale
 let config : Experiment.SuperpositionConfig =
     { baseConfig with
         Main =
           [ for activation in [ ToyActivation.Relu; ToyActivation.Linear ] ->
                 { Name = (if activation = ToyActivation.Relu then "relu-20-5" else "linear-20-5")
                   Features = 20; Hidden = 5; ImportanceDecay = 0.7; Activation = activation
-                  Densities = Experiment.paperDensities; Seed = 0L; Training = training } ]
+                  Densities = Experiment.paperDensities; Replicates = 3; Seed = 0L; Training = training } ]
         Plane = { baseConfig.Plane with Features = 5; Hidden = 2; ImportanceDecay = 0.9; Training = training }
         Dimensionality = { baseConfig.Dimensionality with Features = 80; Hidden = 20 }
         Phase = { baseConfig.Phase with Importances = PhaseDiagram.logSpace 0.1 10.0 7; Densities = PhaseDiagram.logSpace 0.01 1.0 7 } }
@@ -44,7 +44,7 @@ for sw in results.Main do
 
 let section = Section.section results
 let page = Report.write outDir "Superposition (script run)" [ section ]
-Report.writeResults outDir "superposition" (Experiment.toJson results) |> ignore
+Report.writeResults outDir "superposition" (Section.answer results) (Experiment.toJson results) |> ignore
 printfn "report: %s" page
 
 if show then

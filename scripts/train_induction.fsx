@@ -19,11 +19,10 @@ let config =
                   d_vocab = task.VocabSize, n_ctx = task.SequenceLength, normalization_type = "LN", seed = 0)
 let model = new HookedTransformer(config)
 
+// Evaluated on the trainer's held-out batch: the loss on the repeat, which only induction can lower.
 let repeatLoss (m: HookedTransformer) (batch: TokenBatch) =
-    use _ = torch.NewDisposeScope()
     let logits = m.forward batch.Tokens
-    let mask = InductionTask.RepeatMask batch
-    readOnlyDict [ "repeat_loss", float (Losses.Masked(logits, batch.Tokens, mask).item<float32>()) ]
+    readOnlyDict [ "repeat_loss", Losses.Masked(logits, batch.Tokens, InductionTask.RepeatMask batch) ]
 
 let trainer =
     Trainer(model, task, TrainingConfig(Steps = steps, BatchSize = 32, LearningRate = 1e-3, EvalEvery = 100),

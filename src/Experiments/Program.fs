@@ -58,15 +58,18 @@ let main argv =
                 failwith $"unknown experiment(s) {unknown}; registered: {registered}"
             experiments |> List.filter (fun e -> names.Contains e.Name)
         | None -> experiments
-    let sections =
+    let outputs =
         [ for e in chosen do
               printfn "\n== %s: %s" e.Name e.Description
               let clock = Stopwatch.StartNew()
               let output = e.Run scale
-              let results = Report.writeResults (Path.Combine(out, "results")) e.Name output.Results
+              let results = Report.writeResults (Path.Combine(out, "results")) e.Name output.Answer output.Results
               printfn "== %s finished in %.1f s; numbers in %s" e.Name clock.Elapsed.TotalSeconds results
-              yield! output.Sections ]
+              printfn "   answer: %s" output.Answer.Verdict
+              yield e, output ]
     let clock = Stopwatch.StartNew()
+    let summary = Report.summarySection [ for e, o in outputs -> e.Name, o.Answer ]
+    let sections = summary :: [ for _, o in outputs do yield! o.Sections ]
     let report = Report.write (Path.Combine(out, "report")) "MechInterp report" sections
     printfn "report written to %s in %.1f s" report clock.Elapsed.TotalSeconds
     0

@@ -111,8 +111,22 @@ type MoeStudyTests(_fixture: TorchFixture) =
                 DModel = 8; Layers = 1; Heads = 2; Experts = 2; ExpertDMlp = 4; SequenceLength = 8
                 Steps = 3; BatchSize = 2; AnalysisBatch = 3; Shuffles = 5; Seeds = [ 0 ] }
         let toy = { MoeStudy.quickToy with Features = 10; Steps = 3; BatchSize = 8 }
-        let study = MoeStudy.run ignore setup toy
+        let checkpoint = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"moe-{System.Guid.NewGuid():N}.safetensors")
+        let study = MoeStudy.run ignore setup toy (Some checkpoint)
+        // The trained MoE of the first seed is saved as an ordinary model that loads back.
+        (try
+            use saved = MechInterp.Model.HookedTransformer.Load checkpoint
+            Assert.False(saved.IsBatched)
+            Assert.Equal(setup.Experts, saved.Config.n_experts)
+         finally System.IO.File.Delete checkpoint)
         let json = MoeStudy.toJson study
+        // three steps learn no rule: no model may be reported learned or converged
+        for m in study.Models do
+            match m.Training with
+            | Some t ->
+                Assert.False(t.Convergence.Learned, $"{Subjects.kindName m.Kind} learned in 3 steps")
+                Assert.Equal(3, t.StepsRun)
+            | None -> Assert.Equal(Subjects.Untrained, m.Kind)
         let features = json.["features"].AsArray() |> Seq.map (fun n -> n.GetValue<string>()) |> Set.ofSeq
         Assert.Equal<Set<string>>(set [ "token_class"; "number"; "position_parity"; "inside_brackets"; "next_rule" ], features)
         let models = json.["models"].AsArray()
@@ -130,3 +144,35 @@ type MoeStudyTests(_fixture: TorchFixture) =
         Assert.Equal("moe", section.Id)
         Assert.True(section.Paragraphs |> List.exists (fun p -> p.StartsWith "Conclusion."))
         Assert.Equal(4, section.Figures.Head.Panels.Length)                // one heatmap per model
+
+
+[<Collection("torch")>]
+type RuleAccuracyTests(_fixture: TorchFixture) =
+
+    [<Fact>]
+    member _.``rule accuracy is 1 for the true next token, 0 for a constant guess, and agreement needs the number`` () =
+        use _scope = TorchSharp.torch.NewDisposeScope()
+        let task = MechInterp.Data.ToyLanguage(24)
+        use batch = task.Sample(16, System.Random(5))
+        let v = int64 task.VocabSize
+        let next = TorchSharp.torch.cat([| batch.Tokens.narrow(1L, 1L, 23L); batch.Tokens.narrow(1L, 0L, 1L) |], 1L)   // [batch, pos]
+        let perfect = TorchSharp.torch.nn.functional.one_hot(next, v).to_type(TorchSharp.torch.float32)               // [batch, pos, vocab]
+        let acc = Rules.accuracies perfect batch
+        for r in Rules.rules do Assert.Equal(1.0f, acc.[r].item<float32>())
+        // Always predicting BOS satisfies no rule.
+        let bos = TorchSharp.torch.zeros([| 16L; 24L; v |]).index_fill(2L, TorchSharp.torch.tensor 0L, TorchSharp.Scalar.op_Implicit 1.0f)
+        let none = Rules.accuracies bos batch
+        for r in Rules.rules do Assert.Equal(0.0f, none.[r].item<float32>())
+        // The right verb class of the wrong number fails agreement: move every verb to the other number.
+        let isVerb = next.ge(TorchSharp.Scalar.op_Implicit (int64 MechInterp.Data.ToyLanguage.FirstVerb))
+                         .logical_and(next.lt(TorchSharp.Scalar.op_Implicit (int64 MechInterp.Data.ToyLanguage.FirstAdjective)))
+        let verbIndex = next.sub(TorchSharp.Scalar.op_Implicit (int64 MechInterp.Data.ToyLanguage.FirstVerb))
+        let flipped = verbIndex.add(TorchSharp.Scalar.op_Implicit 6L).remainder(TorchSharp.Scalar.op_Implicit 12L)
+                          .add(TorchSharp.Scalar.op_Implicit (int64 MechInterp.Data.ToyLanguage.FirstVerb))
+        let wrongNumber = TorchSharp.torch.nn.functional.one_hot(TorchSharp.torch.where(isVerb, flipped, next), v).to_type(TorchSharp.torch.float32)
+        let wrong = Rules.accuracies wrongNumber batch
+        Assert.Equal(0.0f, wrong.["agreement"].item<float32>())
+        Assert.Equal(1.0f, wrong.["end_of_sentence"].item<float32>())
+        // Batched logits give one accuracy per instance.
+        let stacked = Rules.accuracies (TorchSharp.torch.stack([| perfect; bos |])) (MechInterp.Data.TokenBatch.Stack([| batch; batch |]))
+        Assert.Equal<float32[]>([| 1.0f; 0.0f |], stacked.["counting"].data<float32>().ToArray())

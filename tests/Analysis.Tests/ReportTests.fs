@@ -59,8 +59,16 @@ let ``results are JSON with non-finite numbers as null`` () =
     let dir = tempDir ()
     try
         let node = Report.obj [ "xs", Report.numbers [ 1.5; nan; infinity ]; "name", Report.text "t"; "n", Report.integer 3L ]
-        let path = Report.writeResults dir "demo" node
+        let answer =
+            { Question = "q?"; Verdict = "yes"; Evidence = "numbers"; KeyNumber = "1 [0, 2]"; Seeds = 5; Runs = 10; Converged = 9 }
+        let path = Report.writeResults dir "demo" answer node
         use doc = JsonDocument.Parse(File.ReadAllText path)
+        // The answer comes first, with the issue's three fields.
+        let first = doc.RootElement.EnumerateObject() |> Seq.head
+        Assert.Equal("answer", first.Name)
+        for field, value in [ "question", "q?"; "verdict", "yes"; "evidence", "numbers" ] do
+            Assert.Equal(value, first.Value.GetProperty(field).GetString())
+        Assert.Equal(9, first.Value.GetProperty("converged").GetInt32())
         let xs = doc.RootElement.GetProperty "xs"
         Assert.Equal(1.5, xs.[0].GetDouble())
         Assert.Equal(JsonValueKind.Null, xs.[1].ValueKind)
@@ -69,3 +77,11 @@ let ``results are JSON with non-finite numbers as null`` () =
         Assert.Empty(Directory.GetFiles(dir, "*.tmp"))
     finally
         Directory.Delete(dir, true)
+
+[<Fact>]
+let ``the summary section has one row per experiment with its answer`` () =
+    let a = { Question = "q?"; Verdict = "yes"; Evidence = "e"; KeyNumber = "k"; Seeds = 5; Runs = 40; Converged = 5 }
+    let s = Report.summarySection [ "one", a; "two", { a with Verdict = "no" } ]
+    Assert.Equal("summary", s.Id)
+    let t = List.exactlyOne s.Tables
+    Assert.Equal<string list list>([ [ "one"; "q?"; "yes"; "k"; "5"; "40"; "5" ]; [ "two"; "q?"; "no"; "k"; "5"; "40"; "5" ] ], t.Rows)

@@ -10,7 +10,7 @@ open MechInterp.Analysis.Superposition.Sweep
 
 let private setting =
     { Name = "test"; Features = 5; Hidden = 2; ImportanceDecay = 0.9; Activation = ToyActivation.Relu
-      Densities = [ 1.0; 0.1 ]; Seed = 0L; Training = { paperTraining with Steps = 10; BatchSize = 8 } }
+      Densities = [ 1.0; 0.1 ]; Replicates = 2; Seed = 0L; Training = { paperTraining with Steps = 10; BatchSize = 8 } }
 
 let private rejects (s: SweepSetting) (fragment: string) =
     let e = Assert.ThrowsAny<ArgumentException>(fun () -> validate s)
@@ -38,3 +38,22 @@ let ``both scales validate, and full is the paper's optimiser`` () =
         Assert.Equal(1024, s.Training.BatchSize)
         Assert.Equal(1e-3, s.Training.LearningRate)
         Assert.Equal<float list>(Experiment.paperDensities, s.Densities)
+
+[<Fact>]
+let ``zero replicates are rejected`` () = rejects { setting with Replicates = 0 } "replicates must be at least 1, got 0"
+
+[<Collection("torch")>]
+type SweepTests(_fixture: TorchFixture) =
+
+    [<Fact>]
+    member _.``a sweep keeps the lowest-loss replicate of every density and records its convergence`` () =
+        let r = Sweep.run ignore { setting with Training = { setting.Training with Steps = 30; ConvergenceWindow = 1_000 } }
+        for p in r.Points do
+            Assert.Equal(2, p.ReplicateLosses.Length)
+            Assert.Equal(Array.min p.ReplicateLosses, p.Loss)
+            Assert.Equal(p.ReplicateLosses.[p.Replicate], p.Loss)
+            Assert.Equal(2, p.ReplicateRepresented.Length)
+            // 30 steps cannot be flat over a 1,000-step window: nothing may be reported converged.
+            Assert.False(p.Convergence.Converged)
+            Assert.Equal(0, p.ConvergedReplicates)
+        Assert.Equal(30, r.StepsRun)

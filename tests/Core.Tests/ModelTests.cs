@@ -69,4 +69,25 @@ public class ModelTests
         using (cache)
             Assert.Equal(["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], cache.Keys.ToArray());
     }
+
+    [Fact]
+    public void RotaryFusedIntoTheKernelEqualsRotaryAppliedByTheModel()
+    {
+        // With nothing on hook_rot_q / hook_rot_k the kernel rotates q and k itself; an observer there makes the
+        // model rotate them first. Both must give the same logits and gradients.
+        using var scope = NewDisposeScope();
+        using var model = new HookedTransformer(Tiny(attnOnly: true, pos: "rotary"));
+        var tokens = Tokens(3, 9, 11, 4);
+        var fused = model.forward(tokens);
+        fused.pow(2).sum().backward();
+        var fusedGrad = model.blocks[0].attn.W_Q.grad!.clone();
+        model.zero_grad();
+        var seen = 0;
+        var observer = new Hook("blocks.0.attn.hook_rot_q", (q, _) => { seen++; return null; });
+        var unfused = model.RunWithHooks(tokens, observer);
+        unfused.pow(2).sum().backward();
+        Assert.Equal(1, seen);
+        Assert.True((fused - unfused).abs().max().item<float>() < 1e-5, "fused and unfused rotary logits differ");
+        Assert.True((fusedGrad - model.blocks[0].attn.W_Q.grad!).abs().max().item<float>() < 1e-4, "fused and unfused rotary gradients differ");
+    }
 }

@@ -25,14 +25,19 @@ public class RuntimeTests
     [Fact]
     public void ThreadSettingReachesLibtorch()
     {
-        int before = Settings.Threads;
-        try
-        {
-            Settings.Threads = 1;
-            Assert.Equal(1, get_num_threads());
-        }
-        finally { Settings.Threads = before; }
+        Assert.Equal(1, Settings.WithThreads(1, () => get_num_threads()));
         Assert.Throws<ArgumentOutOfRangeException>(() => Settings.Threads = 0);
+    }
+
+    [Fact]
+    public void OnTheDefaultSettingASmallTrainingStepRunsOnOneThreadAndAChosenSettingIsKept()
+    {
+        // The quick induction model: 41k parameters × 32 sequences of 33 tokens, below the threshold.
+        double small = 41_000.0 * 32 * 33, large = 5 * small;
+        Assert.Equal(1, Settings.ThreadsForStep(small, chosen: false, count: 2));
+        Assert.Equal(2, Settings.ThreadsForStep(large, chosen: false, count: 2));
+        Assert.Equal(2, Settings.ThreadsForStep(small, chosen: true, count: 2));
+        Assert.Equal(1, Settings.ThreadsForStep(large, chosen: true, count: 1));
     }
 
     [Fact]

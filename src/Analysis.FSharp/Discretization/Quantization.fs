@@ -51,8 +51,13 @@ let quantizeHooks (q: Quantizer) (model: HookedTransformer) =
 
 /// The control for the grid variants: the same clamp to [−range, range] and the same straight-through
 /// gradient, without rounding, so a grid variant's cost splits into what clamping costs and what rounding adds.
+let clamp (range: float) (x: torch.Tensor) =
+    if not (range > 0.0) || System.Double.IsInfinity range then invalidArg (nameof range) $"the range must be positive and finite, got {range}"
+    let low, high = TorchSharp.Scalar.op_Implicit(float32 -range), TorchSharp.Scalar.op_Implicit(float32 range)
+    x + (x.clamp(low, high) - x).detach()
+
+/// Hooks that clamp the residual stream after every block (the clamp-only control).
 let clampHooks (range: float) (model: HookedTransformer) =
     if not (range > 0.0) || System.Double.IsInfinity range then invalidArg (nameof range) $"the range must be positive and finite, got {range}"
     let names = quantizedHookNames model |> Set.ofList
-    let low, high = torch.tensor(float32 -range), torch.tensor(float32 range)
-    [| Hook(System.Func<string, bool>(fun n -> names.Contains n), HookFn(fun act _ -> act + (act.clamp(low, high) - act).detach())) |]
+    [| Hook(System.Func<string, bool>(fun n -> names.Contains n), HookFn(fun act _ -> clamp range act)) |]

@@ -12,6 +12,8 @@ let experiment: Experiment =
                 match scale with
                 | Quick -> MoeStudy.quickSetup, MoeStudy.quickToy
                 | Full -> MoeStudy.fullSetup, MoeStudy.fullToy
-            let study = MoeStudy.run (printfn "%s") setup toy
-            { Sections = [ MoeSection.section study ]
+            let checkpoint = System.IO.Path.Combine("artifacts", "checkpoints", "moe.safetensors")
+            let study = MoeStudy.run (fun line -> System.Console.Out.WriteLine line; System.Console.Out.Flush()) setup toy (Some checkpoint)
+            { Answer = MoeSection.answer study
+              Sections = [ MoeSection.section study ]
               Results = MoeStudy.toJson study } }

@@ -74,6 +74,107 @@ let verdicts (r: StudyResult) =
                     TrainedNmi = meanOver r Trained layer (nmiOf feature)
                     BaselineNmi = baselines |> List.map (fun b -> b, meanOver r b layer (nmiOf feature)) } ]
 
+/// Trained against one baseline on a statistic over seeds: mean difference and the exact permutation p-value.
+let private versus (r: StudyResult) layer baseline (stat: ModelResult -> float) =
+    let a = models r Trained layer |> List.map stat
+    let b = models r baseline layer |> List.map stat
+    if a.Length < 2 || b.Length < 2 || List.exists (Double.IsFinite >> not) (a @ b) then None
+    else Some(Significance.permutationTest b a)
+
+/// The experts of seed 0's trained model that claim a category of the feature (the one each over-represents most).
+let private claims (r: StudyResult) layer (feature: string) =
+    match models r Trained layer |> List.tryHead with
+    | None -> "–"
+    | Some m ->
+        let table = m.Stats.Tables.[feature]
+        let categories = r.Features.[feature]
+        [ for e in 0 .. Array2D.length1 table - 1 do
+              match Causal.claimOf table e with
+              | Some c -> yield $"e{e}→{categories.[c]}"
+              | None -> () ]
+        |> String.concat ", "
+
+/// One line per (layer, feature): whether its experts specialize, from the numbers of the answer table.
+let featureVerdict (r: StudyResult) (v: Verdict) =
+    let hash = versus r v.Layer HashRouter (nmiOf v.Feature)
+    let dense = versus r v.Layer Dense (nmiOf v.Feature)
+    let beats (c: Significance.Comparison option) = c |> Option.exists (fun c -> c.Difference > 0.0 && c.PValue < 0.05)
+    if v.Significant && beats hash && beats dense && v.CausalEverySeed then
+        $"experts specialize on {v.Feature} in layer {v.Layer}: above the hash router and the dense model, and removing an expert hurts its category most"
+    elif v.Significant && beats hash then
+        $"informative and above the hash router in layer {v.Layer}, but " + (if not (beats dense) then "not above the dense model's neuron groups" else "the ablation test fails in some seed")
+    elif v.Significant then $"informative in layer {v.Layer}, but no more than routing by token identity gives (hash router)"
+    else $"not specialized in layer {v.Layer}"
+
+/// The expert–feature answer: per feature and layer, who claims it, NMI and purity against every baseline with
+/// permutation p-values over seeds, the causal tests, and the verdict.
+let private answerTable (r: StudyResult) =
+    let vs = verdicts r
+    let cmp (c: Significance.Comparison option) = match c with Some c -> sprintf "%+.3f (p = %.3f)" c.Difference c.PValue | None -> "–"
+    { Title = $"Do experts specialize? Per feature and layer, over {r.Setup.Seeds.Length} seeds (trained − baseline, exact permutation p over seeds)"
+      Header = [ "layer"; "feature"; "experts claiming (seed 0)"; "NMI trained"; "vs hash router"; "vs dense"; "vs untrained"
+                 "purity trained"; "purity vs hash"; "ablation Δloss claimed / other (every seed)"; "forcing Δloss category / random"; "verdict" ]
+      Rows =
+        [ for v in vs ->
+              let f = v.Feature
+              let forced =
+                  r.Forcing |> List.filter (fun (_, l, _) -> l = v.Layer) |> List.collect (fun (_, _, rows) -> rows)
+                  |> List.filter (fun x -> x.Column.Feature = f && Double.IsFinite x.ForcedDelta && Double.IsFinite x.RandomDelta)
+              let pairs = models r Trained v.Layer |> List.map (fun m -> m.Ablation.Claimed.[f])
+              [ string v.Layer; f; claims r v.Layer f
+                meanCi (models r Trained v.Layer |> List.map (nmiOf f))
+                cmp (versus r v.Layer HashRouter (nmiOf f)); cmp (versus r v.Layer Dense (nmiOf f)); cmp (versus r v.Layer Untrained (nmiOf f))
+                meanCi (models r Trained v.Layer |> List.map (purityOf f)); cmp (versus r v.Layer HashRouter (purityOf f))
+                $"""{f3 (pairs |> List.averageBy fst)} / {f3 (pairs |> List.averageBy snd)} ({(if v.CausalEverySeed then "yes" else "no")})"""
+                (if forced.IsEmpty then "–" else $"{f3 (forced |> List.averageBy (fun x -> x.ForcedDelta))} / {f3 (forced |> List.averageBy (fun x -> x.RandomDelta))}")
+                featureVerdict r v ] ] }
+
+/// Did every trained model learn the rules? Rule accuracies per kind, mean over seeds.
+let private rulesTable (r: StudyResult) =
+    let layer = 0
+    { Title = $"Rules of the toy language: accuracy of the top prediction where a rule fixes the next token (held-out batch, mean [95%% CI] over {r.Setup.Seeds.Length} seeds)"
+      Header = [ "model" ] @ Rules.rules @ [ "learned (step, per seed)"; "converged (step, per seed)" ]
+      Rows =
+        [ for k in kinds ->
+              let ms = models r k layer
+              let steps (pick: MechInterp.Training.ConvergenceRecord -> Nullable<int>) =
+                  ms |> List.map (fun m -> match m.Training with
+                                           | None -> "–"
+                                           | Some t -> let x = pick t.Convergence in if x.HasValue then string x.Value else "never")
+                  |> String.concat ", "
+              [ kindName k ]
+              @ [ for rule in Rules.rules -> meanCi (ms |> List.map (fun m -> m.RuleAccuracy.[rule])) ]
+              @ [ steps (fun c -> c.LearnedStep); steps (fun c -> c.ConvergedStep) ] ] }
+
+/// The study's answer: which features (if any) pass every check.
+let answer (r: StudyResult) : Answer =
+    let vs = verdicts r
+    let full = vs |> List.filter (fun v -> (featureVerdict r v).StartsWith "experts specialize")
+    let trainedKinds = [ Trained; HashRouter; Dense ]
+    let trainedModels = r.Models |> List.filter (fun m -> m.Layer = 0 && List.contains m.Kind trainedKinds)
+    let learned = trainedModels |> List.filter (fun m -> m.Training |> Option.exists (fun t -> t.Convergence.Learned)) |> List.length
+    let converged = trainedModels |> List.filter (fun m -> m.Training |> Option.exists (fun t -> t.Convergence.Converged)) |> List.length
+    let layer = r.Setup.Layers - 1
+    let best = r.Features |> Map.toList |> List.map fst |> List.maxBy (fun f -> meanOver r Trained layer (nmiOf f))
+    let hashVs = versus r layer HashRouter (nmiOf best)
+    { Question = "Do specific experts fire for specific interpretable features, against honest baselines (hash router, dense, untrained)?"
+      Verdict =
+        if learned < trainedModels.Length then
+            $"Not answered for every model: {learned} of {trainedModels.Length} trained models learned the language's rules"
+        elif not full.IsEmpty then
+            "Yes, for " + (full |> List.map (fun v -> $"{v.Feature} (layer {v.Layer})") |> String.concat ", ")
+            + ": above the hash router and the dense model over seeds, and ablation hurts the claimed category most"
+        elif vs |> List.exists (fun v -> (featureVerdict r v).StartsWith "informative and above the hash") then
+            "Partly: some features' expert choice beats the hash router, but none passes every check"
+        else "No: no feature's expert choice carries more than routing by token identity (the hash router) gives"
+      Evidence = vs |> List.map (fun v -> featureVerdict r v) |> String.concat "; "
+      KeyNumber =
+        $"layer {layer}, {best}: NMI trained {meanCi (models r Trained layer |> List.map (nmiOf best))}, hash router {meanCi (models r HashRouter layer |> List.map (nmiOf best))}"
+        + (match hashVs with Some c -> $" (permutation p = {c.PValue:F3})" | None -> "")
+      Seeds = r.Setup.Seeds.Length
+      Runs = trainedModels.Length
+      Converged = converged }
+
 let private conclusion (r: StudyResult) =
     let vs = verdicts r
     let full = vs |> List.filter (fun v -> v.Significant && v.AboveBaselines.Length = 3 && v.CausalEverySeed)
@@ -273,7 +374,7 @@ let section (r: StudyResult) : ReportSection =
             { Label = "study wall time"; Value = $"{r.Seconds:F0} s" } ]
     { ReportSection.create "moe" "Do mixture-of-experts experts specialize on interpretable features?" with
         Paragraphs =
-            [ $"A {s.Layers}-layer decoder (d_model {s.DModel}, {s.Heads} heads) whose every MLP is a mixture of {s.Experts} experts (top-{s.TopK}, expert d_mlp {s.ExpertDMlp}, Switch load-balancing loss α = 0.01) is trained for {s.Steps} steps on the toy language. Its tokens carry ground-truth labels defined in ToyLanguage before any training: token class, number, position parity, inside brackets and the rule that fixes the next token."
+            [ $"A {s.Layers}-layer decoder (d_model {s.DModel}, {s.Heads} heads) whose every MLP is a mixture of {s.Experts} experts (top-{s.TopK}, expert d_mlp {s.ExpertDMlp}, Switch load-balancing loss α = 0.01) is trained on the toy language until it has learned every rule (top prediction right on at least 90%% of each rule's positions on a held-out batch) and then converged, for at most {s.Steps} steps; the baselines train the same way, each set of seeds as one batched model. Its tokens carry ground-truth labels defined in ToyLanguage before any training: token class, number, position parity, inside brackets and the rule that fixes the next token."
               $"Baselines, each analysed the same way: the same model untrained; the same MoE trained with a fixed random hash router (experts chosen by token id, gates 1/k); and a dense decoder with the same active parameters (d_mlp {s.TopK * s.ExpertDMlp}), whose 'expert' for a token is the strongest of {s.Experts} contiguous neuron groups. Every number is measured on a held-out batch of {s.AnalysisBatch} sequences, for seeds {s.Seeds}."
               "Specialization is the normalized mutual information 2I/(H(E)+H(F)) between a token's top expert and a feature, and cluster purity (share of tokens in their expert's majority category; for an imbalanced binary feature every expert's majority is the common category, so purity cannot move and its p-value is 1); each is tested against label shuffles. The hash router matters most: it routes by token identity too, so whatever NMI it reaches is what the vocabulary alone gives."
               $"Mixture of experts in the toy model of superposition: {r.Toy.Experts} experts of width {r.Toy.Hidden} behind a top-1 router against the dense model of width {r.Toy.Hidden * r.Toy.Experts}, n = {r.Toy.Features} features of equal importance at sparsity {r.Toy.Sparsity}." ]
@@ -281,5 +382,6 @@ let section (r: StudyResult) : ReportSection =
         KeyNumbers = keyNumbers
         Figures = [ heatmapFigure r; nmiFigure r; ablationFigure r; steeringFigure r ]
         Tables =
-            [ for layer in 0 .. s.Layers - 1 -> nmiTable r layer ]
+            [ answerTable r; rulesTable r ]
+            @ [ for layer in 0 .. s.Layers - 1 -> nmiTable r layer ]
             @ [ routingTable r; claimedTable r; ablationTable r; forcingTable r; toyTable r ] }

@@ -22,6 +22,10 @@ type ModelResult =
       /// Mean next-token loss on the held-out batch.
       EvalLoss: float
       TrainLoss: float
+      /// How training went (None for the untrained baseline): learned and converged steps, steps run.
+      Training: Training option
+      /// Top-prediction accuracy per rule of the toy language on the held-out batch (Rules).
+      RuleAccuracy: Map<string, float>
       Stats: LayerStatistics
       Ablation: Ablation }
 
@@ -38,13 +42,15 @@ type StudyResult =
 
 let kinds = [ Trained; Untrained; HashRouter; Dense ]
 
-/// A few minutes on two cores: 2 layers, d_model 64, 4 experts top-1, 250 steps, 3 seeds.
+/// The main job's scale: 2 layers, d_model 64, 4 experts top-1, 5 seeds, trained until every model has learned the
+/// rules and converged, at most 2,000 steps.
 let quickSetup =
     { DModel = 64; Layers = 2; Heads = 4; Experts = 4; TopK = 1; ExpertDMlp = 64; SequenceLength = 32
-      Steps = 250; BatchSize = 16; LearningRate = 3e-3; AnalysisBatch = 48; Shuffles = 200; Seeds = [ 0; 1; 2 ] }
+      Steps = 2000; EvalEvery = 50; ConvergenceWindow = 300; BatchSize = 16; LearningRate = 3e-3; AnalysisBatch = 48
+      Shuffles = 200; Seeds = [ 0; 1; 2; 3; 4 ] }
 
 let fullSetup =
-    { quickSetup with Experts = 8; Steps = 3000; BatchSize = 32; AnalysisBatch = 256; Shuffles = 1000; Seeds = [ 0; 1; 2; 3; 4 ] }
+    { quickSetup with Experts = 8; Steps = 6000; EvalEvery = 100; ConvergenceWindow = 1000; BatchSize = 32; AnalysisBatch = 256; Shuffles = 1000 }
 
 /// 20 equally important features at sparsity 0.9; 4 experts of width 2 against a dense width of 8.
 let quickToy =
@@ -55,14 +61,24 @@ let fullToy = { quickToy with Steps = 10_000 }
 
 let steeringAlphas = [| 0.0; 1.0; 2.0; 4.0 |]
 
-let private analyse (log: string -> unit) (s: Setup) (task: ToyLanguage) (features: Map<string, string[]>) (seed: int) =
+/// The rule accuracies of a subject on a batch.
+let ruleAccuracy (subject: Subject) (batch: TokenBatch) =
+    use _scope = torch.NewDisposeScope()
+    use _ = torch.no_grad()
+    let logits = subject.Model.RunWithHooks(batch.Tokens, subject.HooksFor batch.Tokens)
+    Rules.accuracies logits batch |> Map.map (fun _ v -> float (v.item<float32>()))
+
+let private analyse (log: string -> unit) (s: Setup) (task: ToyLanguage) (features: Map<string, string[]>) (seed: int)
+                    (subjects: Map<Kind, Subject * Training option>) =
     use batch = task.Sample(s.AnalysisBatch, Random(1_000_003 * (seed + 1)))   // held out: training draws from Random(seed)
     let rng = Random(seed)
     [ for kind in kinds do
           let clock = Stopwatch.StartNew()
-          let subject, trainLoss = build s task kind seed
+          let subject, training = subjects.[kind]
+          let trainLoss = training |> Option.map (fun t -> t.TrainLoss) |> Option.defaultValue nan
           use _model = subject.Model
           let evalLoss = perTokenLoss subject batch [||] |> Array.average
+          let rules = ruleAccuracy subject batch
           let results =
               [ for layer in 0 .. s.Layers - 1 ->
                     let sample = collect subject layer batch
@@ -70,17 +86,32 @@ let private analyse (log: string -> unit) (s: Setup) (task: ToyLanguage) (featur
                     let ablation = ablate subject features batch sample stats
                     let forcing = if kind = Trained then force rng subject features batch sample else []
                     let steering = if kind = Trained then steer steeringAlphas subject features batch sample stats else []
-                    { Kind = kind; Seed = seed; Layer = layer; EvalLoss = evalLoss; TrainLoss = trainLoss
-                      Stats = stats; Ablation = ablation }, (seed, layer, forcing), (seed, layer, steering) ]
-          log (sprintf "  seed %d %-11s train loss %6.3f  held-out loss %6.3f  (%.1f s)" seed (kindName kind) trainLoss evalLoss clock.Elapsed.TotalSeconds)
+                    { Kind = kind; Seed = seed; Layer = layer; EvalLoss = evalLoss; TrainLoss = trainLoss; Training = training
+                      RuleAccuracy = rules; Stats = stats; Ablation = ablation }, (seed, layer, forcing), (seed, layer, steering) ]
+          let learned =
+              match training with
+              | None -> "untrained"
+              | Some t -> sprintf "learned at %s, converged at %s" (t.Convergence.LearnedStep |> Option.ofNullable |> Option.map string |> Option.defaultValue "never")
+                                                                    (t.Convergence.ConvergedStep |> Option.ofNullable |> Option.map string |> Option.defaultValue "never")
+          log (sprintf "  seed %d %-11s train loss %6.3f  held-out loss %6.3f  rules %s  %s  (analysis %.1f s)" seed (kindName kind) trainLoss evalLoss
+                   (Rules.rules |> List.map (fun r -> sprintf "%.2f" rules.[r]) |> String.concat "/") learned clock.Elapsed.TotalSeconds)
           yield! results ]
 
-/// Runs the study; `log` receives one line per trained model.
-let run (log: string -> unit) (setup: Setup) (toy: ToySetup) : StudyResult =
+/// Runs the study, saving seed 0's trained MoE to `checkpoint` when given; `log` receives progress and one line per model.
+let run (log: string -> unit) (setup: Setup) (toy: ToySetup) (checkpoint: string option) : StudyResult =
     let clock = Stopwatch.StartNew()
     let task = ToyLanguage(setup.SequenceLength)
     let features = task.Features |> Seq.map (fun kv -> kv.Key, kv.Value) |> Map.ofSeq
-    let rows = setup.Seeds |> List.collect (analyse log setup task features)
+    let trained = trainAll setup task log
+    match checkpoint, trained with
+    | Some path, (_, subjects) :: _ ->
+        match IO.Path.GetDirectoryName(IO.Path.GetFullPath path) with
+        | null -> ()
+        | dir -> IO.Directory.CreateDirectory dir |> ignore
+        (fst subjects.[Trained]).Model.Save path
+        log $"  saved the trained MoE of seed {setup.Seeds.Head} to {path}"
+    | _ -> ()
+    let rows = trained |> List.collect (fun (seed, subjects) -> analyse log setup task features seed subjects)
     let models = rows |> List.map (fun (m, _, _) -> m)
     let forcing = rows |> List.choose (fun (m, f, _) -> if m.Kind = Trained then Some f else None)
     let steering = rows |> List.choose (fun (m, _, st) -> if m.Kind = Trained then Some st else None)
@@ -145,6 +176,10 @@ let toJson (r: StudyResult) : JsonNode =
                   "layer", JsonValue.Create m.Layer
                   "train_loss", num m.TrainLoss
                   "eval_loss", num m.EvalLoss
+                  "rule_accuracy", obj [ for KeyValue(rule, acc) in m.RuleAccuracy -> rule, num acc ]
+                  "learned_step", (match m.Training with Some t when t.Convergence.Learned -> Report.integer (int64 t.Convergence.LearnedStep.Value) | _ -> null)
+                  "converged_step", (match m.Training with Some t when t.Convergence.Converged -> Report.integer (int64 t.Convergence.ConvergedStep.Value) | _ -> null)
+                  "steps_run", (match m.Training with Some t -> Report.integer (int64 t.StepsRun) | None -> null)
                   "nmi", perFeature r.Features (fun f -> sp.[f].Nmi.Observed)
                   "purity", perFeature r.Features (fun f -> sp.[f].Purity.Observed)
                   "p_value", perFeature r.Features (fun f -> sp.[f].Nmi.PValue)
@@ -188,7 +223,9 @@ let toJson (r: StudyResult) : JsonNode =
           obj [ "d_model", JsonValue.Create s.DModel; "n_layers", JsonValue.Create s.Layers; "n_heads", JsonValue.Create s.Heads
                 "n_experts", JsonValue.Create s.Experts; "experts_per_token", JsonValue.Create s.TopK
                 "expert_d_mlp", JsonValue.Create s.ExpertDMlp; "dense_d_mlp", JsonValue.Create(s.TopK * s.ExpertDMlp)
-                "sequence_length", JsonValue.Create s.SequenceLength; "steps", JsonValue.Create s.Steps
+                "sequence_length", JsonValue.Create s.SequenceLength; "step_cap", JsonValue.Create s.Steps
+                "learned", Report.text "top-prediction accuracy at least 0.9 on every rule (agreement, counting, end_of_sentence) on the held-out batch"
+                "converged", Report.text ((criterion s).Describe())
                 "batch_size", JsonValue.Create s.BatchSize; "analysis_sequences", JsonValue.Create s.AnalysisBatch
                 "shuffles", JsonValue.Create s.Shuffles
                 "seeds", arr (s.Seeds |> List.map (fun x -> Report.integer (int64 x))) ]

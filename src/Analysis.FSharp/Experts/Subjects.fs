@@ -21,7 +21,11 @@ type Setup =
       TopK: int
       ExpertDMlp: int
       SequenceLength: int
+      /// The step cap; a batch stops earlier once every model in it has converged.
       Steps: int
+      /// Held-out rule accuracies every this many steps; converged: learned, then the loss flat over ConvergenceWindow steps.
+      EvalEvery: int
+      ConvergenceWindow: int
       BatchSize: int
       LearningRate: float
       /// Sequences in the held-out analysis batch.
@@ -97,39 +101,86 @@ type HashRouting(config: DecoderConfig, seed: int) =
 
 let private noHooks (_: Tensor) : Hook[] = [||]
 
+/// Learned: the top prediction right on at least 90% of every rule's positions (Rules) on the held-out batch;
+/// converged: learned, then the held-out loss flat (2% + 0.005) over the window.
+let criterion (s: Setup) =
+    ConvergenceCriterion(Metric = "min_rule_accuracy", Threshold = 0.9, HigherIsBetter = true, Window = s.ConvergenceWindow,
+                         RelativeTolerance = 0.02, AbsoluteTolerance = 0.005)
+
 let private trainingConfig (s: Setup) (seed: int) =
-    TrainingConfig(Steps = s.Steps, BatchSize = s.BatchSize, LearningRate = s.LearningRate, Seed = seed,
-                   WarmupSteps = min 50 (s.Steps / 10), EvalEvery = 0, Progress = false)
+    // A constant learning rate after warmup, so that the cap does not shape the trajectory.
+    TrainingConfig(Steps = s.Steps, BatchSize = s.BatchSize, LearningRate = s.LearningRate, MinLrRatio = 1.0, Seed = seed,
+                   WarmupSteps = min 50 (s.Steps / 10), EvalEvery = s.EvalEvery, EvalBatchSize = 64, Progress = false,
+                   Convergence = criterion s)
 
-/// Trains with the default loss (next-token cross-entropy plus router losses), or, when hooks are
-/// given, with them attached and no router loss (a hash router has nothing to balance).
-let train (s: Setup) (task: ITokenTask) (seed: int) (model: HookedTransformer) (hooksFor: (Tensor -> Hook[]) option) =
-    let cfg = trainingConfig s seed
-    match hooksFor with
-    | None -> Trainer(model, task, cfg).Run()
-    | Some hooks ->
-        let loss (m: HookedTransformer) (batch: TokenBatch) =
-            let logits = m.RunWithHooks(batch.Tokens, hooks batch.Tokens)
-            Losses.Masked(logits, batch.Tokens, batch.LossMask)
-        Trainer(model, task, cfg, Loss = Func<_, _, _>(loss)).Run()
+/// Held-out metrics of a (batched) model's logits: every rule's accuracy and their minimum.
+let private ruleMetrics (logits: Tensor) (batch: TokenBatch) =
+    let acc = Rules.accuracies logits batch
+    readOnlyDict [ yield "min_rule_accuracy", Rules.minimumAccuracy acc
+                   for KeyValue(name, v) in acc -> name, v ]
 
-/// Builds (and, except for the untrained one, trains) a subject; returns it with its final training loss (NaN if untrained).
-let build (s: Setup) (task: ITokenTask) (kind: Kind) (seed: int) : Subject * float =
+/// One trained model: its final training loss, whether and when it learned the rules and converged, and the step cap.
+type Training = { TrainLoss: float; Convergence: ConvergenceRecord; StepsRun: int }
+
+let private trainingOf (result: TrainingResult) (i: int) =
+    { TrainLoss = result.Runs.[i].FinalLoss; Convergence = result.Runs.[i].Convergence; StepsRun = result.StepsRun }
+
+/// The trained subjects of every seed: the MoE and the hash-router MoE as one batched model (instance j the MoE of
+/// seed j, instance n + j the hash router's), the dense models as another. The hash instances' routing is forced
+/// by hooks and they get no router loss (a hash router has nothing to balance). `log` gets progress lines.
+let trainAll (s: Setup) (task: ITokenTask) (log: string -> unit) =
+    let seeds = Array.ofList s.Seeds
+    let n = seeds.Length
     let vocab = task.VocabSize
-    match kind with
-    | Untrained ->
-        { Kind = kind; Seed = seed; Model = new HookedTransformer(moeConfig s vocab seed); HooksFor = noHooks; Units = Routed }, nan
-    | Trained ->
-        let model = new HookedTransformer(moeConfig s vocab seed)
-        let result = train s task seed model None
-        { Kind = kind; Seed = seed; Model = model; HooksFor = noHooks; Units = Routed }, result.FinalLoss
-    | HashRouter ->
-        let cfg = moeConfig s vocab seed
-        let model = new HookedTransformer(cfg)
-        let router = HashRouting(cfg, seed)
-        let result = train s task seed model (Some router.Hooks)
-        { Kind = kind; Seed = seed; Model = model; HooksFor = router.Hooks; Units = Routed }, result.FinalLoss
-    | Dense ->
-        let model = new HookedTransformer(denseConfig s vocab seed)
-        let result = train s task seed model None
-        { Kind = kind; Seed = seed; Model = model; HooksFor = noHooks; Units = NeuronGroups s.Experts }, result.FinalLoss
+    let moeCfg = moeConfig s vocab seeds.[0]
+    let routers = seeds |> Array.map (fun seed -> HashRouting(moeConfig s vocab seed, seed))
+    let k = int64 moeCfg.experts_per_token
+    // Instances n .. 2n − 1 take their hash router's experts and gates 1/k; the trained ones keep their own.
+    let hashHooks (tokens: Tensor) : Hook[] =
+        let perInstance = tokens.dim() = 3L
+        [| for layer in 0 .. moeCfg.n_layers - 1 do
+               let forced (index: Tensor) =
+                   let b, p = index.shape.[1], index.shape.[2]
+                   let hashed = torch.stack([| for j in 0 .. n - 1 ->
+                                                   let t = if perInstance then tokens.[int64 (n + j)] else tokens
+                                                   routers.[j].Table(layer).index_select(0L, t.reshape(-1L)).view(b, p, k) |])
+                   torch.cat([| index.narrow(0L, 0L, int64 n); hashed |], 0L)
+               yield Hook($"blocks.{layer}.mlp.hook_expert_index", HookFn(fun index _ -> forced index))
+               yield Hook($"blocks.{layer}.mlp.hook_gates", HookFn(fun gates _ ->
+                   torch.cat([| gates.narrow(0L, 0L, int64 n); torch.full_like(gates.narrow(0L, int64 n, int64 n), (1.0 / float k).ToScalar()) |], 0L))) |]
+    let routerLossMask = torch.tensor(Array.init (2 * n) (fun i -> if i < n then 1.0f else 0.0f))
+    let forwardHashed = Func<HookedTransformer, Tensor, Tensor>(fun m tokens -> m.RunWithHooks(tokens, hashHooks tokens))
+    let progress name (steps: int) =
+        Action<StepInfo>(fun info ->
+            if info.Step % 250 = 0 || info.Step = steps then
+                log (sprintf "  %s: step %d, mean training loss %.3f" name info.Step (Seq.average info.Losses)))
+    log (sprintf "  training %d MoE and %d hash-router MoE models as one batch, at most %d steps" n n s.Steps)
+    let moe = HookedTransformer.Batched(moeCfg, Array.append seeds seeds)
+    let moeResult =
+        Trainer(moe, task, [| for i in 0 .. 2 * n - 1 -> trainingConfig s seeds.[i % n] |],
+                Forward = forwardHashed,
+                Loss = Func<_, _, _>(fun (m: HookedTransformer) (batch: TokenBatch) ->
+                    let logits = forwardHashed.Invoke(m, batch.Tokens)
+                    Losses.Masked(logits, batch.Tokens, batch.LossMask).add(m.AuxiliaryLoss.mul(routerLossMask))),
+                Metrics = Func<_, _, _>(fun (m: HookedTransformer) (batch: TokenBatch) -> ruleMetrics (forwardHashed.Invoke(m, batch.Tokens)) batch),
+                OnStep = progress "MoE + hash router" s.Steps).Run()
+    log (sprintf "  training %d dense models as one batch" n)
+    let dense = HookedTransformer.Batched(denseConfig s vocab seeds.[0], seeds)
+    let denseResult =
+        Trainer(dense, task, [| for seed in seeds -> trainingConfig s seed |],
+                Metrics = Func<_, _, _>(fun (m: HookedTransformer) (batch: TokenBatch) -> ruleMetrics (m.forward batch.Tokens) batch),
+                OnStep = progress "dense" s.Steps).Run()
+    let subjects =
+        [ for j, seed in Array.indexed seeds ->
+              seed,
+              [ Trained, ({ Kind = Trained; Seed = seed; Model = moe.Instance j; HooksFor = noHooks; Units = Routed }, Some(trainingOf moeResult j))
+                HashRouter, ({ Kind = HashRouter; Seed = seed; Model = moe.Instance(n + j); HooksFor = routers.[j].Hooks; Units = Routed },
+                             Some(trainingOf moeResult (n + j)))
+                Dense, ({ Kind = Dense; Seed = seed; Model = dense.Instance j; HooksFor = noHooks; Units = NeuronGroups s.Experts },
+                        Some(trainingOf denseResult j))
+                Untrained, ({ Kind = Untrained; Seed = seed; Model = new HookedTransformer(moeConfig s vocab seed); HooksFor = noHooks; Units = Routed }, None) ]
+              |> Map.ofList ]
+    moe.Dispose()
+    dense.Dispose()
+    routerLossMask.Dispose()
+    subjects

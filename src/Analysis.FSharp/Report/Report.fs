@@ -30,11 +30,43 @@ let write (dir: string) (title: string) (sections: ReportSection list) =
     writeAtomically path (Html.page title (PlotlyRender.plotlyJs ()) rendered)
     path
 
-/// Writes an experiment's numbers to `dir`/<name>.json, indented; NaN and infinities become null.
-let writeResults (dir: string) (name: string) (results: JsonNode) =
+/// The "answer" object every results file carries.
+let answerJson (a: Answer) : JsonNode =
+    let o = JsonObject()
+    o.Add("question", JsonValue.Create a.Question)
+    o.Add("verdict", JsonValue.Create a.Verdict)
+    o.Add("evidence", JsonValue.Create a.Evidence)
+    o.Add("key_number", JsonValue.Create a.KeyNumber)
+    o.Add("seeds", JsonValue.Create a.Seeds)
+    o.Add("runs", JsonValue.Create a.Runs)
+    o.Add("converged", JsonValue.Create a.Converged)
+    o :> JsonNode
+
+/// Writes an experiment's numbers to `dir`/<name>.json, indented, its answer first as "answer"; NaN and
+/// infinities become null.
+let writeResults (dir: string) (name: string) (answer: Answer) (results: JsonNode) =
     let path = Path.Combine(dir, $"{name}.json")
-    writeAtomically path (results.ToJsonString(JsonSerializerOptions(WriteIndented = true)))
+    let top = JsonObject()
+    top.Add("answer", answerJson answer)
+    match results with
+    | :? JsonObject as fields ->
+        for KeyValue(key, value) in List.ofSeq fields do
+            fields.Remove key |> ignore
+            top.Add(key, value)
+    | other -> top.Add("results", other)
+    writeAtomically path (top.ToJsonString(JsonSerializerOptions(WriteIndented = true)))
     path
+
+/// The section the report opens with: every experiment's question, its answer, the key number, and its runs.
+let summarySection (answers: (string * Answer) list) : ReportSection =
+    { ReportSection.create "summary" "Answers" with
+        Paragraphs =
+            [ "Each experiment's question and its answer as computed from this run's numbers; the sections below hold the evidence. "
+              + "Runs: seeds per arm, models trained in all, and how many converged (learned their task, then flat) under the step cap." ]
+        Tables =
+            [ { Title = "What each experiment found"
+                Header = [ "experiment"; "question"; "answer"; "key number (95% interval)"; "seeds"; "runs"; "converged" ]
+                Rows = [ for name, a in answers -> [ name; a.Question; a.Verdict; a.KeyNumber; string a.Seeds; string a.Runs; string a.Converged ] ] } ] }
 
 /// A JSON number, or null where the value is not finite (JSON has no NaN).
 let number (x: float) : JsonNode | null =

@@ -1,6 +1,8 @@
-/// Training a small decoder on repeated random tokens while watching its heads: snapshots of the
-/// repeat loss and of every head's previous-token and induction score through training.
-/// Shared by the induction study and experiment_1 (which adds hooks that rewrite the stream).
+/// Training small decoders on repeated random tokens while watching their heads: snapshots of the
+/// repeat loss and of every head's previous-token and induction score through training, and the steps
+/// each run learned (held-out repeat loss under a threshold) and converged. Runs of one configuration
+/// (seeds, variants) train as one batched model. Shared by the induction study and experiment_1 (which
+/// adds hooks that rewrite the stream).
 module MechInterp.Analysis.Residual.InductionRun
 
 open System
@@ -22,12 +24,18 @@ type InductionSettings =
       MinRepeat: int
       /// "standard" (learned absolute) or "rotary".
       PositionalEmbedding: string
+      /// The step cap: a run that has not converged by then stops there, and is reported as not converged.
       Steps: int
       BatchSize: int
       LearningRate: float
-      /// Snapshot (eval loss and head scores on a fixed batch) every this many steps, and at the end.
+      /// Snapshot (held-out loss, repeat loss and head scores on the fixed held-out batch) every this many steps,
+      /// and at the end; convergence is judged at snapshots.
       SnapshotEvery: int
-      EvalBatchSize: int }
+      EvalBatchSize: int
+      /// Learned: the held-out repeat loss at or under this many nats (the task is solved by induction).
+      LearnedRepeatLoss: float
+      /// Converged: learned, then the held-out loss flat (within 2% + 0.005 nats) over this many steps.
+      ConvergenceWindow: int }
 
 /// The model's state at one step, measured on the fixed evaluation batch with the run's hooks attached.
 type Snapshot =
@@ -43,17 +51,27 @@ type Snapshot =
       /// Per head, the largest induction score over key shifts 0..maxShift (shift 0 is Induction).
       ShiftedInduction: HeadScoreTable }
 
+/// One run of a batch: the model's initialization seed and the seed of its data stream (and held-out batch).
+type Arm = { ModelSeed: int; DataSeed: int }
+
 type InductionRunResult =
     { Settings: InductionSettings
       ModelSeed: int
       DataSeed: int
-      /// Training loss at every step (1-based step = index + 1).
+      /// Training loss at every step run (1-based step = index + 1).
       Losses: float[]
       Snapshots: Snapshot list
-      Seconds: float }
+      /// The step the run learned and the step it converged (None where it did not).
+      Convergence: ConvergenceRecord
+      /// Steps the batch ran: the cap, or fewer when every run of the batch converged first.
+      StepsRun: int
+      /// Wall time of the whole batch, and how many runs shared it.
+      Seconds: float
+      BatchRuns: int }
 
-/// What a run attaches to its model: hooks on every forward pass (training steps and snapshots), and an extra
-/// training-loss term read after each training forward (e.g. a codebook's commitment loss).
+/// What a batch attaches to its model: hooks on every forward pass (training steps and snapshots) that see
+/// [instance, ...] and may act per instance, and an extra training-loss term per instance [instance], read after
+/// each training forward (e.g. a codebook's commitment loss).
 type Intervention =
     { Hooks: Hook[]
       ExtraLoss: unit -> torch.Tensor option }
@@ -68,12 +86,14 @@ let config (s: InductionSettings) (modelSeed: int) =
                   d_vocab = s.Vocab, n_ctx = 1 + 2 * s.MaxRepeat, normalization_type = "LN",
                   positional_embedding_type = s.PositionalEmbedding, seed = modelSeed)
 
-/// `size` rows of a data seed's evaluation stream: a smaller size gives a prefix of the same rows.
-let evalRows (s: InductionSettings) (dataSeed: int) (size: int) =
-    (task s).Sample(size, Random(dataSeed * 7919 + 17))
+/// Learned and converged as the settings define them, judged on the held-out repeat loss and loss.
+let criterion (s: InductionSettings) =
+    ConvergenceCriterion(Metric = "repeat_loss", Threshold = s.LearnedRepeatLoss, Window = s.ConvergenceWindow,
+                         RelativeTolerance = 0.02, AbsoluteTolerance = 0.005)
 
-/// The fixed evaluation batch of a data seed (disjoint in seed from the training stream).
-let evalBatch (s: InductionSettings) (dataSeed: int) = evalRows s dataSeed s.EvalBatchSize
+/// The fixed held-out batch of a data seed: the trainer's evaluation batch (disjoint in seed from the training stream).
+let evalBatch (s: InductionSettings) (dataSeed: int) =
+    (task s).Sample(s.EvalBatchSize, Random(Trainer.EvalSeed dataSeed))
 
 /// How far the induction diagonal may shift and still count: a layer-1 head attending to q − L + 1 + s copies
 /// by content when layer-0 heads look back s and s + 1 tokens (trial runs formed s = 3 instead of the
@@ -96,57 +116,94 @@ let shiftedInductionScore (batch: TokenBatch) (pattern: torch.Tensor) =
     let struct (best, _) = torch.stack(scores).max(0L)
     best
 
-/// Loss, repeat loss and head scores of the model (with `hooks`) on a batch.
-let measure (s: InductionSettings) (model: HookedTransformer) (hooks: Hook[]) (batch: TokenBatch) (step: int) =
+/// Loss, repeat loss and head scores of the model (with `hooks`) on a batch, one snapshot per instance (one for
+/// an ordinary model); a batched model's scores are computed for all instances at once.
+let measure (model: HookedTransformer) (hooks: Hook[]) (batch: TokenBatch) (step: int) =
     use _scope = torch.NewDisposeScope()
     use _ = torch.no_grad()
     let names = patternNames model |> Set.ofList
     let struct (logits, cache) = model.RunWithCache(batch.Tokens, Func<string, bool>(names.Contains), hooks)
     use cache = cache
-    let repeated = InductionTask.RepeatMask batch
-    { Step = step
-      Loss = Losses.Masked(logits, batch.Tokens, batch.LossMask).item<float32>() |> float
-      RepeatLoss = Losses.Masked(logits, batch.Tokens, repeated).item<float32>() |> float
-      PreviousToken = scoreHeads "previous-token" previousTokenScore model cache
-      Induction = scoreHeads "induction" (attentionTo (InductionTask.InductionKeys batch)) model cache
-      LookBack = scoreHeads "look-back" lookBackScore model cache
-      ShiftedInduction = scoreHeads "shifted induction" (shiftedInductionScore batch) model cache }
+    let values (t: torch.Tensor) = t.reshape(-1L).to_type(torch.float64).data<float>().ToArray()
+    let losses = values (Losses.Masked(logits, batch.Tokens, batch.LossMask))
+    let repeats = values (Losses.Masked(logits, batch.Tokens, InductionTask.RepeatMask batch))
+    let tables name score =
+        if model.IsBatched then scoreHeadsByInstance name score model cache
+        else [| scoreHeads name score model cache |]
+    let previous = tables "previous-token" previousTokenScore
+    let induction = tables "induction" (attentionTo (InductionTask.InductionKeys batch))
+    let lookBack = tables "look-back" lookBackScore
+    let shifted = tables "shifted induction" (shiftedInductionScore batch)
+    [ for i in 0 .. losses.Length - 1 ->
+          { Step = step
+            Loss = losses.[i]
+            RepeatLoss = repeats.[i]
+            PreviousToken = previous.[i]
+            Induction = induction.[i]
+            LookBack = lookBack.[i]
+            ShiftedInduction = shifted.[i] } ]
 
-/// Trains one model; `intervene model` is attached to every training forward pass and every snapshot
-/// (e.g. quantization of the stream). The model seed fixes the initialization, the data seed the batches.
-let train (s: InductionSettings) (modelSeed: int) (dataSeed: int) (intervene: HookedTransformer -> Intervention) =
-    let model = new HookedTransformer(config s modelSeed)
+/// Trains every arm as one instance of a batched model; `intervene model` is attached to every training
+/// forward pass and every snapshot (e.g. quantization of the stream). An arm's model seed fixes its
+/// initialization, its data seed its batches. With `stopWhenConverged`, the batch stops once every run has
+/// converged (a run that converged earlier trains on with the others until then); otherwise it runs to the cap.
+/// Returns the batched model (instance i is arm i) and each arm's run.
+/// `log` gets a progress line every 100 steps.
+let train (s: InductionSettings) (arms: Arm list) (stopWhenConverged: bool) (log: string -> unit) (intervene: HookedTransformer -> Intervention) =
+    if arms.IsEmpty then invalidArg (nameof arms) "no runs to train: arms is empty"
+    let model = HookedTransformer.Batched(config s arms.Head.ModelSeed, [| for a in arms -> a.ModelSeed |])
     let intervention = intervene model
     let attached = intervention.Hooks
-    use eval = evalBatch s dataSeed
-    let snapshots = Collections.Generic.List<Snapshot>()
-    snapshots.Add(measure s model attached eval 0)
+    let t = task s
+    use eval = TokenBatch.Stack([| for a in arms -> evalBatch s a.DataSeed |])
+    let snapshots = [| for _ in arms -> Collections.Generic.List<Snapshot>() |]
+    let record (snaps: Snapshot list) = snaps |> List.iteri (fun i snap -> snapshots.[i].Add snap)
+    record (measure model attached eval 0)
+    let forward = Func<HookedTransformer, torch.Tensor, torch.Tensor>(fun m tokens ->
+        if attached.Length = 0 then m.forward tokens else m.RunWithHooks(tokens, attached))
     let loss =
         Func<HookedTransformer, TokenBatch, torch.Tensor>(fun m batch ->
-            let logits = if attached.Length = 0 then m.forward batch.Tokens else m.RunWithHooks(batch.Tokens, attached)
-            let loss = Losses.Masked(logits, batch.Tokens, batch.LossMask)
+            let loss = Losses.Masked(forward.Invoke(m, batch.Tokens), batch.Tokens, batch.LossMask)   // [instance]
             match intervention.ExtraLoss() with
             // The extra term adds its gradient but not its value: the loss history stays the language-model
             // loss, comparable across variants.
             | Some extra -> loss + (extra - extra.detach())
             | None -> loss)
-    let onStep =
-        Action<StepInfo>(fun info ->
-            if info.Step % s.SnapshotEvery = 0 || info.Step = s.Steps then
-                snapshots.Add(measure s info.Model attached eval info.Step))
+    // Evaluations run inside the step before OnStep reports it: the step being evaluated is the last reported + 1.
+    let lastStep = ref 0
+    let metrics =
+        Func<HookedTransformer, TokenBatch, Collections.Generic.IReadOnlyDictionary<string, torch.Tensor>>(fun m batch ->
+            let snaps = measure m attached batch (lastStep.Value + 1)
+            record snaps
+            readOnlyDict [ "repeat_loss", torch.tensor([| for snap in snaps -> snap.RepeatLoss |]) ])
+    let configs =
+        [| for a in arms ->
+               // A constant learning rate after warmup, so that the cap does not shape the trajectory.
+               TrainingConfig(Steps = s.Steps, BatchSize = s.BatchSize, LearningRate = s.LearningRate, MinLrRatio = 1.0, Seed = a.DataSeed,
+                              EvalEvery = s.SnapshotEvery, EvalBatchSize = s.EvalBatchSize, Progress = false,
+                              Convergence = criterion s, StopWhenConverged = stopWhenConverged) |]
+    let clock = Diagnostics.Stopwatch.StartNew()
+    let progress (info: StepInfo) =
+        lastStep.Value <- info.Step
+        if info.Step % 100 = 0 then
+            let learned = snapshots |> Array.filter (fun snaps -> snaps |> Seq.exists (fun snap -> snap.RepeatLoss <= s.LearnedRepeatLoss)) |> Array.length
+            let mean = info.Losses |> Seq.average
+            log (sprintf "  step %d/%d: mean training loss %.3f, %d/%d runs learned, %.0f s" info.Step s.Steps mean learned arms.Length clock.Elapsed.TotalSeconds)
     let trainer =
-        Trainer(model, task s,
-                TrainingConfig(Steps = s.Steps, BatchSize = s.BatchSize, LearningRate = s.LearningRate,
-                               Seed = dataSeed, EvalEvery = 0, Progress = false),
-                Loss = loss, OnStep = onStep)
+        Trainer(model, t, configs, Forward = forward, Loss = loss, Metrics = metrics, OnStep = Action<StepInfo>(progress))
     let result = trainer.Run()
     model,
-    { Settings = s
-      ModelSeed = modelSeed
-      DataSeed = dataSeed
-      Losses = result.History |> Seq.map (fun p -> p.Loss) |> Array.ofSeq
-      Snapshots = List.ofSeq snapshots
-      Seconds = result.Seconds }
+    [ for i, a in List.indexed arms ->
+          let run = result.Runs.[i]
+          { Settings = s
+            ModelSeed = a.ModelSeed
+            DataSeed = a.DataSeed
+            Losses = run.History |> Seq.map (fun p -> p.Loss) |> Array.ofSeq
+            Snapshots = List.ofSeq snapshots.[i]
+            Convergence = run.Convergence
+            StepsRun = result.StepsRun
+            Seconds = result.Seconds
+            BatchRuns = arms.Length } ]
 
 /// Runs `f` with libtorch on one thread, restoring the setting after. These models are too small for
 /// intra-op threads to pay, and on a shared machine libtorch's thread barriers made steps ~20× slower.
@@ -157,10 +214,6 @@ let smoothed (window: int) (losses: float[]) =
     Array.init losses.Length (fun i ->
         let from = max 0 (i - window + 1)
         Array.average losses.[from .. i])
-
-/// The first 1-based step at which the trailing-window mean loss is at or below the threshold; None if never.
-let stepsToThreshold (window: int) (threshold: float) (losses: float[]) =
-    smoothed window losses |> Array.tryFindIndex (fun l -> l <= threshold) |> Option.map ((+) 1)
 
 /// The first snapshot step at which some head's score reaches `level`; None if none does.
 let firstStepAbove (level: float) (score: Snapshot -> HeadScoreTable) (snapshots: Snapshot list) =

@@ -138,6 +138,32 @@ let section (r: InductionStudyResult) =
               Header = [ "component"; "mean contribution" ]
               Rows = [ for l, v in e.AttributionByHead -> [ l; $"{v:F3}" ] ] } ] }
 
+/// The study's answer: whether the model learned, and which heads carry the circuit.
+let answer (r: InductionStudyResult) : Answer =
+    let e = r.End
+    let last = List.last r.Run.Snapshots
+    let pl, ph, pv = best e.PreviousToken
+    let il, ih, iv = best e.Induction
+    let c = r.Run.Convergence
+    let step (x: Nullable<int>) = if x.HasValue then string x.Value else "never"
+    let level = headFormedLevel
+    { Question = "How does a two-layer attention-only model solve induction, read through its residual stream?"
+      Verdict =
+        if not c.Learned then
+            $"It did not learn within {r.Run.StepsRun} steps (repeat loss {last.RepeatLoss:F2} nats, learned means ≤ {r.Run.Settings.LearnedRepeatLoss}): no circuit to read"
+        elif iv >= level && pv >= level && pl < il then
+            $"Through a previous-token head (L{pl}H{ph}, score {pv:F2}) that an induction head (L{il}H{ih}, score {iv:F2}) composes with: repeat loss {last.RepeatLoss:F2} nats"
+        else
+            $"It learned (repeat loss {last.RepeatLoss:F2} nats) without the canonical composed heads (best previous-token L{pl}H{ph} {pv:F2}, induction L{il}H{ih} {iv:F2})"
+      Evidence =
+        $"learned at step {step c.LearnedStep}, converged at {step c.ConvergedStep} (cap {r.Run.Settings.Steps}); logit lens "
+        + String.Join(", ", e.LogitLens |> Array.map (fun (l, v) -> $"{l} {v:F2}"))
+        + $"; decomposition error {e.DecompositionError:E1}"
+      KeyNumber = $"best induction score {iv:F2}, repeat loss {last.RepeatLoss:F3} nats (one seed: no interval)"
+      Seeds = 1
+      Runs = 1
+      Converged = if c.Converged then 1 else 0 }
+
 let settings (scale: Scale) = if scale = Full then fullSettings else quickSettings
 
 let experiment : Experiment =
@@ -145,5 +171,5 @@ let experiment : Experiment =
       Description = "the residual stream as shared state: training a 2-layer attention-only model on induction, logit lens, attribution, patching"
       Run =
         fun scale ->
-            let r = run (settings scale) 0 16 (Some checkpointPath)
-            { Sections = [ section r ]; Results = toJson r } }
+            let r = run (settings scale) 0 16 (Some checkpointPath) (fun line -> Console.Out.WriteLine line; Console.Out.Flush())
+            { Answer = answer r; Sections = [ section r ]; Results = toJson r } }

@@ -40,3 +40,17 @@ let summarize (xs: float seq) =
         let sd = sqrt var
         let half = tQuantile975 (n - 1) * sd / sqrt (float n)
         { N = n; Mean = mean; StdDev = sd; Ci95 = (mean - half, mean + half) }
+
+/// mean(b) − mean(a) with its Welch 95% interval (Welch–Satterthwaite degrees of freedom); each group needs two values.
+let differenceCi95 (a: float seq) (b: float seq) =
+    let a, b = Seq.toArray a, Seq.toArray b
+    if a.Length < 2 || b.Length < 2 then invalidArg (nameof a) $"each group needs at least 2 values, got {a.Length} and {b.Length}"
+    let sa, sb = summarize a, summarize b
+    let va, vb = sa.StdDev ** 2.0 / float a.Length, sb.StdDev ** 2.0 / float b.Length
+    let diff = sb.Mean - sa.Mean
+    let se = sqrt (va + vb)
+    if se = 0.0 then diff, (diff, diff)
+    else
+        let df = (va + vb) ** 2.0 / (va ** 2.0 / float (a.Length - 1) + vb ** 2.0 / float (b.Length - 1))
+        let half = tQuantile975 (max 1 (int (Math.Floor df))) * se
+        diff, (diff - half, diff + half)

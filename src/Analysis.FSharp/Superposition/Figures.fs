@@ -79,9 +79,6 @@ let directions (sweep: SweepResult) : Figure =
         "Each segment runs from the origin to W_i. Dense: the two most important features take orthogonal directions; sparser: antipodal pairs, then a pentagon."
         (min 4 sweep.Points.Length) panels
 
-/// The sticky fractions the paper finds feature dimensionalities cluster at.
-let stickyFractions = [ 1.0, "1"; 0.75, "3/4"; 2.0 / 3.0, "2/3"; 0.5, "1/2"; 0.4, "2/5"; 0.375, "3/8" ]
-
 /// Feature dimensionality D_i of represented features and D*, against 1/(1 − S).
 let dimensionality (sweep: SweepResult) : Figure =
     let s = sweep.Setting
@@ -95,13 +92,13 @@ let dimensionality (sweep: SweepResult) : Figure =
                      points |> List.map (fun p -> p.DimsPerFeature) |> Array.ofList, "#000000", false)
     Figure.create (s.Name + "-dimensionality")
         (sprintf "n = %d, m = %d: feature dimensionality D_i against sparsity" s.Features s.Hidden)
-        "Dots: D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)² of each represented feature (‖W_i‖ > 0.5); line: D*. Dashed: the sticky fractions 1, 3/4, 2/3, 1/2, 2/5, 3/8."
+        "Dots: D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)² of each represented feature (‖W_i‖ > 0.5); line: D*. Dashed: the sticky fractions 1, 3/4, 2/3, 1/2, 2/5, 3/8, 1/3."
         1
         [ { Panel.empty "feature dimensionality" with
               XLabel = "1 / (1 − S)"; YLabel = "dimensions per feature"; XLog = true; ShowLegend = true
               Series =
                 [ Points("D_i", Array.ofList scatterX, Array.ofList scatterY, "#1f77b4", None); dStar ]
-                @ [ for y, name in stickyFractions -> HLine(y, name) ] } ]
+                @ [ for y, name in Metrics.stickyFractions -> HLine(y, name) ] } ]
     |> fun f -> { f with PanelWidth = 900; PanelHeight = 520 }
 
 let private phaseColor = function NotRepresented -> "#bbbbbb" | DedicatedDimension -> "#1f77b4" | Superposition -> "#d62728"
@@ -116,7 +113,7 @@ let phase (pd: PhaseDiagramResult) : Figure =
                   Points(label phase, inPhase |> List.map (fun c -> c.Density) |> Array.ofList,
                          inPhase |> List.map (fun c -> c.Importance) |> Array.ofList, phaseColor phase, None) ]
     Figure.create "phase-diagram" "n = 2, m = 1 phase diagram: what the model does with feature 2"
-        "Feature 1 has importance 1, feature 2 the relative importance on the y axis; both share the density on the x axis. Each cell keeps the lowest-loss seed."
+        "Feature 1 has importance 1, feature 2 the relative importance on the y axis; both share the density on the x axis. Each cell keeps the lowest-loss of its replicates."
         1
         [ { Panel.empty "phase of feature 2" with
               XLabel = "feature density 1 − S"; YLabel = "relative importance of feature 2"

@@ -64,3 +64,6 @@ let featureDimensionality (w: float[,]) : float[] =
 /// How many features have ‖W_i‖ > 0.5.
 let represented (w: float[,]) : int =
     featureNorms w |> Array.filter (fun x -> x > representedThreshold) |> Array.length
+
+/// The fractions the paper finds feature dimensionalities stick at (D_i of a feature in a uniform polytope), with labels.
+let stickyFractions = [ 1.0, "1"; 0.75, "3/4"; 2.0 / 3.0, "2/3"; 0.5, "1/2"; 0.4, "2/5"; 0.375, "3/8"; 1.0 / 3.0, "1/3" ]

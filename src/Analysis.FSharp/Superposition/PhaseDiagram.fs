@@ -22,8 +22,9 @@ type PhaseSettings =
       Importances: float[]
       /// Density 1 − S, shared by both features.
       Densities: float[]
-      /// One batched run per seed; each cell keeps the seed with the lowest loss, as the paper does.
-      Seeds: int64 list
+      /// Independent runs per cell (one batched model holds them all); each cell keeps the lowest-loss one, as the paper does.
+      Replicates: int
+      Seed: int64
       Training: Training }
 
 type PhaseCell =
@@ -33,12 +34,17 @@ type PhaseCell =
       /// ‖W_1‖, ‖W_2‖ of the kept seed.
       FeatureNorms: float[]
       W: float[,]
-      Loss: float }
+      Loss: float
+      /// Whether the kept run converged (learned, then flat).
+      Converged: bool }
 
 /// Cells.[i, j]: importance i, density j.
 type PhaseDiagramResult =
     { Settings: PhaseSettings
       Cells: PhaseCell[,]
+      StepsRun: int
+      /// Runs (cells × replicates) that converged, kept or not.
+      ConvergedRuns: int
       Seconds: float }
 
 /// Feature 2 not represented when ‖W_2‖ ≤ 0.5; in superposition when feature 1 loads on its direction with
@@ -58,32 +64,32 @@ let logSpace (lo: float) (hi: float) (count: int) =
     else Array.init count (fun k -> 10.0 ** (log10 lo + (log10 hi - log10 lo) * float k / float (count - 1)))
 
 let private validate (s: PhaseSettings) =
-    if s.Importances.Length = 0 || s.Densities.Length = 0 || s.Seeds.IsEmpty then
-        invalidArg (nameof s) $"phase diagram has zero instances: {s.Importances.Length} importances × {s.Densities.Length} densities × {s.Seeds.Length} seeds"
+    if s.Importances.Length = 0 || s.Densities.Length = 0 || s.Replicates < 1 then
+        invalidArg (nameof s) $"phase diagram has zero instances: {s.Importances.Length} importances × {s.Densities.Length} densities × {s.Replicates} replicates"
     for d in s.Densities do
         if not (d >= 0.0 && d <= 1.0) then invalidArg (nameof s) $"density 1 − S = {d} puts the sparsity S = {1.0 - d} outside [0, 1]"
     for r in s.Importances do
         if not (r >= 0.0 && Double.IsFinite r) then invalidArg (nameof s) $"relative importance must be finite and non-negative, got {r}"
 
-/// Trains importances × densities ReLU instances per seed in one batch and classifies every cell.
+/// Trains importances × densities × replicates ReLU instances as one batch and classifies every cell's kept run.
 let run (log: string -> unit) (s: PhaseSettings) : PhaseDiagramResult =
     validate s
-    let clock = Diagnostics.Stopwatch.StartNew()
     let grid = [| for r in s.Importances do for d in s.Densities -> r, d |]
-    let config = ToyModelConfig(2, 1, grid.Length, ToyActivation.Relu)
-    let rows = grid |> Array.map (fun (r, _) -> [| 1.0; r |])
-    let sparsity = grid |> Array.map (fun (_, d) -> 1.0 - d)
-    let runs =
-        s.Seeds
-        |> List.map (fun seed ->
-            let result = ToyTrainer.Train(config, rows, sparsity, coreSettings s.Training seed (fun l -> log $"  phase diagram seed {seed}: {l}"))
-            use model = result.Model
-            Array.init grid.Length (fun k -> Metrics.ofRows (model.EmbeddingOf k), result.FinalLoss.[k]))
+    let reps = s.Replicates
+    let config = ToyModelConfig(2, 1, grid.Length * reps, ToyActivation.Relu)
+    let rows = Array.init (grid.Length * reps) (fun k -> let r, _ = grid.[k / reps] in [| 1.0; r |])
+    let sparsity = Array.init (grid.Length * reps) (fun k -> let _, d = grid.[k / reps] in 1.0 - d)
+    let result = ToyTrainer.Train(config, rows, sparsity, coreSettings s.Training s.Seed (fun l -> log $"  phase diagram: {l}"))
+    use model = result.Model
     let nd = s.Densities.Length
     let cells =
         Array2D.init s.Importances.Length nd (fun i j ->
-            let k = i * nd + j
-            let w, loss = runs |> List.map (fun run -> run.[k]) |> List.minBy snd
+            let cell = i * nd + j
+            let kept = [ for r in 0 .. reps - 1 -> cell * reps + r ] |> List.minBy (fun k -> result.FinalLoss.[k])
+            let w = Metrics.ofRows (model.EmbeddingOf kept)
             { Importance = s.Importances.[i]; Density = s.Densities.[j]; Phase = classify w
-              FeatureNorms = Metrics.featureNorms w; W = w; Loss = loss })
-    { Settings = s; Cells = cells; Seconds = clock.Elapsed.TotalSeconds }
+              FeatureNorms = Metrics.featureNorms w; W = w; Loss = result.FinalLoss.[kept]
+              Converged = result.Convergence.[kept].Converged })
+    { Settings = s; Cells = cells; StepsRun = result.StepsRun
+      ConvergedRuns = result.Convergence |> Seq.filter (fun c -> c.Converged) |> Seq.length
+      Seconds = result.Elapsed.TotalSeconds }

@@ -71,14 +71,14 @@ public sealed class InductionTask : ITokenTask
             : throw new ArgumentException($"the batch has no '{SegmentFeature}' labels (labels: {string.Join(", ", batch.Labels.Keys)}); sample it from an InductionTask");
 
     /// <summary>
-    /// The predictions only induction can make, [batch, pos − 1]: position p counts when tokens p and p + 1
+    /// The predictions only induction can make, [batch, pos − 1] ([instance, batch, pos − 1] for a stacked batch): position p counts when tokens p and p + 1
     /// are both in the repeat (r_2..r_L of the second copy, predicted from r_1..r_{L−1}).
     /// </summary>
     public static Tensor RepeatMask(TokenBatch batch)
     {
-        var repeat = Segment(batch).eq(SegmentRepeat);   // [batch, pos]
-        long n = repeat.shape[1];
-        return repeat.narrow(1, 0, n - 1).logical_and(repeat.narrow(1, 1, n - 1));
+        var repeat = Segment(batch).eq(SegmentRepeat);   // [.., batch, pos]
+        long n = repeat.shape[^1];
+        return repeat.narrow(-1, 0, n - 1).logical_and(repeat.narrow(-1, 1, n - 1));
     }
 
     /// <summary>
@@ -89,9 +89,9 @@ public sealed class InductionTask : ITokenTask
     public static Tensor InductionKeys(TokenBatch batch, int shift = 0)
     {
         if (shift < 0) throw new ArgumentOutOfRangeException(nameof(shift), shift, $"shift must be ≥ 0, got {shift}");
-        var repeat = Segment(batch).eq(SegmentRepeat);                  // [batch, pos]
-        var length = repeat.sum([1], keepdim: true, type: ScalarType.Int64);   // [batch, 1]: L per sequence
-        var position = arange(repeat.shape[1], dtype: ScalarType.Int64).unsqueeze(0);   // [1, pos]
+        var repeat = Segment(batch).eq(SegmentRepeat);                  // [.., batch, pos]
+        var length = repeat.sum([-1], keepdim: true, type: ScalarType.Int64);  // [.., batch, 1]: L per sequence
+        var position = arange(repeat.shape[^1], dtype: ScalarType.Int64);      // [pos]
         var key = position - length + 1 + shift;
         return where(repeat.logical_and(key.le(position)), key, full_like(key, -1L));
     }

@@ -35,6 +35,20 @@ public sealed class ActivationCache : IDisposable
 
     public int Count => store.Count;
 
+    /// <summary>
+    /// Instance i of a batched model's cache (every activation [instance, ...]) as a cache of that instance's
+    /// activations, with an ordinary model's shapes: views, so it costs no copy. Dispose it when done (the views
+    /// only; this cache keeps its tensors).
+    /// </summary>
+    public ActivationCache Instance(int i)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        foreach (var (name, t) in store)
+            if (t.dim() == 0 || i < 0 || i >= t.shape[0])
+                throw new ArgumentOutOfRangeException(nameof(i), i, $"instance {i} is outside '{name}' [{string.Join(", ", t.shape)}]; take instances from a batched model's cache");
+        return new ActivationCache(store.ToDictionary(kv => kv.Key, kv => kv.Value.select(0, i)));
+    }
+
     /// <summary>Writes the cache as a safetensors file (keys are hook names), atomically.</summary>
     public void Save(string path)
     {

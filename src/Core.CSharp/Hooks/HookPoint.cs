@@ -10,8 +10,11 @@ public delegate Tensor? HookFn(Tensor activation, HookPoint hook);
 /// <summary>
 /// A named place in the forward pass where hooks can read or replace an activation
 /// (TransformerLens' HookPoint). With no hooks attached it costs one list check.
+/// Inside the model activations carry a leading instance dimension; in an ordinary (unbatched) model
+/// the hook point hides it, so hooks see TransformerLens's shapes, and a batched model's hooks see
+/// [instance, ...] with the instance first.
 /// </summary>
-public sealed class HookPoint(string name)
+public sealed class HookPoint(string name, bool hidesInstance = false)
 {
     private readonly List<(HookFn Fn, bool Observer)> hooks = [];
 
@@ -40,16 +43,20 @@ public sealed class HookPoint(string name)
     public Tensor Run(Tensor activation)
     {
         if (CompiledOut || hooks.Count == 0) return activation;
+        var seen = hidesInstance ? activation.select(0, 0) : activation;
+        bool replaced = false;
         foreach (var (fn, observer) in hooks.ToArray())
         {
-            var replacement = fn(activation, this);
-            if (replacement is null || observer || ReferenceEquals(replacement, activation)) continue;
-            if (!replacement.shape.SequenceEqual(activation.shape))
+            var replacement = fn(seen, this);
+            if (replacement is null || observer || ReferenceEquals(replacement, seen)) continue;
+            if (!replacement.shape.SequenceEqual(seen.shape))
                 throw new InvalidOperationException(
-                    $"hook on '{Name}' returned shape [{string.Join(", ", replacement.shape)}] but the activation is [{string.Join(", ", activation.shape)}]");
-            activation = replacement;
+                    $"hook on '{Name}' returned shape [{string.Join(", ", replacement.shape)}] but the activation is [{string.Join(", ", seen.shape)}]");
+            seen = replacement;
+            replaced = true;
         }
-        return activation;
+        if (!replaced) return activation;
+        return hidesInstance ? seen.unsqueeze(0) : seen;
     }
 
     public override string ToString() => Name;

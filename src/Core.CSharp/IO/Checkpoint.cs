@@ -9,11 +9,18 @@ public static class Checkpoint
     /// <summary>Buffers TransformerLens keeps in its state dicts; we recompute them, so a file may carry them.</summary>
     private static readonly string[] IgnoredSuffixes = [".IGNORE", ".mask", ".rotary_sin", ".rotary_cos"];
 
+    /// <summary>A batched model's checkpoint lists its instances' seeds under this metadata key (parameters then carry the instance dimension).</summary>
+    public const string InstanceSeedsKey = "instance_seeds";
+
     public static void Save(HookedTransformer model, string path)
     {
         var metadata = new Dictionary<string, string> { ["config"] = model.Config.ToJson(), ["format"] = "pt" };
+        if (model.IsBatched) metadata[InstanceSeedsKey] = System.Text.Json.JsonSerializer.Serialize(model.Seeds);
         SafeTensors.Write(path, model.StateDict(), metadata);
     }
+
+    /// <summary>The most instances a checkpoint may declare, so a corrupt header cannot ask for unbounded memory.</summary>
+    public const int MaxInstances = 4096;
 
     public static HookedTransformer Load(string path)
     {
@@ -27,7 +34,19 @@ public static class Checkpoint
             throw new InvalidDataException($"{path}: __metadata__[\"config\"] is not a valid config: {e.Message}", e);
         }
 
-        var model = new HookedTransformer(config);
+        int[]? seeds = null;
+        if (metadata.TryGetValue(InstanceSeedsKey, out var seedJson))
+        {
+            try { seeds = System.Text.Json.JsonSerializer.Deserialize<int[]>(seedJson); }
+            catch (System.Text.Json.JsonException e)
+            {
+                throw new InvalidDataException($"{path}: __metadata__[\"{InstanceSeedsKey}\"] is not a list of seeds: {e.Message}", e);
+            }
+            if (seeds is null || seeds.Length == 0 || seeds.Length > MaxInstances)
+                throw new InvalidDataException($"{path}: __metadata__[\"{InstanceSeedsKey}\"] must list 1 to {MaxInstances} seeds, got '{seedJson}'");
+        }
+
+        var model = HookedTransformer.Create(config, seeds);
         var expected = model.StateDict();
         var found = entries.ToDictionary(e => e.Name);
         var problems = new List<string>();

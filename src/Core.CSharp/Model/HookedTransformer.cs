@@ -9,6 +9,9 @@ namespace MechInterp.Model;
 /// <summary>
 /// A GPT-style decoder whose every activation can be read and replaced through named hook points
 /// (TransformerLens names and shapes). tokens [batch, pos] int64 → logits [batch, pos, d_vocab].
+/// A batched model (<see cref="Batched"/>) is N independent decoders of one configuration in the same
+/// tensors: every parameter and activation has a leading instance dimension, one forward and backward
+/// serves all, and <see cref="Instance"/> takes one out as an ordinary model.
 /// </summary>
 public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
 {
@@ -19,13 +22,18 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
     public Norm ln_final;
     public Unembed unembed;
     public readonly HookPoint hook_embed, hook_pos_embed;
-    private readonly HookRegistry hooks = new();
+    private readonly HookRegistry hooks;
+    private readonly int[]? seeds;
 
-    public HookedTransformer(DecoderConfig config) : base("HookedTransformer")
+    public HookedTransformer(DecoderConfig config) : this(config, null) { }
+
+    private HookedTransformer(DecoderConfig config, int[]? seeds) : base("HookedTransformer")
     {
         TorchRuntime.EnsureLoaded();
         Config = config.Validate();
-        var init = new Init(config);
+        this.seeds = seeds;
+        hooks = new HookRegistry(batched: seeds is not null);
+        var init = new Init(config, seeds);
         embed = new Embed(config, init);
         hook_embed = hooks.Add("hook_embed");
         if (config.positional_embedding_type == "standard")
@@ -33,32 +41,92 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
             pos_embed = new PosEmbed(config, init);
             hook_pos_embed = hooks.Add("hook_pos_embed");
         }
-        else hook_pos_embed = new HookPoint("hook_pos_embed");
+        else hook_pos_embed = hooks.Inactive("hook_pos_embed");
         blocks = new ModuleList<TransformerBlock>(Enumerable.Range(0, config.n_layers)
             .Select(layer => new TransformerBlock(layer, config, init, hooks)).ToArray());
-        ln_final = new Norm("ln_final", "ln_final", config, hooks);
+        ln_final = new Norm("ln_final", "ln_final", config, init, hooks);
         unembed = new Unembed(config, init);
         RegisterComponents();
+    }
+
+    /// <summary>
+    /// N decoders of one configuration as one batched model, instance i initialized exactly as
+    /// <c>new HookedTransformer(config with { seed = seeds[i] })</c>. It takes tokens [instance, batch, pos]
+    /// (or [batch, pos], the same for every instance) and returns logits [instance, batch, pos, d_vocab];
+    /// its hooks see activations with the instance dimension first, so an intervention may differ per instance.
+    /// </summary>
+    public static HookedTransformer Batched(DecoderConfig config, IReadOnlyList<int> seeds)
+    {
+        ArgumentNullException.ThrowIfNull(seeds);
+        if (seeds.Count == 0) throw new ArgumentException("a batched model needs at least one instance: seeds is empty", nameof(seeds));
+        return new HookedTransformer(config, seeds.ToArray());
+    }
+
+    /// <summary>
+    /// Stacks ordinary models of one configuration (seeds may differ) into a batched model holding copies of
+    /// their weights, instance i being models[i].
+    /// </summary>
+    public static HookedTransformer Stack(IReadOnlyList<HookedTransformer> models)
+    {
+        ArgumentNullException.ThrowIfNull(models);
+        if (models.Count == 0) throw new ArgumentException("nothing to stack: models is empty", nameof(models));
+        for (int i = 0; i < models.Count; i++)
+        {
+            if (models[i].IsBatched) throw new ArgumentException($"model {i} is already batched; stack ordinary models", nameof(models));
+            if (models[i].Config with { seed = 0 } != models[0].Config with { seed = 0 })
+                throw new ArgumentException($"model {i}'s config differs from model 0's beyond the seed: {models[i].Config.ToJson()} vs {models[0].Config.ToJson()}", nameof(models));
+        }
+        var batched = new HookedTransformer(models[0].Config, models.Select(m => m.Config.seed).ToArray());
+        using var _ = no_grad();
+        foreach (var (name, p) in batched.named_parameters())
+            p.copy_(stack(models.Select(m => m.StateDict()[name]).ToArray()));
+        return batched;
+    }
+
+    /// <summary>Whether this is a batched model (a leading instance dimension on every parameter and activation).</summary>
+    public bool IsBatched => seeds is not null;
+
+    /// <summary>Instances of a batched model; null for an ordinary one.</summary>
+    public int? Instances => seeds?.Length;
+
+    /// <summary>Each instance's seed in a batched model (the config's seed is instance 0's); [config.seed] for an ordinary one.</summary>
+    public IReadOnlyList<int> Seeds => seeds ?? [Config.seed];
+
+    /// <summary>Instance i of a batched model as an ordinary model with a copy of its weights (config seed = its seed).</summary>
+    public HookedTransformer Instance(int i)
+    {
+        if (seeds is null) throw new InvalidOperationException("Instance(i) takes one instance out of a batched model; this model is not batched");
+        if (i < 0 || i >= seeds.Length) throw new ArgumentOutOfRangeException(nameof(i), i, $"instance {i} is outside [0, {seeds.Length})");
+        var single = new HookedTransformer(Config with { seed = seeds[i] });
+        var mine = StateDict();
+        using var _ = no_grad();
+        foreach (var (name, p) in single.named_parameters())
+            p.copy_(mine[name][i]);
+        return single;
     }
 
     /// <summary>Every hook point by name, in the order the forward pass reaches them.</summary>
     public HookRegistry Hooks => hooks;
 
-    /// <summary>The summed router losses of the MoE blocks from the last forward pass; null for dense models.</summary>
+    /// <summary>The summed router losses of the MoE blocks from the last forward pass (one per instance when batched); null for dense models.</summary>
     public Tensor? AuxiliaryLoss =>
         blocks.Select(b => (b.mlp as Moe)?.LastAuxLoss).Where(l => l is not null)
               .Aggregate((Tensor?)null, (sum, l) => sum is null ? l : sum.add(l!));
 
-    /// <summary>tokens [batch, pos] (or [pos]) int64 → logits [batch, pos, d_vocab].</summary>
+    /// <summary>
+    /// tokens [batch, pos] (or [pos]) int64 → logits [batch, pos, d_vocab]; batched: tokens [instance, batch, pos]
+    /// (or [batch, pos] for every instance) → logits [instance, batch, pos, d_vocab].
+    /// </summary>
     public override Tensor forward(Tensor tokens)
     {
-        tokens = TokenCheck.Validate(tokens, Config);
-        var resid = hook_embed.Run(embed.forward(tokens));                    // [batch, pos, d_model]
+        tokens = TokenCheck.Validate(tokens, Config, Instances);              // [instance, batch, pos]
+        var resid = hook_embed.Run(embed.forward(tokens));                    // [instance, batch, pos, d_model]
         if (pos_embed is not null)
             resid = resid.add(hook_pos_embed.Run(pos_embed.forward(tokens)));
         foreach (var block in blocks)
             resid = block.forward(resid);
-        return unembed.forward(ln_final.forward(resid));                      // [batch, pos, d_vocab]
+        var logits = unembed.forward(ln_final.forward(resid));                // [instance, batch, pos, d_vocab]
+        return IsBatched ? logits : logits.squeeze(0);
     }
 
     /// <summary>Same as <see cref="forward"/>.</summary>
@@ -139,9 +207,15 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
     public IReadOnlyDictionary<string, Tensor> StateDict() =>
         named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
 
-    /// <summary>Writes a safetensors checkpoint (config in __metadata__["config"]); atomic: temp file then rename.</summary>
+    /// <summary>
+    /// Writes a safetensors checkpoint (config in __metadata__["config"], a batched model's seeds in
+    /// __metadata__["instance_seeds"]); atomic: temp file then rename.
+    /// </summary>
     public void Save(string path) => Checkpoint.Save(this, path);
 
     /// <summary>Reads a checkpoint written by <see cref="Save"/> (or by Python with the same names and shapes).</summary>
     public static HookedTransformer Load(string path) => Checkpoint.Load(path);
+
+    /// <summary>A model of the same kind (ordinary, or batched with these seeds) and config, freshly initialized.</summary>
+    internal static HookedTransformer Create(DecoderConfig config, int[]? seeds) => new(config, seeds);
 }

@@ -4,16 +4,38 @@ using static TorchSharp.torch;
 
 namespace MechInterp.Model;
 
-/// <summary>Parameter construction from one seeded generator, so a config's seed fixes every weight.</summary>
-internal sealed class Init(DecoderConfig cfg)
+/// <summary>
+/// Parameter construction. An ordinary model draws every weight from one generator seeded by its config's
+/// seed; a batched model has one generator per instance, drawn in the same order, so instance i's weights are
+/// exactly those of an ordinary model with seed i, stacked along a leading instance dimension.
+/// </summary>
+internal sealed class Init
 {
-    private readonly Generator generator = new((ulong)cfg.seed);
+    private readonly DecoderConfig cfg;
+    private readonly Generator[] generators;
 
-    /// <summary>Normal(0, init_range) weights, as TransformerLens' default init.</summary>
+    /// <summary>seeds: null for an ordinary model (seed from the config), else one per instance.</summary>
+    public Init(DecoderConfig cfg, IReadOnlyList<int>? seeds)
+    {
+        this.cfg = cfg;
+        Batched = seeds is not null;
+        generators = seeds is null ? [new Generator((ulong)cfg.seed)] : seeds.Select(s => new Generator((ulong)s)).ToArray();
+    }
+
+    /// <summary>Whether parameters carry a leading instance dimension.</summary>
+    public bool Batched { get; }
+
+    public int Instances => generators.Length;
+
+    /// <summary>Normal(0, init_range) weights, as TransformerLens' default init: shape, or [instances, ..shape].</summary>
     public Parameter Normal(params long[] shape) =>
-        new(normal(0.0, cfg.InitRange, shape, generator: generator));
+        Batched
+            ? new(stack(generators.Select(g => normal(0.0, cfg.InitRange, shape, generator: g)).ToArray()))
+            : new(normal(0.0, cfg.InitRange, shape, generator: generators[0]));
 
-    public static Parameter Zeros(params long[] shape) => new(zeros(shape));
+    public Parameter Zeros(params long[] shape) => new(zeros(Shape(shape)));
 
-    public static Parameter Ones(params long[] shape) => new(ones(shape));
+    public Parameter Ones(params long[] shape) => new(ones(Shape(shape)));
+
+    private long[] Shape(long[] shape) => Batched ? [Instances, .. shape] : shape;
 }

@@ -19,19 +19,19 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor>
     {
         string p = $"blocks.{layer}";
         hook_resid_pre = hooks.Add($"{p}.hook_resid_pre");
-        ln1 = new Norm("ln1", $"{p}.ln1", cfg, hooks);
+        ln1 = new Norm("ln1", $"{p}.ln1", cfg, init, hooks);
         attn = new Attention($"{p}.attn", cfg, init, hooks);
         hook_attn_out = hooks.Add($"{p}.hook_attn_out");
         if (cfg.attn_only)
         {
             // As TransformerLens: an attention-only block has no resid_mid, no mlp_out.
-            hook_resid_mid = new HookPoint($"{p}.hook_resid_mid");
-            hook_mlp_out = new HookPoint($"{p}.hook_mlp_out");
+            hook_resid_mid = hooks.Inactive($"{p}.hook_resid_mid");
+            hook_mlp_out = hooks.Inactive($"{p}.hook_mlp_out");
         }
         else
         {
             hook_resid_mid = hooks.Add($"{p}.hook_resid_mid");
-            ln2 = new Norm("ln2", $"{p}.ln2", cfg, hooks);
+            ln2 = new Norm("ln2", $"{p}.ln2", cfg, init, hooks);
             mlp = cfg.IsMoe ? new Moe($"{p}.mlp", cfg, init, hooks) : new Mlp($"{p}.mlp", cfg, init, hooks);
             hook_mlp_out = hooks.Add($"{p}.hook_mlp_out");
         }
@@ -39,7 +39,7 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>resid [batch, pos, d_model] → resid [batch, pos, d_model]</summary>
+    /// <summary>resid [instance, batch, pos, d_model] → resid [instance, batch, pos, d_model]</summary>
     public override Tensor forward(Tensor resid)
     {
         var residPre = hook_resid_pre.Run(resid);

@@ -39,9 +39,12 @@ public sealed class SyntheticFeatures : IDisposable
     public Tensor Sample(int batch)
     {
         long instances = density.shape[0];
-        using var values = rand([instances, batch, Features], generator: generator);
-        using var keep = rand([instances, batch, Features], generator: generator).lt_(density);
-        return values.mul(keep);
+        // One uniform draw u per entry: the feature is present when u < 1 − S, and then u / (1 − S) is uniform
+        // on [0, 1) and independent of the presence, so one draw does what two would.
+        using var u = rand([instances, batch, Features], generator: generator);
+        using var keep = u.lt(density);
+        using var floor = density.clamp_min(1e-30f);
+        return u.div(floor).mul_(keep);   // the quotient is the result: multiplied in place, not disposed
     }
 
     /// <inheritdoc/>

@@ -13,12 +13,14 @@ internal sealed class Progress(int total, bool enabled)
     private readonly int every = Math.Max(1, total / 20);
     private long lastDraw;
 
-    public void Report(int step, double loss, double tokensPerSecond)
+    /// <param name="converged">With a convergence criterion: how many instances have converged.</param>
+    public void Report(int step, double loss, double tokensPerSecond, int? converged = null)
     {
         if (!enabled) return;
         double elapsed = clock.Elapsed.TotalSeconds;
         var eta = TimeSpan.FromSeconds(elapsed / step * (total - step));
-        string text = $"step {step,6}/{total}  loss {loss,8:F4}  {tokensPerSecond,9:F0} tok/s  ETA {eta:mm\\:ss}";
+        string text = $"step {step,6}/{total}  loss {loss,8:F4}  {tokensPerSecond,9:F0} tok/s  ETA {eta:mm\\:ss}"
+                      + (converged is int c ? $"  converged {c}" : "");
         if (terminal)
         {
             if (clock.ElapsedMilliseconds - lastDraw < 100 && step != total) return;

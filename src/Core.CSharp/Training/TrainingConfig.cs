@@ -24,6 +24,16 @@ public sealed record TrainingConfig
     public int CheckpointEvery { get; init; } = 0;
     /// <summary>Show progress (a bar on a terminal, periodic lines otherwise).</summary>
     public bool Progress { get; init; } = true;
+    /// <summary>
+    /// When set, every evaluation judges each run learned / converged (EvalEvery must be positive), and the result
+    /// records the steps. Steps stays the cap.
+    /// </summary>
+    public ConvergenceCriterion? Convergence { get; init; }
+    /// <summary>
+    /// With a criterion: stop once every instance has converged. An instance that converges before the others
+    /// goes on training with them until then (or the cap); its converged step is the one recorded.
+    /// </summary>
+    public bool StopWhenConverged { get; init; } = true;
 
     public TrainingConfig Validate()
     {
@@ -39,6 +49,12 @@ public sealed record TrainingConfig
         if (EvalBatchSize <= 0) problems.Add($"EvalBatchSize must be positive, got {EvalBatchSize}");
         if (CheckpointEvery < 0) problems.Add($"CheckpointEvery must be non-negative, got {CheckpointEvery}");
         if (CheckpointEvery > 0 && string.IsNullOrEmpty(CheckpointPath)) problems.Add($"CheckpointEvery is {CheckpointEvery} but CheckpointPath is not set");
+        if (Convergence is not null && EvalEvery <= 0) problems.Add($"a Convergence criterion is judged at evaluations, but EvalEvery is {EvalEvery}");
+        if (Convergence is not null)
+        {
+            try { Convergence.Validate(); }
+            catch (ArgumentException e) { problems.Add(e.Message); }
+        }
         if (problems.Count > 0) throw new ArgumentException("invalid TrainingConfig: " + string.Join("; ", problems));
         return this;
     }
@@ -59,13 +75,31 @@ public sealed record LossPoint(int Step, double Loss, double LearningRate);
 /// <summary>One evaluation: the loss on the fixed held-out batch plus any task metrics.</summary>
 public sealed record EvalPoint(int Step, double Loss, IReadOnlyDictionary<string, double> Metrics);
 
-/// <summary>What a run returns: its history as values, for plots and reports.</summary>
-public sealed record TrainingResult(IReadOnlyList<LossPoint> History, IReadOnlyList<EvalPoint> Evals, double Seconds, double TokensPerSecond)
+/// <summary>
+/// One instance's run: its data seed, training loss at every step, evaluations, whether and when it learned and
+/// converged (with a criterion), and the step its loss stopped being finite (it was frozen from then on).
+/// </summary>
+public sealed record InstanceRun(int Instance, int DataSeed, IReadOnlyList<LossPoint> History, IReadOnlyList<EvalPoint> Evals,
+                                 ConvergenceRecord? Convergence, int? DivergedAt)
 {
     public double FinalLoss => History[^1].Loss;
 }
 
-/// <summary>The loss became NaN or infinite; the last good checkpoint (if any) is untouched.</summary>
+/// <summary>What a run returns: every instance's history as values (one for an ordinary model), for plots and reports.</summary>
+public sealed record TrainingResult(IReadOnlyList<InstanceRun> Runs, int StepsRun, double Seconds, double TokensPerSecond)
+{
+    private InstanceRun Only => Runs.Count == 1 ? Runs[0]
+        : throw new InvalidOperationException($"this result holds {Runs.Count} instances; read Runs[i]");
+
+    /// <summary>The training loss per step of an ordinary model (one instance).</summary>
+    public IReadOnlyList<LossPoint> History => Only.History;
+
+    public IReadOnlyList<EvalPoint> Evals => Only.Evals;
+
+    public double FinalLoss => Only.FinalLoss;
+}
+
+/// <summary>The loss became NaN or infinite (in every instance of a batched model); the last good checkpoint (if any) is untouched.</summary>
 public sealed class TrainingDivergedException(int step, double loss, string? lastGoodCheckpoint)
     : Exception($"training diverged: loss is {loss} at step {step}; " +
                 (lastGoodCheckpoint is null ? "no checkpoint was saved" : $"the last good checkpoint is {lastGoodCheckpoint}"))

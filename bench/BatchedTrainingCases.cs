@@ -1,0 +1,95 @@
+using MechInterp.Data;
+using MechInterp.Model;
+using MechInterp.Training;
+using static TorchSharp.torch;
+
+namespace MechInterp.Bench;
+
+/// <summary>
+/// Seeds trained as one batched model against the same seeds trained one after another; the batched run's
+/// model-FLOP rate against the GEMM peak measured in the same run; and the Trainer's default thread choice
+/// against one thread. The model is the main job's quick induction model (experiment_1's standard variant).
+/// </summary>
+internal static class BatchedTrainingCases
+{
+    private const int Seeds = 5, Steps = 30, Batch = 32;
+
+    private static readonly InductionTask Task = new(vocabSize: 64, maxRepeat: 16, minRepeat: 8);
+
+    private static DecoderConfig Config(int seed) => new()
+    {
+        d_model = 64, n_layers = 2, n_heads = 8, attn_only = true, positional_embedding_type = "rotary",
+        d_vocab = Task.VocabSize, n_ctx = Task.SequenceLength, seed = seed,
+    };
+
+    private static TrainingConfig Training(int seed) => new()
+    {
+        Steps = Steps, BatchSize = Batch, LearningRate = 3e-3, Seed = seed, EvalEvery = 0, Progress = false,
+    };
+
+    private static void TrainBatched()
+    {
+        using var model = HookedTransformer.Batched(Config(0), Enumerable.Range(0, Seeds).ToArray());
+        new Trainer(model, Task, Enumerable.Range(0, Seeds).Select(Training).ToArray()).Run();
+    }
+
+    private static void TrainOneAfterAnother()
+    {
+        for (int seed = 0; seed < Seeds; seed++)
+        {
+            using var model = new HookedTransformer(Config(seed));
+            new Trainer(model, Task, Training(seed)).Run();
+        }
+    }
+
+    private static void TrainOne()
+    {
+        using var model = new HookedTransformer(Config(0));
+        new Trainer(model, Task, Training(0)).Run();
+    }
+
+    /// <summary>
+    /// Forward and backward FLOPs of one training step of one model: 6 per parameter per token for the
+    /// projections and the unembedding (the embedding is a lookup), and 2·2·T²·d_model per layer and sequence
+    /// for the scores and the weighted sum, times 3 for the backward.
+    /// </summary>
+    private static double StepFlops()
+    {
+        var c = Config(0);
+        long t = Task.SequenceLength;
+        double matmulParams = c.n_layers * 4.0 * c.d_model * c.d_model + c.d_model * (double)c.d_vocab;
+        double perToken = 6 * matmulParams;
+        double attention = 3 * c.n_layers * 4.0 * t * t * c.d_model;   // per sequence
+        return Batch * (t * perToken + attention);
+    }
+
+    /// <summary>GFLOP/s of a large square matmul on the current threads: the machine's GEMM peak for this run.</summary>
+    private static double GemmPeak()
+    {
+        using var scope = NewDisposeScope();
+        const long n = 1536;
+        var a = randn(n, n);
+        var b = randn(n, n);
+        double ms = Timing.MedianMs(() => { using var _ = a.matmul(b); }, warmup: 3, repetitions: 9);
+        return 2.0 * n * n * n / (ms * 1e6);
+    }
+
+    public static IEnumerable<BenchResult> Run()
+    {
+        var ms = Timing.MedianMsInterleaved([TrainBatched, TrainOneAfterAnother], warmup: 1, repetitions: 5);
+        Console.WriteLine($"  {Seeds} seeds × {Steps} steps: batched {ms[0]:F0} ms, one after another {ms[1]:F0} ms");
+        yield return new BenchResult($"train {Seeds} seeds of the quick induction model, batched", ms[0], "one after another", ms[1]);
+
+        double peak = GemmPeak();
+        double rate = Seeds * Steps * StepFlops() / (ms[0] * 1e6);
+        Console.WriteLine($"  batched training: {rate:F1} GFLOP/s model FLOPs against a GEMM peak of {peak:F1} GFLOP/s");
+        // Ours: the batched step; baseline: the time the same FLOPs take at the GEMM peak. Speedup = share of the peak.
+        double perStep = ms[0] / Steps;
+        yield return new BenchResult($"batched training, {Seeds} seeds: share of GEMM peak {peak:F0} GFLOP/s", perStep,
+                                     "the step's FLOPs at peak", perStep * rate / peak);
+
+        var threads = Timing.MedianMsInterleaved([TrainOne, () => Settings.WithThreads(1, () => { TrainOne(); return 0; })], warmup: 1, repetitions: 5);
+        Console.WriteLine($"  one model: Trainer default {threads[0] / Steps:F1} ms a step, one thread {threads[1] / Steps:F1} ms a step");
+        yield return new BenchResult("train the quick induction model, Trainer default threads", threads[0], "one thread", threads[1]);
+    }
+}
