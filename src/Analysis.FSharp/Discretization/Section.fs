@@ -47,7 +47,7 @@ let private summaryFigure (r: Experiment1Result) =
         [ for i, v in List.indexed r.Variants ->
               let ys = f v |> Array.ofList
               Points(v.Variant.Name, Array.create ys.Length (float i), ys, color i, None) ]
-    Figure.create "summary" "Final loss, steps to threshold, induction heads"
+    Figure.create "summary" "Final loss, steps to learned, induction heads"
         $"Variants on the x axis: {names}. Left: final held-out loss per seed (points) and the mean with its 95%% interval (bars and whiskers as points). Middle: the step each run learned ({learnedText r.Settings}); runs that never did are drawn at the last step, {r.StepsRun}, as censored. Right: the best induction score among all heads, per seed."
         3
         [ { Panel.empty "Final loss" with

@@ -363,6 +363,7 @@ let private routingTable (r: StudyResult) =
 /// The section for the report.
 let section (r: StudyResult) : ReportSection =
     let s = r.Setup
+    let seedList = String.Join(", ", s.Seeds)
     let toy = r.ToyResults
     let keyNumbers =
         [ for layer in 0 .. s.Layers - 1 do
@@ -375,7 +376,7 @@ let section (r: StudyResult) : ReportSection =
     { ReportSection.create "moe" "Do mixture-of-experts experts specialize on interpretable features?" with
         Paragraphs =
             [ $"A {s.Layers}-layer decoder (d_model {s.DModel}, {s.Heads} heads) whose every MLP is a mixture of {s.Experts} experts (top-{s.TopK}, expert d_mlp {s.ExpertDMlp}, Switch load-balancing loss α = 0.01) is trained on the toy language until it has learned every rule (top prediction right on at least 90%% of each rule's positions on a held-out batch) and then converged, for at most {s.Steps} steps; the baselines train the same way, each set of seeds as one batched model. Its tokens carry ground-truth labels defined in ToyLanguage before any training: token class, number, position parity, inside brackets and the rule that fixes the next token."
-              $"Baselines, each analysed the same way: the same model untrained; the same MoE trained with a fixed random hash router (experts chosen by token id, gates 1/k); and a dense decoder with the same active parameters (d_mlp {s.TopK * s.ExpertDMlp}), whose 'expert' for a token is the strongest of {s.Experts} contiguous neuron groups. Every number is measured on a held-out batch of {s.AnalysisBatch} sequences, for seeds {s.Seeds}."
+              $"Baselines, each analysed the same way: the same model untrained; the same MoE trained with a fixed random hash router (experts chosen by token id, gates 1/k); and a dense decoder with the same active parameters (d_mlp {s.TopK * s.ExpertDMlp}), whose 'expert' for a token is the strongest of {s.Experts} contiguous neuron groups. Every number is measured on a held-out batch of {s.AnalysisBatch} sequences, for seeds {seedList}."
               "Specialization is the normalized mutual information 2I/(H(E)+H(F)) between a token's top expert and a feature, and cluster purity (share of tokens in their expert's majority category; for an imbalanced binary feature every expert's majority is the common category, so purity cannot move and its p-value is 1); each is tested against label shuffles. The hash router matters most: it routes by token identity too, so whatever NMI it reaches is what the vocabulary alone gives."
               $"Mixture of experts in the toy model of superposition: {r.Toy.Experts} experts of width {r.Toy.Hidden} behind a top-1 router against the dense model of width {r.Toy.Hidden * r.Toy.Experts}, n = {r.Toy.Features} features of equal importance at sparsity {r.Toy.Sparsity}." ]
             @ conclusion r

@@ -10,7 +10,7 @@ let private esc (s: string) = WebUtility.HtmlEncode s
 let private style =
     """body{font-family:system-ui,sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{border-bottom:2px solid #444}h2{margin-top:2.2em;border-bottom:1px solid #bbb}
-table{border-collapse:collapse;margin:1em 0;font-size:0.92em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:1em 0;font-size:0.92em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f0f0f0}.keys td:first-child{text-align:left}.figure{margin:1.5em 0;overflow-x:auto}
 .caption{color:#444;font-size:0.95em}nav a{margin-right:1em}"""
 
