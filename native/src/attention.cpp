@@ -344,11 +344,13 @@ AttentionDims check_attention(int64_t batch, int64_t heads, int64_t q_len, int64
 
 }  // namespace mi
 
-extern "C" {
+namespace {
 
-MI_API mi_status mi_attention_forward_f32(const float* q, const float* k, const float* v, int64_t batch, int64_t heads,
-                                          int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* out,
-                                          float* lse, float* scores, float* pattern) {
+// The entry points' shared body: every pointer checked, the sizes and (when rotary) the tables validated.
+// rotary is false for the plain kernels, whose tables are then ignored.
+mi_status forward_entry(const float* q, const float* k, const float* v, int64_t batch, int64_t heads, int64_t q_len,
+                        int64_t kv_len, int64_t d_head, int32_t causal, bool rotary, const float* rot_cos,
+                        const float* rot_sin, int64_t rotary_dim, float* out, float* lse, float* scores, float* pattern) {
     return mi::guard([&] {
         mi::require_pointer(q, "q");
         mi::require_pointer(k, "k");
@@ -356,30 +358,15 @@ MI_API mi_status mi_attention_forward_f32(const float* q, const float* k, const 
         mi::require_pointer(out, "out");
         mi::require_pointer(lse, "lse");
         const auto g = mi::check_attention(batch, heads, q_len, kv_len, d_head, causal, scores || pattern);
-        mi::dispatch_simd([&](auto ops) { forward<decltype(ops)>(g, Rotary{}, q, k, v, out, lse, scores, pattern); });
-    });
-}
-
-MI_API mi_status mi_attention_rotary_forward_f32(const float* q, const float* k, const float* v, int64_t batch, int64_t heads,
-                                                 int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal,
-                                                 const float* rot_cos, const float* rot_sin, int64_t rotary_dim, float* out,
-                                                 float* lse, float* scores, float* pattern) {
-    return mi::guard([&] {
-        mi::require_pointer(q, "q");
-        mi::require_pointer(k, "k");
-        mi::require_pointer(v, "v");
-        mi::require_pointer(out, "out");
-        mi::require_pointer(lse, "lse");
-        const auto g = mi::check_attention(batch, heads, q_len, kv_len, d_head, causal, scores || pattern);
-        const auto rot = check_rotary(g, rot_cos, rot_sin, rotary_dim);
+        const auto rot = rotary ? check_rotary(g, rot_cos, rot_sin, rotary_dim) : Rotary{};
         mi::dispatch_simd([&](auto ops) { forward<decltype(ops)>(g, rot, q, k, v, out, lse, scores, pattern); });
     });
 }
 
-MI_API mi_status mi_attention_backward_f32(const float* q, const float* k, const float* v, const float* out,
-                                           const float* lse, const float* dout, int64_t batch, int64_t heads,
-                                           int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* dq,
-                                           float* dk, float* dv) {
+mi_status backward_entry(const float* q, const float* k, const float* v, const float* out, const float* lse,
+                         const float* dout, int64_t batch, int64_t heads, int64_t q_len, int64_t kv_len, int64_t d_head,
+                         int32_t causal, bool rotary, const float* rot_cos, const float* rot_sin, int64_t rotary_dim,
+                         float* dq, float* dk, float* dv) {
     return mi::guard([&] {
         mi::require_pointer(q, "q");
         mi::require_pointer(k, "k");
@@ -391,8 +378,35 @@ MI_API mi_status mi_attention_backward_f32(const float* q, const float* k, const
         mi::require_pointer(dk, "dk");
         mi::require_pointer(dv, "dv");
         const auto g = mi::check_attention(batch, heads, q_len, kv_len, d_head, causal, false);
-        mi::dispatch_simd([&](auto ops) { backward<decltype(ops)>(g, Rotary{}, q, k, v, out, lse, dout, dq, dk, dv); });
+        const auto rot = rotary ? check_rotary(g, rot_cos, rot_sin, rotary_dim) : Rotary{};
+        mi::dispatch_simd([&](auto ops) { backward<decltype(ops)>(g, rot, q, k, v, out, lse, dout, dq, dk, dv); });
     });
+}
+
+}  // namespace
+
+extern "C" {
+
+MI_API mi_status mi_attention_forward_f32(const float* q, const float* k, const float* v, int64_t batch, int64_t heads,
+                                          int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* out,
+                                          float* lse, float* scores, float* pattern) {
+    return forward_entry(q, k, v, batch, heads, q_len, kv_len, d_head, causal, false, nullptr, nullptr, 0, out, lse, scores, pattern);
+}
+
+MI_API mi_status mi_attention_rotary_forward_f32(const float* q, const float* k, const float* v, int64_t batch, int64_t heads,
+                                                 int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal,
+                                                 const float* rot_cos, const float* rot_sin, int64_t rotary_dim, float* out,
+                                                 float* lse, float* scores, float* pattern) {
+    return forward_entry(q, k, v, batch, heads, q_len, kv_len, d_head, causal, true, rot_cos, rot_sin, rotary_dim, out, lse,
+                         scores, pattern);
+}
+
+MI_API mi_status mi_attention_backward_f32(const float* q, const float* k, const float* v, const float* out,
+                                           const float* lse, const float* dout, int64_t batch, int64_t heads,
+                                           int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal, float* dq,
+                                           float* dk, float* dv) {
+    return backward_entry(q, k, v, out, lse, dout, batch, heads, q_len, kv_len, d_head, causal, false, nullptr, nullptr, 0,
+                          dq, dk, dv);
 }
 
 MI_API mi_status mi_attention_rotary_backward_f32(const float* q, const float* k, const float* v, const float* out,
@@ -400,20 +414,8 @@ MI_API mi_status mi_attention_rotary_backward_f32(const float* q, const float* k
                                                   int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal,
                                                   const float* rot_cos, const float* rot_sin, int64_t rotary_dim, float* dq,
                                                   float* dk, float* dv) {
-    return mi::guard([&] {
-        mi::require_pointer(q, "q");
-        mi::require_pointer(k, "k");
-        mi::require_pointer(v, "v");
-        mi::require_pointer(out, "out");
-        mi::require_pointer(lse, "lse");
-        mi::require_pointer(dout, "dout");
-        mi::require_pointer(dq, "dq");
-        mi::require_pointer(dk, "dk");
-        mi::require_pointer(dv, "dv");
-        const auto g = mi::check_attention(batch, heads, q_len, kv_len, d_head, causal, false);
-        const auto rot = check_rotary(g, rot_cos, rot_sin, rotary_dim);
-        mi::dispatch_simd([&](auto ops) { backward<decltype(ops)>(g, rot, q, k, v, out, lse, dout, dq, dk, dv); });
-    });
+    return backward_entry(q, k, v, out, lse, dout, batch, heads, q_len, kv_len, d_head, causal, true, rot_cos, rot_sin,
+                          rotary_dim, dq, dk, dv);
 }
 
 }  // extern "C"

@@ -101,11 +101,25 @@ void expect_close(const float* got, const std::vector<double>& want, double tol,
     }
 }
 
-class AttentionShapes : public ::testing::TestWithParam<std::tuple<Case, bool>> {
+// A test name from a (case, simd) parameter: the case printed, "_avx2" or "_portable", other characters as '_'.
+const auto case_name = [](const auto& info) {
+    std::ostringstream name;
+    name << std::get<0>(info.param) << (std::get<1>(info.param) ? "_avx2" : "_portable");
+    std::string s = name.str();
+    for (auto& ch : s)
+        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    return s;
+};
+
+// A case run on the AVX2 path (true) or the portable one (false).
+template <class C>
+class OnBothPaths : public ::testing::TestWithParam<std::tuple<C, bool>> {
 protected:
-    void SetUp() override { ASSERT_EQ(mi_set_simd(std::get<1>(GetParam()) ? 1 : 0), MI_OK); }
+    void SetUp() override { ASSERT_EQ(mi_set_simd(std::get<1>(this->GetParam()) ? 1 : 0), MI_OK); }
     void TearDown() override { mi_set_simd(1); }
 };
+
+class AttentionShapes : public OnBothPaths<Case> {};
 
 TEST_P(AttentionShapes, ForwardBackwardPatternMatchReference) {
     const Case c = std::get<0>(GetParam());
@@ -158,14 +172,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          Case{1, 2, 33, 33, 7, true, 100.0f},    // logits of order +-1e4
                                          Case{1, 1, 100, 100, 32, false, 100.0f}),
                        ::testing::Bool()),
-    [](const auto& info) {
-        std::ostringstream name;
-        name << std::get<0>(info.param) << (std::get<1>(info.param) ? "_avx2" : "_portable");
-        std::string s = name.str();
-        for (auto& ch : s)
-            if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-        return s;
-    });
+    case_name);
 
 // Rotary attention: the kernel rotates q and k itself. Reference: rotate in double (GPT-NeoX rotate-half at
 // positions j for keys, i + tk - tq for queries), run the plain reference on the rotated rows, and take the
@@ -179,11 +186,7 @@ std::ostream& operator<<(std::ostream& os, const RotaryCase& c) {
     return os << "B" << c.b << "H" << c.h << "Tq" << c.tq << "Tk" << c.tk << "D" << c.d << "R" << c.rd << (c.causal ? "causal" : "full");
 }
 
-class RotaryAttention : public ::testing::TestWithParam<std::tuple<RotaryCase, bool>> {
-protected:
-    void SetUp() override { ASSERT_EQ(mi_set_simd(std::get<1>(GetParam()) ? 1 : 0), MI_OK); }
-    void TearDown() override { mi_set_simd(1); }
-};
+class RotaryAttention : public OnBothPaths<RotaryCase> {};
 
 TEST_P(RotaryAttention, MatchesTheReferenceOnRotatedRows) {
     const RotaryCase c = std::get<0>(GetParam());
@@ -251,14 +254,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          RotaryCase{1, 1, 130, 130, 8, 8, true},   // one head, three key blocks: dq partials
                                          RotaryCase{2, 1, 20, 20, 8, 4, false}),
                        ::testing::Bool()),
-    [](const auto& info) {
-        std::ostringstream name;
-        name << std::get<0>(info.param) << (std::get<1>(info.param) ? "_avx2" : "_portable");
-        std::string s = name.str();
-        for (auto& ch : s)
-            if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-        return s;
-    });
+    case_name);
 
 TEST(Attention, RotaryRejectsBadTables) {
     std::vector<float> buf(256, 0.0f);

@@ -23,6 +23,37 @@ public class NativeAttentionTests
         Assert.True(diff <= tol * scale, $"{what}: max |native - managed| = {diff:E3} > {tol * scale:E3}");
     }
 
+    /// <summary>
+    /// z, scores and pattern of the native kernel against the managed twin, with and without the pattern, and the
+    /// gradients of a loss on z and on the pattern (weights wz, wp) for q, k and v.
+    /// </summary>
+    private static void CompareNativeWithManaged(Tensor q, Tensor k, Tensor v, Tensor wz, Tensor wp, bool causal, RotaryTables? rotary, double gradTol)
+    {
+        foreach (bool returnPattern in new[] { false, true })
+        {
+            var (qn, kn, vn) = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_());
+            var (qm, km, vm) = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_());
+            var native = Kernel.Attention(qn, kn, vn, causal, returnPattern, KernelBackend.Native, rotary);
+            var managed = Kernel.Attention(qm, km, vm, causal, returnPattern, KernelBackend.Managed, rotary);
+            AssertClose(managed.Z, native.Z, $"z (pattern {returnPattern})");
+            var lossN = native.Z.mul(wz).sum();
+            var lossM = managed.Z.mul(wz).sum();
+            if (returnPattern)
+            {
+                AssertClose(managed.Scores!, native.Scores!, "scores");
+                AssertClose(managed.Pattern!, native.Pattern!, "pattern");
+                // A loss on the pattern too: its gradient must reach q and k through the native backward.
+                lossN = lossN.add(native.Pattern!.mul(wp).sum());
+                lossM = lossM.add(managed.Pattern!.mul(wp).sum());
+            }
+            lossN.backward();
+            lossM.backward();
+            AssertClose(qm.grad!, qn.grad!, $"dq (pattern {returnPattern})", gradTol);
+            AssertClose(km.grad!, kn.grad!, $"dk (pattern {returnPattern})", gradTol);
+            AssertClose(vm.grad!, vn.grad!, $"dv (pattern {returnPattern})", gradTol);
+        }
+    }
+
     [Theory]
     [InlineData(2, 3, 17, 17, 16, true)]
     [InlineData(1, 2, 1, 1, 8, true)]        // T = 1
@@ -39,39 +70,11 @@ public class NativeAttentionTests
         var wz = randn(b, h, tq, d);
         var wp = randn(b, h, tq, tk);
 
-        foreach (bool returnPattern in new[] { false, true })
-        {
-            var (qn, kn, vn) = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_());
-            var (qm, km, vm) = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_());
-            var native = Kernel.Attention(qn, kn, vn, causal, returnPattern, KernelBackend.Native);
-            var managed = Kernel.Attention(qm, km, vm, causal, returnPattern, KernelBackend.Managed);
-            AssertClose(managed.Z, native.Z, $"z (pattern {returnPattern})");
-            var lossN = native.Z.mul(wz).sum();
-            var lossM = managed.Z.mul(wz).sum();
-            if (returnPattern)
-            {
-                AssertClose(managed.Scores!, native.Scores!, "scores");
-                AssertClose(managed.Pattern!, native.Pattern!, "pattern");
-                // A loss on the pattern too: its gradient must reach q and k through the native backward.
-                lossN = lossN.add(native.Pattern!.mul(wp).sum());
-                lossM = lossM.add(managed.Pattern!.mul(wp).sum());
-            }
-            lossN.backward();
-            lossM.backward();
-            AssertClose(qm.grad!, qn.grad!, $"dq (pattern {returnPattern})");
-            AssertClose(km.grad!, kn.grad!, $"dk (pattern {returnPattern})");
-            AssertClose(vm.grad!, vn.grad!, $"dv (pattern {returnPattern})");
-        }
+        CompareNativeWithManaged(q, k, v, wz, wp, causal, null, 1e-5);
     }
 
-    /// <summary>Rotary tables as the model builds them: cos and signed sin over positions, [pos, rotary_dim].</summary>
-    private static RotaryTables Tables(long pos, long rd)
-    {
-        var inv = arange(0, rd / 2, dtype: ScalarType.Float64).mul(-2.0 * Math.Log(10000.0) / rd).exp();
-        var angles = arange(pos, dtype: ScalarType.Float64).unsqueeze(1).mul(inv.unsqueeze(0));
-        return new RotaryTables(cat([angles.cos(), angles.cos()], 1).to(ScalarType.Float32),
-                                cat([angles.sin().neg(), angles.sin()], 1).to(ScalarType.Float32));
-    }
+    /// <summary>Rotary tables as the model builds them (its own Rotary): cos and signed sin over positions, [pos, rotary_dim].</summary>
+    private static RotaryTables Tables(long pos, int rd) => new MechInterp.Model.Rotary(rd).Tables(pos, ScalarType.Float32);
 
     [Theory]
     [InlineData(3, 8, 33, 33, 8, 8, true)]     // the quick induction model's heads: one block, K^T packed per task
@@ -89,27 +92,7 @@ public class NativeAttentionTests
         var wz = randn(b, h, tq, d);
         var wp = randn(b, h, tq, tk);
         var tables = Tables(tk, rd);
-        foreach (bool returnPattern in new[] { false, true })
-        {
-            var (qn, kn, vn) = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_());
-            var (qm, km, vm) = (q.clone().requires_grad_(), k.clone().requires_grad_(), v.clone().requires_grad_());
-            var native = Kernel.Attention(qn, kn, vn, causal, returnPattern, KernelBackend.Native, tables);
-            var managed = Kernel.Attention(qm, km, vm, causal, returnPattern, KernelBackend.Managed, tables);
-            AssertClose(managed.Z, native.Z, $"rotary z (pattern {returnPattern})");
-            var lossN = native.Z.mul(wz).sum();
-            var lossM = managed.Z.mul(wz).sum();
-            if (returnPattern)
-            {
-                AssertClose(managed.Pattern!, native.Pattern!, "rotary pattern");
-                lossN = lossN.add(native.Pattern!.mul(wp).sum());
-                lossM = lossM.add(managed.Pattern!.mul(wp).sum());
-            }
-            lossN.backward();
-            lossM.backward();
-            AssertClose(qm.grad!, qn.grad!, $"rotary dq (pattern {returnPattern})", 1e-4);
-            AssertClose(km.grad!, kn.grad!, $"rotary dk (pattern {returnPattern})", 1e-4);
-            AssertClose(vm.grad!, vn.grad!, $"rotary dv (pattern {returnPattern})", 1e-4);
-        }
+        CompareNativeWithManaged(q, k, v, wz, wp, causal, tables, 1e-4);
         // Rotation moves the output: the comparison above is not that of two unrotated kernels.
         var plain = Kernel.Attention(q, k, v, causal, false, KernelBackend.Native).Z;
         Assert.True((plain - Kernel.Attention(q, k, v, causal, false, KernelBackend.Native, tables).Z).abs().max().item<float>() > 1e-3);

@@ -123,7 +123,8 @@ let private ruleMetrics (logits: Tensor) (batch: TokenBatch) =
 type Training = { TrainLoss: float; Convergence: ConvergenceRecord; StepsRun: int }
 
 let private trainingOf (result: TrainingResult) (i: int) =
-    { TrainLoss = result.Runs.[i].FinalLoss; Convergence = result.Runs.[i].Convergence; StepsRun = result.StepsRun }
+    // Trained with a criterion, so every run has its record.
+    { TrainLoss = result.Runs.[i].FinalLoss; Convergence = nonNull result.Runs.[i].Convergence; StepsRun = result.StepsRun }
 
 /// The trained subjects of every seed: the MoE and the hash-router MoE as one batched model (instance j the MoE of
 /// seed j, instance n + j the hash router's), the dense models as another. The hash instances' routing is forced
@@ -161,7 +162,7 @@ let trainAll (s: Setup) (task: ITokenTask) (log: string -> unit) =
                 Forward = forwardHashed,
                 Loss = Func<_, _, _>(fun (m: HookedTransformer) (batch: TokenBatch) ->
                     let logits = forwardHashed.Invoke(m, batch.Tokens)
-                    Losses.Masked(logits, batch.Tokens, batch.LossMask).add(m.AuxiliaryLoss.mul(routerLossMask))),
+                    Losses.Masked(logits, batch.Tokens, batch.LossMask).add((nonNull m.AuxiliaryLoss).mul(routerLossMask))),
                 Metrics = Func<_, _, _>(fun (m: HookedTransformer) (batch: TokenBatch) -> ruleMetrics (forwardHashed.Invoke(m, batch.Tokens)) batch),
                 OnStep = progress "MoE + hash router" s.Steps).Run()
     log (sprintf "  training %d dense models as one batch" n)

@@ -200,7 +200,7 @@ let train (s: InductionSettings) (arms: Arm list) (stopWhenConverged: bool) (log
             DataSeed = a.DataSeed
             Losses = run.History |> Seq.map (fun p -> p.Loss) |> Array.ofSeq
             Snapshots = List.ofSeq snapshots.[i]
-            Convergence = run.Convergence
+            Convergence = nonNull run.Convergence   // trained with a criterion
             StepsRun = result.StepsRun
             Seconds = result.Seconds
             BatchRuns = arms.Length } ]

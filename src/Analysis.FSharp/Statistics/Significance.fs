@@ -24,6 +24,28 @@ let private combinations n k =
     let rec go n k = if k = 0 || k = n then 1.0 else go (n - 1) (k - 1) * float n / float k
     go n k
 
+/// Visits every way of choosing k of n indices as one group (exact while there are at most 200,000), else 100,000
+/// random choices from a fixed seed; returns how many were visited. The relabellings of a permutation test.
+let relabellings (n: int) (k: int) (visit: int[] -> unit) =
+    if combinations n k <= 200_000.0 then
+        let chosen = Array.zeroCreate k
+        let count = ref 0
+        let rec choose start depth =
+            if depth = k then
+                visit chosen
+                count.Value <- count.Value + 1
+            else
+                for i in start .. n - (k - depth) do
+                    chosen.[depth] <- i
+                    choose (i + 1) (depth + 1)
+        choose 0 0
+        count.Value
+    else
+        let rng = Random 12345
+        for _ in 1 .. 100_000 do
+            visit (Array.init n id |> Array.sortBy (fun _ -> rng.Next()) |> Array.take k)
+        100_000
+
 /// Compares b against a (e.g. a variant against the baseline).
 let permutationTest (a: float seq) (b: float seq) =
     let a, b = Seq.toArray a, Seq.toArray b
@@ -35,28 +57,14 @@ let permutationTest (a: float seq) (b: float seq) =
     let diffOf (sumA: float) = (total - sumA) / float b.Length - sumA / float na
     let observed = diffOf (Array.sum a)
     let tolerance = 1e-12 * (1.0 + abs observed)
-    let mutable extreme, count = 0, 0
-    let record sumA =
-        count <- count + 1
-        if abs (diffOf sumA) >= abs observed - tolerance then extreme <- extreme + 1
-    if combinations n na <= 200_000.0 then
-        // Every subset of size na of the pooled values plays group a once.
-        let rec choose start left sumA =
-            if left = 0 then record sumA
-            else
-                for i in start .. n - left do
-                    choose (i + 1) (left - 1) (sumA + all.[i])
-        choose 0 na 0.0
-    else
-        let rng = Random 12345
-        for _ in 1 .. 100_000 do
-            let shuffled = all |> Array.sortBy (fun _ -> rng.Next())
-            record (Array.sum shuffled.[0 .. na - 1])
+    let extreme = ref 0
+    // Every subset of size na of the pooled values plays group a once.
+    let count = relabellings n na (fun group -> if abs (diffOf (group |> Array.sumBy (fun i -> all.[i]))) >= abs observed - tolerance then extreme.Value <- extreme.Value + 1)
     let var (xs: float[]) =
         let m = Array.average xs
         (xs |> Array.sumBy (fun x -> (x - m) ** 2.0)) / float (xs.Length - 1)
     let se = sqrt (var a / float a.Length + var b / float b.Length)
     { Difference = observed
       WelchT = (if se > 0.0 then observed / se else if observed = 0.0 then 0.0 else Double.PositiveInfinity * float (sign observed))
-      PValue = float extreme / float count
+      PValue = float extreme.Value / float count
       Permutations = count }

@@ -54,10 +54,6 @@ let private statistic (pooled: Observation[]) (inB: bool[]) =
 
 let private chiSquare (u: float, v: float) = if v > 0.0 then u * u / v else 0.0
 
-let private combinations n k =
-    let rec go n k = if k = 0 || k = n then 1.0 else go (n - 1) (k - 1) * float n / float k
-    go n k
-
 /// Compares group b's times against group a's (e.g. a variant against the baseline).
 let logRank (a: Observation seq) (b: Observation seq) =
     let a, b = Seq.toArray a, Seq.toArray b
@@ -72,22 +68,9 @@ let logRank (a: Observation seq) (b: Observation seq) =
     let observedU, observedV = statistic pooled (flags [| a.Length .. n - 1 |])
     let observedChi = chiSquare (observedU, observedV)
     let tolerance = 1e-12 * (1.0 + observedChi)
-    let mutable extreme, count = 0, 0
-    let record (members: int[]) =
-        count <- count + 1
-        if chiSquare (statistic pooled (flags members)) >= observedChi - tolerance then extreme <- extreme + 1
-    if combinations n nb <= 200_000.0 then
-        let chosen = Array.zeroCreate nb
-        let rec choose start depth =
-            if depth = nb then record chosen
-            else
-                for i in start .. n - (nb - depth) do
-                    chosen.[depth] <- i
-                    choose (i + 1) (depth + 1)
-        choose 0 0
-    else
-        let rng = Random 12345
-        for _ in 1 .. 20_000 do
-            record (Array.init n id |> Array.sortBy (fun _ -> rng.Next()) |> Array.take nb)
+    let extreme = ref 0
+    let count =
+        Significance.relabellings n nb (fun group ->
+            if chiSquare (statistic pooled (flags group)) >= observedChi - tolerance then extreme.Value <- extreme.Value + 1)
     { ObservedMinusExpected = observedU; ChiSquare = observedChi
-      PValue = float extreme / float count; Permutations = count }
+      PValue = float extreme.Value / float count; Permutations = count }

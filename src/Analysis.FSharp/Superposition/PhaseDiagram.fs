@@ -81,6 +81,7 @@ let run (log: string -> unit) (s: PhaseSettings) : PhaseDiagramResult =
     let sparsity = Array.init (grid.Length * reps) (fun k -> let _, d = grid.[k / reps] in 1.0 - d)
     let result = ToyTrainer.Train(config, rows, sparsity, coreSettings s.Training s.Seed (fun l -> log $"  phase diagram: {l}"))
     use model = result.Model
+    let convergence = nonNull result.Convergence   // trained with a criterion
     let nd = s.Densities.Length
     let cells =
         Array2D.init s.Importances.Length nd (fun i j ->
@@ -89,7 +90,7 @@ let run (log: string -> unit) (s: PhaseSettings) : PhaseDiagramResult =
             let w = Metrics.ofRows (model.EmbeddingOf kept)
             { Importance = s.Importances.[i]; Density = s.Densities.[j]; Phase = classify w
               FeatureNorms = Metrics.featureNorms w; W = w; Loss = result.FinalLoss.[kept]
-              Converged = result.Convergence.[kept].Converged })
+              Converged = convergence.[kept].Converged })
     { Settings = s; Cells = cells; StepsRun = result.StepsRun
-      ConvergedRuns = result.Convergence |> Seq.filter (fun c -> c.Converged) |> Seq.length
+      ConvergedRuns = convergence |> Seq.filter (fun c -> c.Converged) |> Seq.length
       Seconds = result.Elapsed.TotalSeconds }
