@@ -7,3 +7,10 @@
 #r "../src/Analysis.FSharp/bin/Release/net10.0/linux-x64/MechInterp.Analysis.dll"
 
 MechInterp.Runtime.TorchRuntime.EnsureLoaded()
+
+/// The script's own arguments, and the value after a flag (`--steps 500` → Some "500"); scripts `open Prelude`.
+let args = fsi.CommandLineArgs |> Array.skip 1
+let valueOf (flag: string) =
+    match args |> Array.tryFindIndex ((=) flag) with
+    | Some i when i + 1 < args.Length -> Some args.[i + 1]
+    | _ -> None

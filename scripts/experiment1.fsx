@@ -5,15 +5,11 @@
 // Usage: dotnet fsi scripts/experiment1.fsx [--full] [--levels 2,16] [--codebooks 256] [--seeds 5] [--steps N]
 #load "Prelude.fsx"
 
+open Prelude
 open System
 open System.IO
 open MechInterp.Analysis.Discretization.Experiment1
 
-let args = fsi.CommandLineArgs |> Array.skip 1
-let valueOf flag =
-    match args |> Array.tryFindIndex ((=) flag) with
-    | Some i when i + 1 < args.Length -> Some args.[i + 1]
-    | _ -> None
 let baseSettings = if args |> Array.contains "--full" then fullSettings else quickSettings
 let settings =
     let levels = valueOf "--levels" |> Option.map (fun s -> s.Split(',') |> Array.map int |> List.ofArray)

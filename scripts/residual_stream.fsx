@@ -4,17 +4,13 @@
 //   with --checkpoint and an existing file, the model is loaded and only analysed.
 #load "Prelude.fsx"
 
+open Prelude
 open System
 open System.IO
 open MechInterp.Model
 open MechInterp.Analysis.Residual
 open MechInterp.Analysis.Residual.InductionStudy
 
-let args = fsi.CommandLineArgs |> Array.skip 1
-let valueOf flag =
-    match args |> Array.tryFindIndex ((=) flag) with
-    | Some i when i + 1 < args.Length -> Some args.[i + 1]
-    | _ -> None
 let settings =
     let s = if args |> Array.contains "--full" then fullSettings else quickSettings
     match valueOf "--steps" with

@@ -14,6 +14,7 @@ open MechInterp.Analysis.Report
 let experiments : Experiment list =
     [ MechInterp.Analysis.Superposition.Section.experiment
       MechInterp.Analysis.Residual.Section.experiment
+      MechInterp.Analysis.Residual.HypothesisSection.experiment
       MechInterp.Analysis.Discretization.Section.experiment
       MechInterp.Analysis.Experts.MoeExperiment.experiment ]
 

@@ -43,17 +43,27 @@ let modelCase =
         let! tokenSeed = Gen.choose (0, 10_000)
         let! experts = Gen.choose (2, 4)
         let! k = Gen.choose (1, experts)
+        let! residual = Gen.frequency [ 3, Gen.constant true; 1, Gen.constant false ]
         let cfg =
             MechInterp.Model.DecoderConfig(
                 d_model = heads * dHead, n_heads = heads, d_head = dHead, n_layers = layers, d_mlp = 2 * heads * dHead,
                 d_vocab = vocab, n_ctx = ctx, act_fn = act, normalization_type = norm, positional_embedding_type = pos,
                 attn_only = (kind = "attn_only"), n_experts = (if kind = "moe" then experts else 0),
-                experts_per_token = (if kind = "moe" then k else 0), seed = seed)
+                experts_per_token = (if kind = "moe" then k else 0), residual = residual, seed = seed)
         return { Config = cfg; Batch = int64 batch; Positions = int64 positions; TokenSeed = tokenSeed }
     }
 
+/// Residual and plain decoders (config.residual false: sublayers replace the stream).
 type ModelArbitraries =
     static member ModelCase() = Arb.fromGen modelCase
+
+/// Residual decoders only: the stream-as-sum-of-writes properties hold for these.
+type ResidualModelArbitraries =
+    static member ModelCase() = Arb.fromGen (modelCase |> Gen.filter (fun c -> c.Config.residual))
+
+/// Plain decoders only.
+type PlainModelArbitraries =
+    static member ModelCase() = Arb.fromGen (modelCase |> Gen.filter (fun c -> not c.Config.residual))
 
 /// A small random decoder and a random input for it: every norm, positional scheme, attention-only or not.
 type ModelSpec =

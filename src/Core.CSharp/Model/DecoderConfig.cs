@@ -25,6 +25,12 @@ public sealed record DecoderConfig
     public string positional_embedding_type { get; init; } = "standard";
     public int rotary_dim { get; init; }
     public bool attn_only { get; init; }
+    /// <summary>
+    /// True (default): each sublayer adds its output to the residual stream. False: a plain decoder, whose sublayers
+    /// replace the stream (x ← attn(ln1(x)), then x ← mlp(ln2(x))); the hooks keep their names and hold the replaced
+    /// stream. TransformerLens has no such field: Python code loading a checkpoint must read it.
+    /// </summary>
+    public bool residual { get; init; } = true;
     /// <summary>Materialize the per-head output hook attn.hook_result (costs memory, as in TransformerLens).</summary>
     public bool use_attn_result { get; init; }
     public double eps { get; init; } = 1e-5;
@@ -107,6 +113,13 @@ public sealed record DecoderConfig
     public string ToJson() => JsonSerializer.Serialize(this with { d_head = DHead, d_mlp = attn_only ? d_mlp : DMlp }, Json);
 
     /// <summary>Parses <see cref="ToJson"/> output; unknown fields are ignored, as a Python dict may carry more.</summary>
-    public static DecoderConfig FromJson(string json) =>
-        JsonSerializer.Deserialize<DecoderConfig>(json, Json) ?? throw new ArgumentException("config JSON is null");
+    public static DecoderConfig FromJson(string json)
+    {
+        // The serializer's own message for a non-boolean names the path but not the value.
+        if (System.Text.Json.Nodes.JsonNode.Parse(json) is System.Text.Json.Nodes.JsonObject obj
+            && obj.TryGetPropertyValue(nameof(residual), out var flag)
+            && flag?.GetValueKind() is not (JsonValueKind.True or JsonValueKind.False))
+            throw new ArgumentException($"config field 'residual' must be a boolean (true or false), got {flag?.ToJsonString() ?? "null"}");
+        return JsonSerializer.Deserialize<DecoderConfig>(json, Json) ?? throw new ArgumentException("config JSON is null");
+    }
 }

@@ -117,13 +117,29 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
     /// tokens [batch, pos] (or [pos]) int64 → logits [batch, pos, d_vocab]; batched: tokens [instance, batch, pos]
     /// (or [batch, pos] for every instance) → logits [instance, batch, pos, d_vocab].
     /// </summary>
-    public override Tensor forward(Tensor tokens)
+    public override Tensor forward(Tensor tokens) => Run(tokens, blocks);
+
+    /// <summary>
+    /// The forward pass through the blocks in the given order instead of 0 .. n_layers − 1: leaving a block out
+    /// deletes that layer, swapping two indices swaps the layers (model surgery as in Lad et al. 2024); an empty
+    /// order goes from the embedding straight to the unembedding. Same tokens and logits as <see cref="forward"/>.
+    /// </summary>
+    public Tensor ForwardThroughBlocks(Tensor tokens, IReadOnlyList<int> order)
+    {
+        ArgumentNullException.ThrowIfNull(order);
+        foreach (int layer in order)
+            if (layer < 0 || layer >= Config.n_layers)
+                throw new ArgumentOutOfRangeException(nameof(order), layer, $"block {layer} is outside [0, {Config.n_layers}) in order [{string.Join(", ", order)}]");
+        return Run(tokens, order.Select(layer => blocks[layer]));
+    }
+
+    private Tensor Run(Tensor tokens, IEnumerable<TransformerBlock> path)
     {
         tokens = TokenCheck.Validate(tokens, Config, Instances);              // [instance, batch, pos]
         var resid = hook_embed.Run(embed.forward(tokens));                    // [instance, batch, pos, d_model]
         if (pos_embed is not null)
             resid = resid.add(hook_pos_embed.Run(pos_embed.forward(tokens)));
-        foreach (var block in blocks)
+        foreach (var block in path)
             resid = block.forward(resid);
         var logits = unembed.forward(ln_final.forward(resid));                // [instance, batch, pos, d_vocab]
         return IsBatched ? logits : logits.squeeze(0);

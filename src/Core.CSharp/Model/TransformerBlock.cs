@@ -6,6 +6,8 @@ namespace MechInterp.Model;
 /// <summary>
 /// One block: it reads the residual stream and writes two deltas into it.
 /// resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).
+/// In a plain decoder (config.residual false) each sublayer's output replaces the stream instead:
+/// resid_mid = attn(ln1(resid_pre)); resid_post = mlp(ln2(resid_mid)).
 /// </summary>
 public sealed class TransformerBlock : nn.Module<Tensor, Tensor>
 {
@@ -14,10 +16,12 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor>
     public Norm? ln2;
     public nn.Module<Tensor, Tensor>? mlp;   // Mlp or Moe; null when attn_only
     public readonly HookPoint hook_resid_pre, hook_attn_out, hook_resid_mid, hook_mlp_out, hook_resid_post;
+    private readonly bool residual;
 
     internal TransformerBlock(int layer, DecoderConfig cfg, Init init, HookRegistry hooks) : base($"{layer}")
     {
         string p = $"blocks.{layer}";
+        residual = cfg.residual;
         hook_resid_pre = hooks.Add($"{p}.hook_resid_pre");
         ln1 = new Norm("ln1", $"{p}.ln1", cfg, init, hooks);
         attn = new Attention($"{p}.attn", cfg, init, hooks);
@@ -44,10 +48,11 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor>
     {
         var residPre = hook_resid_pre.Run(resid);
         var attnOut = hook_attn_out.Run(attn.forward(ln1.forward(residPre)));
+        var afterAttn = residual ? residPre.add(attnOut) : attnOut;
         if (mlp is null)
-            return hook_resid_post.Run(residPre.add(attnOut));
-        var residMid = hook_resid_mid.Run(residPre.add(attnOut));
+            return hook_resid_post.Run(afterAttn);
+        var residMid = hook_resid_mid.Run(afterAttn);
         var mlpOut = hook_mlp_out.Run(mlp.forward(ln2!.forward(residMid)));
-        return hook_resid_post.Run(residMid.add(mlpOut));
+        return hook_resid_post.Run(residual ? residMid.add(mlpOut) : mlpOut);
     }
 }
