@@ -24,8 +24,8 @@ internal static class MoeCases
         Action Layer(KernelBackend backend) => () => AttentionCases.Step(() =>
         {
             var (xx, ll, wi, bi, wo, bo) = Leaves(x, logits, wIn, bIn, wOut, bOut);
-            var route = Kernel.RouteTopK(ll, k, backend: backend);
-            var y = Kernel.ExpertMlp(xx, route.ExpertIndex, route.Gates, wi, bi, wo, bo, gelu, backend);
+            var route = Kernel.Route(ll.softmax(-1).unsqueeze(0), k, renormalize: true, backend: backend);   // [1, n, k] each
+            var y = Kernel.ExpertMlp(xx, route.ExpertIndex.squeeze(0), route.Gates.squeeze(0), wi, bi, wo, bo, gelu, backend);
             y.mul(dy).sum().backward();
             return xx.grad!;
         });

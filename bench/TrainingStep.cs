@@ -1,99 +1,137 @@
-using MechInterp.Kernels;
-using TorchSharp;
-using TorchSharp.Modules;
+using MechInterp.Model;
+using MechInterp.Training;
 using static TorchSharp.torch;
 
 namespace MechInterp.Bench;
 
 /// <summary>
-/// One training step (forward, backward, AdamW) of a 2-layer d128 MoE decoder whose attention and
-/// experts call <see cref="Kernel.Attention"/> and <see cref="Kernel.ExpertMlp"/>, run with native
-/// and with managed kernels. Built here from plain TorchSharp modules: the HookedTransformer is not
-/// on this branch yet.
+/// One training step of the shipped HookedTransformer (forward, next-token loss plus the router loss, backward,
+/// gradient clipping and the Trainer's AdamW), 2-layer d128, dense and MoE (8 experts, top-2, the toy MoE's gate),
+/// with native kernels against the same model on their managed twins. The kernels are chosen the way a user chooses
+/// them, by <see cref="Settings.Kernels"/>. `dotnet run -- train profile` also prints where the step's time goes.
 /// </summary>
 internal static class TrainingStep
 {
     private const int Vocab = 512, DModel = 128, Heads = 4, DMlp = 512, Experts = 8, TopK = 2, Layers = 2, Batch = 8, Pos = 128;
 
-    public static IEnumerable<BenchResult> Run()
+    private static DecoderConfig Config(bool moe) => new()
+    {
+        d_model = DModel, n_layers = Layers, n_heads = Heads, d_mlp = DMlp, d_vocab = Vocab, n_ctx = Pos, act_fn = "gelu",
+        n_experts = moe ? Experts : 0, experts_per_token = moe ? TopK : 0, seed = 6,
+    };
+
+    public static IEnumerable<BenchResult> Run(bool profile)
     {
         using var scope = NewDisposeScope();
         manual_seed(5);
-        var tokens = randint(0, Vocab, new long[] { Batch, Pos + 1 }, dtype: ScalarType.Int64);   // [batch, pos + 1]
-        var input = tokens.narrow(1, 0, Pos);     // [batch, pos]
-        var target = tokens.narrow(1, 1, Pos);    // [batch, pos]
-        Action Step(KernelBackend backend, KernelBackend? experts = null)
+        var tokens = randint(0, Vocab, new long[] { Batch, Pos }, dtype: ScalarType.Int64);   // [batch, pos]
+        var mask = ones(Batch, Pos - 1, dtype: ScalarType.Bool);                            // [batch, pos − 1]
+        var previous = Settings.Kernels;
+        try
         {
-            manual_seed(6);
-            var model = new TinyMoeDecoder(backend, experts ?? backend);
-            var optimizer = optim.AdamW(model.parameters(), lr: 1e-3);
-            return () => AttentionCases.Step(() =>
+            foreach (bool moe in new[] { false, true })
             {
-                optimizer.zero_grad();
-                var logits = model.forward(input);                                  // [batch, pos, vocab]
-                var loss = nn.functional.cross_entropy(logits.reshape(-1, Vocab), target.reshape(-1));
-                loss.backward();
-                optimizer.step();
-                return loss;
-            });
+                using var native = new Stepper(Config(moe), tokens, mask, KernelBackend.Native);
+                using var managed = new Stepper(Config(moe), tokens, mask, KernelBackend.Managed);
+                var ms = Timing.MedianMsInterleaved([native.Step, managed.Step], warmup: 2, repetitions: 11);
+                string name = moe ? $"train step HookedTransformer 2L d{DModel} MoE E{Experts} top{TopK} B{Batch} T{Pos}"
+                                  : $"train step HookedTransformer 2L d{DModel} dense B{Batch} T{Pos}";
+                Console.WriteLine($"  {name}: native {ms[0]:F1} ms, managed {ms[1]:F1} ms");
+                if (profile)
+                {
+                    native.Profile();
+                    managed.Profile();
+                }
+                yield return new BenchResult(name, ms[0], "managed", ms[1]);
+            }
         }
-        var ms = Timing.MedianMsInterleaved([Step(KernelBackend.Native), Step(KernelBackend.Managed),
-            Step(KernelBackend.Native, KernelBackend.Managed), Step(KernelBackend.Managed, KernelBackend.Native)], warmup: 2, repetitions: 11);
-        Console.WriteLine($"  train step: native {ms[0]:F1} ms, managed {ms[1]:F1} ms, native attention only {ms[2]:F1} ms, native experts only {ms[3]:F1} ms");
-        double ours = ms[0], managed = ms[1];
-        yield return new BenchResult($"train step 2L d{DModel} MoE E{Experts} top{TopK} B{Batch} T{Pos}", ours, "managed", managed);
+        finally { Settings.Kernels = previous; }
     }
 
-    private sealed class Block : nn.Module<Tensor, Tensor>
+    /// <summary>A model, its optimizer and the kernels it runs on; Step is one training step as the Trainer takes it.</summary>
+    private sealed class Stepper : IDisposable
     {
-        private readonly LayerNorm ln1 = nn.LayerNorm(DModel), ln2 = nn.LayerNorm(DModel);
-        private readonly Linear qkv = nn.Linear(DModel, 3 * DModel), proj = nn.Linear(DModel, DModel), router = nn.Linear(DModel, Experts);
-        private readonly Parameter wIn, bIn, wOut, bOut;
-        private readonly KernelBackend backend, expertBackend;
+        private readonly HookedTransformer model;
+        private readonly InstanceAdamW optimizer;
+        private readonly Tensor tokens, mask;
+        private readonly KernelBackend backend;
 
-        public Block(KernelBackend backend, KernelBackend expertBackend) : base("block")
+        public Stepper(DecoderConfig config, Tensor tokens, Tensor mask, KernelBackend backend)
         {
-            this.backend = backend;
-            this.expertBackend = expertBackend;
-            wIn = nn.Parameter(randn(Experts, DModel, DMlp).div(Math.Sqrt(DModel)));
-            bIn = nn.Parameter(zeros(Experts, DMlp));
-            wOut = nn.Parameter(randn(Experts, DMlp, DModel).div(Math.Sqrt(DMlp)));
-            bOut = nn.Parameter(zeros(Experts, DModel));
-            RegisterComponents();
+            (this.tokens, this.mask, this.backend) = (tokens, mask, backend);
+            model = new HookedTransformer(config);
+            model.train();
+            optimizer = new InstanceAdamW(model.parameters(), null) { LearningRates = [1e-3], WeightDecays = [0.01] };
         }
 
-        public override Tensor forward(Tensor x)
-        {
-            long b = x.shape[0], t = x.shape[1];
-            var qkvHeads = qkv.forward(ln1.forward(x)).view(b, t, 3, Heads, DModel / Heads).permute(2, 0, 3, 1, 4);   // [3, b, h, t, d_head]
-            var z = Kernel.Attention(qkvHeads[0], qkvHeads[1], qkvHeads[2], causal: true, backend: backend).Z;        // [b, h, t, d_head]
-            x = x.add(proj.forward(z.transpose(1, 2).reshape(b, t, DModel)));                                          // [b, t, d]
-            var flat = ln2.forward(x).reshape(b * t, DModel);                                                          // [b*t, d]
-            var route = Kernel.RouteTopK(router.forward(flat), TopK, backend: expertBackend);
-            var y = Kernel.ExpertMlp(flat, route.ExpertIndex, route.Gates, wIn, bIn, wOut, bOut, h => nn.functional.gelu(h), expertBackend);
-            return x.add(y.view(b, t, DModel));
-        }
-    }
+        public void Step() => Phases(null);
 
-    private sealed class TinyMoeDecoder : nn.Module<Tensor, Tensor>
-    {
-        private readonly Embedding embed = nn.Embedding(Vocab, DModel);
-        private readonly Parameter pos = nn.Parameter(randn(Pos, DModel).mul(0.02));
-        private readonly ModuleList<Block> blocks = new();
-        private readonly LayerNorm lnFinal = nn.LayerNorm(DModel);
-        private readonly Linear unembed = nn.Linear(DModel, Vocab);
-
-        public TinyMoeDecoder(KernelBackend backend, KernelBackend expertBackend) : base("tiny_moe")
+        /// <summary>Median milliseconds of each phase of the step over 11 steps, printed.</summary>
+        public void Profile()
         {
-            for (int i = 0; i < Layers; i++) blocks.Add(new Block(backend, expertBackend));
-            RegisterComponents();
+            var times = new Dictionary<string, List<double>>();
+            for (int i = 0; i < 11; i++) Phases(times);
+            Console.WriteLine($"    {backend,-8} " + string.Join(", ", times.Select(kv => $"{kv.Key} {kv.Value.Order().ElementAt(kv.Value.Count / 2):F2}")));
+            foreach (var (phase, ms) in MoeLayer()) Console.WriteLine($"      {phase} {ms:F2} ms");
         }
 
-        public override Tensor forward(Tensor tokens)
+        private void Phases(Dictionary<string, List<double>>? times)
         {
-            var x = embed.forward(tokens).add(pos);   // [b, t, d]
-            foreach (var block in blocks) x = block.forward(x);
-            return unembed.forward(lnFinal.forward(x));
+            Settings.Kernels = backend;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            void Mark(string phase)
+            {
+                if (times is null) return;
+                (times.TryGetValue(phase, out var list) ? list : times[phase] = []).Add(clock.Elapsed.TotalMilliseconds);
+                clock.Restart();
+            }
+            using var scope = NewDisposeScope();
+            optimizer.ZeroGrad();
+            var logits = model.forward(tokens);                                     // [batch, pos, vocab]
+            Mark("forward");
+            var loss = Losses.Masked(logits, tokens, mask);
+            if (model.AuxiliaryLoss is { } aux) loss = loss.add(aux);
+            Mark("loss");
+            loss.backward();
+            Mark("backward");
+            optimizer.ClipGradNorms([1.0]);
+            optimizer.Step();
+            Mark("optimizer");
+        }
+
+        /// <summary>For an MoE model: the first MoE layer's forward split into routing and dispatch, forward only.</summary>
+        private IEnumerable<(string, double)> MoeLayer()
+        {
+            if (model.blocks[0].mlp is not Moe moe) yield break;
+            Settings.Kernels = backend;
+            using var scope = NewDisposeScope();
+            using var _ = no_grad();
+            var x = randn(1, Batch, Pos, DModel);                                   // [instance, batch, pos, d_model]
+            double Median(Action a)
+            {
+                var ms = new List<double>();
+                for (int i = 0; i < 11; i++)
+                {
+                    using var inner = NewDisposeScope();
+                    var c = System.Diagnostics.Stopwatch.StartNew();
+                    a();
+                    ms.Add(c.Elapsed.TotalMilliseconds);
+                }
+                return ms.Order().ElementAt(5);
+            }
+            var weights = x.matmul(moe.W_gate).softmax(-1).reshape(1, Batch * Pos, Experts);   // [1, tokens, experts]
+            var routing = Kernels.Kernel.Route(weights, TopK);
+            yield return ("moe layer forward", Median(() => moe.forward(x)));
+            yield return ("  router + softmax", Median(() => x.matmul(moe.W_gate).softmax(-1)));
+            yield return ("  Kernel.Route", Median(() => Kernels.Kernel.Route(weights, TopK)));
+            yield return ("  Kernel.ExpertMlp", Median(() => Kernels.Kernel.ExpertMlp(x.reshape(-1, DModel), routing.ExpertIndex.reshape(-1, TopK),
+                routing.Gates.reshape(-1, TopK), moe.W_in, moe.b_in, moe.W_out, moe.b_out, h => nn.functional.gelu(h))));
+        }
+
+        public void Dispose()
+        {
+            optimizer.Dispose();
+            model.Dispose();
         }
     }
 }

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header; the C# side refuses a mismatch. */
-#define MI_ABI_VERSION 2
+#define MI_ABI_VERSION 3
 
 typedef int32_t mi_status;
 enum {
@@ -100,23 +100,23 @@ MI_API mi_status mi_attention_rotary_backward_f32(const float* q, const float* k
  * rows. row_of[p] is the row of pair p (from mi_moe_permute_i64). Every kernel validates row_of: in
  * range, and no row shared by two pairs. */
 
-enum {
-    MI_GATING_SOFTMAX = 0,      /* gates = softmax over all experts, read at the chosen ones (Switch, GShard) */
-    MI_GATING_TOPK_SOFTMAX = 1  /* gates = softmax over the k chosen logits (Mixtral) */
-};
-
-/* logits: [tokens, experts] -> expert_index [tokens, k] (largest logit first, ties to the lower id),
- * gates [tokens, k], counts [experts] (kept pairs per expert), kept [tokens, k] (1 or 0), *dropped.
- * capacity = 0: no limit; else an expert keeps at most capacity pairs, every token's slot 0 before
- * any slot 1 (as GShard), tokens in order. A dropped pair keeps its expert index, gets gate 0 and
+/* Routing. weights: [groups * tokens, experts], a token's weight for every expert (the router's softmax
+ * over all experts, or what a hook put there); groups are independent models of a batch, group g owning
+ * rows [g * tokens, (g + 1) * tokens), each with its own experts and capacity.
+ * choose = 1: expert_index [groups * tokens, k] is written: the k largest weights, descending, ties to the
+ * lower id. choose = 0: expert_index is read (chosen by the caller, e.g. a hook), each id in [0, experts).
+ * gates [groups * tokens, k] = the weights at the chosen experts, divided by their sum when renormalize = 1
+ * (Mixtral); counts [groups * experts]: pairs each expert keeps; kept [groups * tokens, k]: 1 or 0.
+ * capacity = 0: no limit; else an expert keeps at most capacity pairs of its group, every token's slot 0
+ * before any slot 1 (GShard), tokens in order. A dropped pair keeps its expert index, gets gate 0 and
  * kept 0, and is counted in *dropped: reported, never silently lost. */
-MI_API mi_status mi_moe_route_f32(const float* logits, int64_t tokens, int64_t experts, int64_t k, int32_t gating,
-                                  int64_t capacity, int64_t* expert_index, float* gates, int64_t* counts, uint8_t* kept,
-                                  int64_t* dropped);
-/* dlogits [tokens, experts] from dgates [tokens, k]; dropped pairs pass no gradient. */
-MI_API mi_status mi_moe_route_backward_f32(const float* logits, const int64_t* expert_index, const uint8_t* kept,
-                                           const float* dgates, int64_t tokens, int64_t experts, int64_t k,
-                                           int32_t gating, float* dlogits);
+MI_API mi_status mi_moe_route_f32(const float* weights, int64_t groups, int64_t tokens, int64_t experts, int64_t k,
+                                  int32_t choose, int32_t renormalize, int64_t capacity, int64_t* expert_index,
+                                  float* gates, int64_t* counts, uint8_t* kept, int64_t* dropped);
+/* dweights [rows, experts] from dgates [rows, k] (rows = groups * tokens); dropped pairs pass no gradient. */
+MI_API mi_status mi_moe_route_backward_f32(const float* weights, const int64_t* expert_index, const uint8_t* kept,
+                                           const float* dgates, int64_t rows, int64_t experts, int64_t k,
+                                           int32_t renormalize, float* dweights);
 /* counts [experts]: pairs per expert. Rejects ids outside [0, experts). */
 MI_API mi_status mi_moe_count_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
                                   int64_t* counts);
@@ -154,9 +154,9 @@ MI_API mi_status mi_cuda_attention_backward_f32(const float* q, const float* k, 
                                                 const float* lse, const float* dout, int64_t batch, int64_t heads,
                                                 int64_t q_len, int64_t kv_len, int64_t d_head, int32_t causal,
                                                 float* dq, float* dk, float* dv);
-MI_API mi_status mi_cuda_moe_route_f32(const float* logits, int64_t tokens, int64_t experts, int64_t k, int32_t gating,
-                                       int64_t capacity, int64_t* expert_index, float* gates, int64_t* counts,
-                                       uint8_t* kept, int64_t* dropped);
+MI_API mi_status mi_cuda_moe_route_f32(const float* weights, int64_t groups, int64_t tokens, int64_t experts, int64_t k,
+                                       int32_t choose, int32_t renormalize, int64_t capacity, int64_t* expert_index,
+                                       float* gates, int64_t* counts, uint8_t* kept, int64_t* dropped);
 MI_API mi_status mi_cuda_moe_count_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,
                                        int64_t* counts);
 MI_API mi_status mi_cuda_moe_permute_i64(const int64_t* expert_index, int64_t tokens, int64_t k, int64_t experts,

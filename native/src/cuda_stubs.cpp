@@ -23,8 +23,8 @@ MI_API mi_status mi_cuda_attention_backward_f32(const float*, const float*, cons
                                                 float*, float*) {
     return unsupported("mi_cuda_attention_backward_f32");
 }
-MI_API mi_status mi_cuda_moe_route_f32(const float*, int64_t, int64_t, int64_t, int32_t, int64_t, int64_t*, float*, int64_t*,
-                                       uint8_t*, int64_t*) {
+MI_API mi_status mi_cuda_moe_route_f32(const float*, int64_t, int64_t, int64_t, int64_t, int32_t, int32_t, int64_t, int64_t*,
+                                       float*, int64_t*, uint8_t*, int64_t*) {
     return unsupported("mi_cuda_moe_route_f32");
 }
 MI_API mi_status mi_cuda_moe_count_i64(const int64_t*, int64_t, int64_t, int64_t, int64_t*) {

@@ -1,4 +1,4 @@
-// Mixture-of-experts dispatch: top-k routing with an optional capacity, a counting sort of
+// Mixture-of-experts dispatch: top-k routing with an optional capacity (route.hpp), a counting sort of
 // (token, slot) pairs into per-expert groups, gather into the grouped layout and the gate-weighted
 // combine back, with their backwards. Every write loop runs over tokens, so two threads never
 // write the same row: no atomics. The expert MLPs themselves run as GEMMs in the caller.
@@ -24,12 +24,16 @@ void for_tokens(int64_t tokens, Fn&& fn) {
     });
 }
 
-using mi::route::gates_of;
-using mi::route::top_k;
+// Tokens of one slot per capacity chunk (route.hpp): enough work per task, many tasks for a large batch.
+constexpr int64_t kCapacityChunk = 1024;
 
-void check_gating(int32_t gating) {
-    if (gating != MI_GATING_SOFTMAX && gating != MI_GATING_TOPK_SOFTMAX)
-        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "gating must be 0 (softmax) or 1 (top-k softmax), got " + std::to_string(gating)};
+void check_route_flags(int32_t choose, int32_t renormalize, int64_t capacity) {
+    if (choose != 0 && choose != 1)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "choose must be 0 (expert_index given) or 1 (top-k chosen here), got " + std::to_string(choose)};
+    if (renormalize != 0 && renormalize != 1)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "renormalize must be 0 or 1, got " + std::to_string(renormalize)};
+    if (capacity < 0)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "capacity must be 0 (no limit) or positive, got " + std::to_string(capacity)};
 }
 
 void check_route_sizes(int64_t tokens, int64_t experts, int64_t k) {
@@ -78,68 +82,81 @@ void count_experts(const int64_t* expert_index, int64_t pairs, int64_t k, int64_
 
 extern "C" {
 
-MI_API mi_status mi_moe_route_f32(const float* logits, int64_t tokens, int64_t experts, int64_t k, int32_t gating,
-                                  int64_t capacity, int64_t* expert_index, float* gates, int64_t* counts, uint8_t* kept,
-                                  int64_t* dropped) {
+MI_API mi_status mi_moe_route_f32(const float* weights, int64_t groups, int64_t tokens, int64_t experts, int64_t k,
+                                  int32_t choose, int32_t renormalize, int64_t capacity, int64_t* expert_index,
+                                  float* gates, int64_t* counts, uint8_t* kept, int64_t* dropped) {
     return mi::guard([&] {
-        mi::require_pointer(logits, "logits");
+        mi::require_pointer(weights, "weights");
         mi::require_pointer(expert_index, "expert_index");
         mi::require_pointer(gates, "gates");
         mi::require_pointer(counts, "counts");
         mi::require_pointer(kept, "kept");
         mi::require_pointer(dropped, "dropped");
-        check_route_sizes(tokens, experts, k);
-        check_gating(gating);
-        if (capacity < 0) throw mi::Error{MI_ERR_INVALID_ARGUMENT, "capacity must be 0 (no limit) or positive, got " + std::to_string(capacity)};
-        for_tokens(tokens, [&](int64_t t) {
-            top_k(logits + t * experts, experts, k, expert_index + t * k);
-            gates_of(logits + t * experts, experts, k, gating, expert_index + t * k, gates + t * k);
+        mi::require_positive(groups, "groups");
+        mi::require_positive(tokens, "tokens");
+        const int64_t rows = mi::checked_mul(groups, tokens, "groups * tokens");
+        check_route_sizes(rows, experts, k);
+        check_route_flags(choose, renormalize, capacity);
+        if (!choose) {
+            std::vector<int64_t> routed(static_cast<size_t>(experts));
+            mi::count_experts(expert_index, mi::checked_mul(rows, k, "groups * tokens * k"), k, experts, routed.data());   // validates the given ids
+        }
+        for_tokens(rows, [&](int64_t t) {
+            if (choose) mi::route::top_k(weights + t * experts, experts, k, expert_index + t * k);
+            mi::route::gates_of(weights + t * experts, k, renormalize, expert_index + t * k, gates + t * k);
         });
-        *dropped = mi::route::apply_capacity(expert_index, tokens, experts, k, capacity, gates, counts, kept);
+        const int64_t chunks = mi::route::chunks_per_group(tokens, k, kCapacityChunk);
+        std::vector<int64_t> place(static_cast<size_t>(mi::checked_mul(groups * chunks, experts, "chunks * experts")));
+        auto chunk = [&](int64_t gc) { return mi::route::chunk_at(gc % chunks, tokens, kCapacityChunk); };
+        auto group_index = [&](int64_t gc) { return expert_index + (gc / chunks) * tokens * k; };
+        mi::parallel_for(groups * chunks, [&](int64_t gc) {
+            mi::route::chunk_count(group_index(gc), k, experts, chunk(gc), place.data() + gc * experts);
+        });
+        int64_t lost = 0;
+        for (int64_t g = 0; g < groups; ++g)
+            for (int64_t e = 0; e < experts; ++e) {
+                const int64_t routed = mi::route::scan_chunks(place.data() + g * chunks * experts, chunks, experts, e);
+                counts[g * experts + e] = mi::route::kept_of(routed, capacity);
+                lost += routed - counts[g * experts + e];
+            }
+        mi::parallel_for(groups * chunks, [&](int64_t gc) {
+            const int64_t offset = (gc / chunks) * tokens * k;
+            mi::route::chunk_keep(group_index(gc), k, chunk(gc), capacity, place.data() + gc * experts, gates + offset,
+                                  kept + offset);
+        });
+        *dropped = lost;
     });
 }
 
-MI_API mi_status mi_moe_route_backward_f32(const float* logits, const int64_t* expert_index, const uint8_t* kept,
-                                           const float* dgates, int64_t tokens, int64_t experts, int64_t k,
-                                           int32_t gating, float* dlogits) {
+MI_API mi_status mi_moe_route_backward_f32(const float* weights, const int64_t* expert_index, const uint8_t* kept,
+                                           const float* dgates, int64_t rows, int64_t experts, int64_t k,
+                                           int32_t renormalize, float* dweights) {
     return mi::guard([&] {
-        mi::require_pointer(logits, "logits");
+        mi::require_pointer(weights, "weights");
         mi::require_pointer(expert_index, "expert_index");
         mi::require_pointer(kept, "kept");
         mi::require_pointer(dgates, "dgates");
-        mi::require_pointer(dlogits, "dlogits");
-        check_route_sizes(tokens, experts, k);
-        check_gating(gating);
-        std::vector<int64_t> counts(static_cast<size_t>(experts));
-        mi::count_experts(expert_index, mi::checked_mul(tokens, k, "tokens * k"), k, experts, counts.data());
-        for_tokens(tokens, [&](int64_t t) {
-            const float* l = logits + t * experts;
+        mi::require_pointer(dweights, "dweights");
+        check_route_sizes(rows, experts, k);
+        check_route_flags(1, renormalize, 0);
+        std::vector<int64_t> routed(static_cast<size_t>(experts));
+        mi::count_experts(expert_index, mi::checked_mul(rows, k, "rows * k"), k, experts, routed.data());
+        for_tokens(rows, [&](int64_t t) {
+            const float* w = weights + t * experts;
             const int64_t* idx = expert_index + t * k;
-            float* dl = dlogits + t * experts;
-            std::vector<float> g(static_cast<size_t>(k));
-            gates_of(l, experts, k, gating, idx, g.data());
+            float* dw = dweights + t * experts;
+            std::fill(dw, dw + experts, 0.0f);
             // A dropped pair's gate is the constant 0: it passes no gradient.
-            double weighted = 0.0;
-            for (int64_t s = 0; s < k; ++s)
-                if (kept[t * k + s]) weighted += static_cast<double>(dgates[t * k + s]) * g[s];
-            std::fill(dl, dl + experts, 0.0f);
-            if (gating == MI_GATING_SOFTMAX) {
-                // gate_s = p[e_s] with p = softmax(l): dl_j = p_j (sum_{e_s = j} dg_s - sum_s dg_s p[e_s]).
-                float max = -std::numeric_limits<float>::infinity();
-                for (int64_t e = 0; e < experts; ++e) max = std::max(max, l[e]);
-                double sum = 0.0;
-                for (int64_t e = 0; e < experts; ++e) sum += std::exp(static_cast<double>(l[e]) - max);
-                for (int64_t e = 0; e < experts; ++e) {
-                    const double pe = std::exp(static_cast<double>(l[e]) - max) / sum;
-                    dl[e] = static_cast<float>(-pe * weighted);
-                }
-                for (int64_t s = 0; s < k; ++s)
-                    if (kept[t * k + s]) dl[idx[s]] += dgates[t * k + s] * g[s];
-            } else {
-                // gate_s = softmax over the chosen logits: dl_{e_s} = g_s (dg_s - sum_r dg_r g_r), others 0.
-                for (int64_t s = 0; s < k; ++s)
-                    dl[idx[s]] = static_cast<float>(g[s] * ((kept[t * k + s] ? dgates[t * k + s] : 0.0f) - weighted));
+            auto dg = [&](int64_t s) { return kept[t * k + s] ? static_cast<double>(dgates[t * k + s]) : 0.0; };
+            if (!renormalize) {
+                for (int64_t s = 0; s < k; ++s) dw[idx[s]] += static_cast<float>(dg(s));
+                return;
             }
+            // gate_s = w_s / S with S the sum of the chosen weights: dw_{e_r} += (dg_r - sum_s dg_s gate_s) / S.
+            double sum = 0.0, weighted = 0.0;
+            for (int64_t s = 0; s < k; ++s) sum += w[idx[s]];
+            for (int64_t s = 0; s < k; ++s) weighted += dg(s) * w[idx[s]] / sum;
+            for (int64_t s = 0; s < k; ++s) dw[idx[s]] += static_cast<float>((dg(s) - weighted) / sum);
         });
     });
 }

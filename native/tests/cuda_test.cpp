@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -96,25 +97,44 @@ TEST_F(CudaDevice, AttentionMatchesCpu) {
 }
 
 TEST_F(CudaDevice, DispatchMatchesCpu) {
-    const int64_t tokens = 300, experts = 5, k = 2, d = 24;
-    auto logits = random_vector(tokens * experts, 7);
-    std::vector<int64_t> index(tokens * k), counts(experts), row_of(tokens * k), offsets(experts + 1);
-    std::vector<float> gates(tokens * k);
-    std::vector<uint8_t> kept(tokens * k);
+    // Two groups of 300 tokens: many capacity chunks per queue, and capacity 100 of ~120 pairs per expert drops.
+    const int64_t groups = 2, tokens = 300, experts = 5, k = 2, d = 24;
+    auto weights = random_vector(groups * tokens * experts, 7);
+    for (auto& w : weights) w = std::exp(w);   // positive, as a softmax is
+    std::vector<int64_t> index(groups * tokens * k), counts(groups * experts), row_of(tokens * k), offsets(experts + 1);
+    std::vector<float> gates(index.size());
+    std::vector<uint8_t> kept(index.size());
     int64_t dropped = 0, gdropped = 0;
-    ASSERT_EQ(mi_moe_route_f32(logits.data(), tokens, experts, k, MI_GATING_TOPK_SOFTMAX, 100, index.data(), gates.data(), counts.data(), kept.data(), &dropped), MI_OK);
-    Device<float> glogits(logits), ggates(gates.size());
+    ASSERT_EQ(mi_moe_route_f32(weights.data(), groups, tokens, experts, k, 1, 1, 100, index.data(), gates.data(), counts.data(), kept.data(), &dropped), MI_OK);
+    ASSERT_GT(dropped, 0);
+    Device<float> gweights(weights), ggates(gates.size());
     Device<int64_t> gindex(index.size()), gcounts(counts.size()), growof(row_of.size()), goffsets(offsets.size());
     Device<uint8_t> gkept(kept.size());
-    ASSERT_EQ(mi_cuda_moe_route_f32(glogits.ptr, tokens, experts, k, MI_GATING_TOPK_SOFTMAX, 100, gindex.ptr, ggates.ptr, gcounts.ptr, gkept.ptr, &gdropped), MI_OK) << mi_last_error();
+    ASSERT_EQ(mi_cuda_moe_route_f32(gweights.ptr, groups, tokens, experts, k, 1, 1, 100, gindex.ptr, ggates.ptr, gcounts.ptr, gkept.ptr, &gdropped), MI_OK) << mi_last_error();
     EXPECT_EQ(gindex.host(), index);
     EXPECT_EQ(gcounts.host(), counts);
     EXPECT_EQ(gkept.host(), kept);
     EXPECT_EQ(gdropped, dropped);
     expect_near(ggates.host(), gates, 1e-6f, "gates");
+    // Given experts (choose = 0), unnormalized: the same capacity rule on the caller's choice.
+    std::reverse(index.begin(), index.end());
+    Device<int64_t> gforced(index);
+    ASSERT_EQ(mi_moe_route_f32(weights.data(), groups, tokens, experts, k, 0, 0, 90, index.data(), gates.data(), counts.data(), kept.data(), &dropped), MI_OK);
+    ASSERT_EQ(mi_cuda_moe_route_f32(gweights.ptr, groups, tokens, experts, k, 0, 0, 90, gforced.ptr, ggates.ptr, gcounts.ptr, gkept.ptr, &gdropped), MI_OK) << mi_last_error();
+    EXPECT_EQ(gforced.host(), index);
+    EXPECT_EQ(gcounts.host(), counts);
+    EXPECT_EQ(gkept.host(), kept);
+    EXPECT_EQ(gdropped, dropped);
+    expect_near(ggates.host(), gates, 0.0f, "given-expert gates");
+    // Dispatch below runs on the first group's routing.
+    std::reverse(index.begin(), index.end());
+    index.resize(tokens * k);
+    gates.resize(tokens * k);
+    Device<int64_t> gindex0(index);
+    Device<float> ggates0(gates);
 
     ASSERT_EQ(mi_moe_permute_i64(index.data(), tokens, k, experts, 0, row_of.data(), offsets.data()), MI_OK);
-    ASSERT_EQ(mi_cuda_moe_permute_i64(gindex.ptr, tokens, k, experts, 0, growof.ptr, goffsets.ptr), MI_OK) << mi_last_error();
+    ASSERT_EQ(mi_cuda_moe_permute_i64(gindex0.ptr, tokens, k, experts, 0, growof.ptr, goffsets.ptr), MI_OK) << mi_last_error();
     EXPECT_EQ(growof.host(), row_of);
     EXPECT_EQ(goffsets.host(), offsets);
 
@@ -127,8 +147,8 @@ TEST_F(CudaDevice, DispatchMatchesCpu) {
     ASSERT_EQ(mi_moe_gather_backward_f32(dgrouped.data(), row_of.data(), tokens, k, d, rows, dx.data()), MI_OK);
     Device<float> gx(x), gg(rows * d), gyo(grouped_out), gy(tokens * d), gdy(dy), gdg(rows * d), gdgates(tokens * k), gdx(tokens * d);
     ASSERT_EQ(mi_cuda_moe_gather_f32(gx.ptr, growof.ptr, tokens, k, d, rows, gg.ptr), MI_OK) << mi_last_error();
-    ASSERT_EQ(mi_cuda_moe_combine_f32(gyo.ptr, ggates.ptr, growof.ptr, tokens, k, d, rows, gy.ptr), MI_OK) << mi_last_error();
-    ASSERT_EQ(mi_cuda_moe_combine_backward_f32(gyo.ptr, ggates.ptr, growof.ptr, gdy.ptr, tokens, k, d, rows, gdg.ptr, gdgates.ptr), MI_OK) << mi_last_error();
+    ASSERT_EQ(mi_cuda_moe_combine_f32(gyo.ptr, ggates0.ptr, growof.ptr, tokens, k, d, rows, gy.ptr), MI_OK) << mi_last_error();
+    ASSERT_EQ(mi_cuda_moe_combine_backward_f32(gyo.ptr, ggates0.ptr, growof.ptr, gdy.ptr, tokens, k, d, rows, gdg.ptr, gdgates.ptr), MI_OK) << mi_last_error();
     ASSERT_EQ(mi_cuda_moe_gather_backward_f32(gdg.ptr, growof.ptr, tokens, k, d, rows, gdx.ptr), MI_OK) << mi_last_error();
     expect_near(gg.host(), grouped, 0.0f, "grouped");
     expect_near(gy.host(), y, 1e-5f, "y");

@@ -25,33 +25,47 @@ void expect_error(mi_status got, mi_status want, const std::string& text) {
     EXPECT_NE(std::string(mi_last_error()).find(text), std::string::npos) << mi_last_error();
 }
 
-// 3 tokens, 4 experts, top-2. Token 2 ties experts 0 and 1: the lower id wins.
+// 3 tokens, 4 experts, top-2: the softmax of these logits is the weights. Token 2 ties experts 0 and 1:
+// the lower id wins.
 const std::vector<float> kLogits = {1, 3, 2, 0,   //
                                     0, 0, 5, 1,   //
                                     2, 2, 1, 0};
+
+std::vector<float> softmax_rows(const std::vector<float>& logits, int64_t experts) {
+    std::vector<float> w(logits.size());
+    for (size_t r = 0; r < logits.size() / experts; ++r) {
+        double sum = 0;
+        for (int64_t e = 0; e < experts; ++e) sum += std::exp(static_cast<double>(logits[r * experts + e]));
+        for (int64_t e = 0; e < experts; ++e) w[r * experts + e] = static_cast<float>(std::exp(static_cast<double>(logits[r * experts + e])) / sum);
+    }
+    return w;
+}
+
+const std::vector<float> kWeights = softmax_rows(kLogits, 4);
 
 struct Route {
     std::vector<int64_t> index = std::vector<int64_t>(6), counts = std::vector<int64_t>(4);
     std::vector<float> gates = std::vector<float>(6);
     std::vector<uint8_t> kept = std::vector<uint8_t>(6);
     int64_t dropped = -1;
-    mi_status run(int32_t gating, int64_t capacity) {
-        return mi_moe_route_f32(kLogits.data(), 3, 4, 2, gating, capacity, index.data(), gates.data(), counts.data(),
-                                kept.data(), &dropped);
+    mi_status run(int32_t renormalize, int64_t capacity, int32_t choose = 1) {
+        return mi_moe_route_f32(kWeights.data(), 1, 3, 4, 2, choose, renormalize, capacity, index.data(), gates.data(),
+                                counts.data(), kept.data(), &dropped);
     }
 };
 
 TEST(MoeRoute, HandComputedTopTwo) {
     Route r;
-    ASSERT_EQ(r.run(MI_GATING_TOPK_SOFTMAX, 0), MI_OK) << mi_last_error();
+    ASSERT_EQ(r.run(1, 0), MI_OK) << mi_last_error();
     EXPECT_EQ(r.index, (std::vector<int64_t>{1, 2, 2, 3, 0, 1}));
     EXPECT_EQ(r.counts, (std::vector<int64_t>{1, 2, 2, 1}));
     EXPECT_EQ(r.dropped, 0);
+    // Renormalized over the chosen two, as a softmax over their logits (Mixtral).
     const double e = std::exp(1.0), e4 = std::exp(4.0);
     const std::vector<double> want = {e / (e + 1), 1 / (e + 1), e4 / (e4 + 1), 1 / (e4 + 1), 0.5, 0.5};
     for (int i = 0; i < 6; ++i) EXPECT_NEAR(r.gates[i], want[i], 1e-6) << i;
 
-    ASSERT_EQ(r.run(MI_GATING_SOFTMAX, 0), MI_OK);
+    ASSERT_EQ(r.run(0, 0), MI_OK);
     const double z0 = std::exp(1.0) + std::exp(3.0) + std::exp(2.0) + 1.0;
     EXPECT_NEAR(r.gates[0], std::exp(3.0) / z0, 1e-6);
     EXPECT_NEAR(r.gates[1], std::exp(2.0) / z0, 1e-6);
@@ -59,7 +73,7 @@ TEST(MoeRoute, HandComputedTopTwo) {
 
 TEST(MoeRoute, CapacityDropsAndReportsPairs) {
     Route r;
-    ASSERT_EQ(r.run(MI_GATING_TOPK_SOFTMAX, 1), MI_OK) << mi_last_error();
+    ASSERT_EQ(r.run(1, 1), MI_OK) << mi_last_error();
     // First choices claim capacity first: t0->1, t1->2, t2->0; then t0->2 (full), t1->3, t2->1 (full).
     EXPECT_EQ(r.kept, (std::vector<uint8_t>{1, 0, 1, 1, 1, 0}));
     EXPECT_EQ(r.dropped, 2);
@@ -69,36 +83,89 @@ TEST(MoeRoute, CapacityDropsAndReportsPairs) {
     EXPECT_EQ(r.index[1], 2);   // the dropped pair still says where it would have gone
 }
 
+TEST(MoeRoute, GivenExpertsAreGatedAndCapacitatedTheSameWay) {
+    Route r;
+    r.index = {3, 0, 3, 2, 3, 1};   // a hook sends every token's first choice to expert 3
+    ASSERT_EQ(r.run(0, 2, 0), MI_OK) << mi_last_error();
+    EXPECT_EQ(r.index, (std::vector<int64_t>{3, 0, 3, 2, 3, 1}));   // read, not replaced
+    EXPECT_EQ(r.kept, (std::vector<uint8_t>{1, 1, 1, 1, 0, 1}));    // expert 3 holds two
+    EXPECT_EQ(r.counts, (std::vector<int64_t>{1, 1, 1, 2}));
+    EXPECT_EQ(r.dropped, 1);
+    EXPECT_FLOAT_EQ(r.gates[0], kWeights[3]);
+    EXPECT_FLOAT_EQ(r.gates[1], kWeights[0]);
+    EXPECT_EQ(r.gates[4], 0.0f);
+    r.index[5] = 4;
+    expect_error(r.run(0, 2, 0), MI_ERR_INVALID_ARGUMENT, "expert index 4 at token 2 slot 1 is out of range [0, 4)");
+}
+
+// The rule as GShard states it, one pair after another: the reference for the chunked kernel.
+void sequential_capacity(const std::vector<int64_t>& index, int64_t groups, int64_t tokens, int64_t experts, int64_t k,
+                         int64_t capacity, std::vector<uint8_t>& kept, std::vector<int64_t>& counts, int64_t& dropped) {
+    dropped = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+        std::vector<int64_t> n(experts, 0);
+        for (int64_t s = 0; s < k; ++s)
+            for (int64_t t = 0; t < tokens; ++t) {
+                const int64_t p = (g * tokens + t) * k + s;
+                const bool keep = capacity == 0 || n[index[p]] < capacity;
+                kept[p] = keep;
+                if (keep) ++n[index[p]]; else ++dropped;
+            }
+        for (int64_t e = 0; e < experts; ++e) counts[g * experts + e] = n[e];
+    }
+}
+
+TEST(MoeRoute, ChunkedCapacityEqualsTheSequentialRule) {
+    // Thousands of tokens span several chunks per slot; three groups have separate queues.
+    const int64_t groups = 3, tokens = 2500, experts = 5, k = 2;
+    const auto weights = softmax_rows(random_vector(groups * tokens * experts, 21u), experts);
+    for (int64_t capacity : {int64_t{0}, int64_t{1}, int64_t{700}, int64_t{1000}, int64_t{5000}}) {
+        std::vector<int64_t> index(groups * tokens * k), counts(groups * experts), want_counts(groups * experts);
+        std::vector<float> gates(groups * tokens * k);
+        std::vector<uint8_t> kept(groups * tokens * k), want_kept(groups * tokens * k);
+        int64_t dropped = -1, want_dropped = -1;
+        ASSERT_EQ(mi_moe_route_f32(weights.data(), groups, tokens, experts, k, 1, 0, capacity, index.data(), gates.data(),
+                                   counts.data(), kept.data(), &dropped), MI_OK) << mi_last_error();
+        sequential_capacity(index, groups, tokens, experts, k, capacity, want_kept, want_counts, want_dropped);
+        EXPECT_EQ(kept, want_kept) << "capacity " << capacity;
+        EXPECT_EQ(counts, want_counts) << "capacity " << capacity;
+        EXPECT_EQ(dropped, want_dropped) << "capacity " << capacity;
+        if (capacity == 1000) EXPECT_GT(dropped, 0);   // the drops are in the test
+        for (size_t p = 0; p < kept.size(); ++p)
+            if (!kept[p]) ASSERT_EQ(gates[p], 0.0f) << p;
+    }
+}
+
 TEST(MoeRoute, BackwardMatchesFiniteDifferences) {
     const int64_t tokens = 5, experts = 6, k = 3;
-    for (int32_t gating : {MI_GATING_SOFTMAX, MI_GATING_TOPK_SOFTMAX}) {
-        auto logits = random_vector(tokens * experts, 11u);
+    for (int32_t renormalize : {0, 1}) {
+        auto weights = softmax_rows(random_vector(tokens * experts, 11u), experts);
         auto dg = random_vector(tokens * k, 12u);
         std::vector<int64_t> index(tokens * k), counts(experts);
-        std::vector<float> gates(tokens * k), dl(tokens * experts);
+        std::vector<float> gates(tokens * k), dw(tokens * experts);
         std::vector<uint8_t> kept(tokens * k);
         int64_t dropped = 0;
-        ASSERT_EQ(mi_moe_route_f32(logits.data(), tokens, experts, k, gating, 2, index.data(), gates.data(),
+        ASSERT_EQ(mi_moe_route_f32(weights.data(), 1, tokens, experts, k, 1, renormalize, 2, index.data(), gates.data(),
                                    counts.data(), kept.data(), &dropped), MI_OK);
         ASSERT_GT(dropped, 0);   // capacity 2 with 15 pairs over 6 experts must drop: drops are in the test
-        ASSERT_EQ(mi_moe_route_backward_f32(logits.data(), index.data(), kept.data(), dg.data(), tokens, experts, k,
-                                            gating, dl.data()), MI_OK) << mi_last_error();
+        ASSERT_EQ(mi_moe_route_backward_f32(weights.data(), index.data(), kept.data(), dg.data(), tokens, experts, k,
+                                            renormalize, dw.data()), MI_OK) << mi_last_error();
         // Loss = sum dg * gates with the routing (index, kept) held fixed, as autograd sees it.
-        auto loss = [&](const std::vector<float>& l) {
-            std::vector<int64_t> i2(tokens * k), c2(experts);
+        auto loss = [&](const std::vector<float>& w) {
+            std::vector<int64_t> i2 = index, c2(experts);
             std::vector<float> g2(tokens * k);
             std::vector<uint8_t> k2(tokens * k);
             int64_t d2;
-            mi_moe_route_f32(l.data(), tokens, experts, k, gating, 2, i2.data(), g2.data(), c2.data(), k2.data(), &d2);
+            mi_moe_route_f32(w.data(), 1, tokens, experts, k, 0, renormalize, 2, i2.data(), g2.data(), c2.data(), k2.data(), &d2);
             double s = 0;
             for (int64_t p = 0; p < tokens * k; ++p) s += static_cast<double>(dg[p]) * g2[p];
             return s;
         };
         for (int64_t i = 0; i < tokens * experts; ++i) {
-            auto up = logits, down = logits;
+            auto up = weights, down = weights;
             up[i] += 1e-3f;
             down[i] -= 1e-3f;
-            EXPECT_NEAR(dl[i], (loss(up) - loss(down)) / 2e-3, 2e-3) << "gating " << gating << " logit " << i;
+            EXPECT_NEAR(dw[i], (loss(up) - loss(down)) / 2e-3, 2e-3) << "renormalize " << renormalize << " weight " << i;
         }
     }
 }
@@ -176,28 +243,32 @@ TEST(MoeRejections, ExpertIdsOutOfRange) {
     index[1] = -1;
     expect_error(mi_moe_permute_i64(index.data(), 2, 2, 4, 0, out.data(), offsets.data()), MI_ERR_INVALID_ARGUMENT,
                  "expert index -1 at token 0 slot 1");
-    std::vector<float> dg(4), dl(8), logits(8);
+    std::vector<float> dg(4), dw(8), weights(8);
     std::vector<uint8_t> kept(4, 1);
-    expect_error(mi_moe_route_backward_f32(logits.data(), index.data(), kept.data(), dg.data(), 2, 4, 2, 0, dl.data()),
+    expect_error(mi_moe_route_backward_f32(weights.data(), index.data(), kept.data(), dg.data(), 2, 4, 2, 0, dw.data()),
                  MI_ERR_INVALID_ARGUMENT, "out of range");
 }
 
 TEST(MoeRejections, RouteArguments) {
     Route r;
-    std::vector<float> l(12);
-    auto call = [&](const float* logits, int64_t tokens, int64_t experts, int64_t k, int32_t gating, int64_t cap,
-                    int64_t* index) {
-        return mi_moe_route_f32(logits, tokens, experts, k, gating, cap, index, r.gates.data(), r.counts.data(),
-                                r.kept.data(), &r.dropped);
+    std::vector<float> w(12);
+    auto call = [&](const float* weights, int64_t groups, int64_t tokens, int64_t experts, int64_t k, int32_t choose,
+                    int32_t renormalize, int64_t cap, int64_t* index) {
+        return mi_moe_route_f32(weights, groups, tokens, experts, k, choose, renormalize, cap, index, r.gates.data(),
+                                r.counts.data(), r.kept.data(), &r.dropped);
     };
-    expect_error(call(nullptr, 3, 4, 2, 0, 0, r.index.data()), MI_ERR_NULL_POINTER, "logits is a null pointer");
-    expect_error(call(l.data(), 3, 4, 2, 0, 0, nullptr), MI_ERR_NULL_POINTER, "expert_index is a null pointer");
-    expect_error(call(l.data(), 0, 4, 2, 0, 0, r.index.data()), MI_ERR_INVALID_SIZE, "tokens must be positive, got 0");
-    expect_error(call(l.data(), 3, -4, 2, 0, 0, r.index.data()), MI_ERR_INVALID_SIZE, "experts must be positive, got -4");
-    expect_error(call(l.data(), 3, 4, 5, 0, 0, r.index.data()), MI_ERR_INVALID_ARGUMENT, "k (5) must be at most experts (4)");
-    expect_error(call(l.data(), 3, 4, 2, 7, 0, r.index.data()), MI_ERR_INVALID_ARGUMENT, "gating must be 0 (softmax) or 1 (top-k softmax), got 7");
-    expect_error(call(l.data(), 3, 4, 2, 0, -1, r.index.data()), MI_ERR_INVALID_ARGUMENT, "capacity must be 0 (no limit) or positive, got -1");
-    expect_error(call(l.data(), int64_t{1} << 40, int64_t{1} << 40, 2, 0, 0, r.index.data()), MI_ERR_OVERFLOW, "overflows");
+    int64_t* i = r.index.data();
+    expect_error(call(nullptr, 1, 3, 4, 2, 1, 0, 0, i), MI_ERR_NULL_POINTER, "weights is a null pointer");
+    expect_error(call(w.data(), 1, 3, 4, 2, 1, 0, 0, nullptr), MI_ERR_NULL_POINTER, "expert_index is a null pointer");
+    expect_error(call(w.data(), 0, 3, 4, 2, 1, 0, 0, i), MI_ERR_INVALID_SIZE, "groups must be positive, got 0");
+    expect_error(call(w.data(), 1, 0, 4, 2, 1, 0, 0, i), MI_ERR_INVALID_SIZE, "tokens must be positive, got 0");
+    expect_error(call(w.data(), 1, 3, -4, 2, 1, 0, 0, i), MI_ERR_INVALID_SIZE, "experts must be positive, got -4");
+    expect_error(call(w.data(), 1, 3, 4, 5, 1, 0, 0, i), MI_ERR_INVALID_ARGUMENT, "k (5) must be at most experts (4)");
+    expect_error(call(w.data(), 1, 3, 4, 2, 2, 0, 0, i), MI_ERR_INVALID_ARGUMENT, "choose must be 0 (expert_index given) or 1 (top-k chosen here), got 2");
+    expect_error(call(w.data(), 1, 3, 4, 2, 1, 7, 0, i), MI_ERR_INVALID_ARGUMENT, "renormalize must be 0 or 1, got 7");
+    expect_error(call(w.data(), 1, 3, 4, 2, 1, 0, -1, i), MI_ERR_INVALID_ARGUMENT, "capacity must be 0 (no limit) or positive, got -1");
+    expect_error(call(w.data(), 1, int64_t{1} << 40, int64_t{1} << 40, 2, 1, 0, 0, i), MI_ERR_OVERFLOW, "overflows");
+    expect_error(call(w.data(), int64_t{1} << 40, int64_t{1} << 40, 4, 2, 1, 0, 0, i), MI_ERR_OVERFLOW, "overflows");
 }
 
 TEST(MoeRejections, DispatchArguments) {

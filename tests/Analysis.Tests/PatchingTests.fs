@@ -110,21 +110,23 @@ type ScoreAndQuantizationTests(_fixture: TorchFixture) =
     [<Fact>]
     member _.``head scores read the diagonals they name`` () =
         use _scope = torch.NewDisposeScope()
-        // 5 positions, period 2 (BOS a b a b): head 0 attends to the previous token, head 1 to query − 1 + ... − period + 1.
-        let n = 5L
+        // 7 positions, period 3: BOS a b c a b c. Head 0 attends to the previous token; the induction head attends
+        // from each query q of the repeat (q ≥ 4) to q − 3 + 1, the token after q's earlier copy, and to BOS before it.
+        let n = 7L
         let previous = torch.zeros(n, n)
         for q in 0L .. n - 1L do previous.[q, max 0L (q - 1L)] <- torch.tensor 1.0f
         let induction = torch.zeros(n, n)
-        for q in 0L .. n - 1L do induction.[q, max 0L (q - 1L)] <- torch.tensor 1.0f   // period 2: q − 2 + 1 = q − 1
+        for q in 0L .. n - 1L do induction.[q, (if q >= 4L then q - 2L else 0L)] <- torch.tensor 1.0f
         let uniform = torch.ones(n, n).tril().div(torch.ones(n, n).tril().sum(-1L, keepdim = true))
-        let pattern = torch.stack([| previous; uniform |]).unsqueeze(0L)               // [1, head, q, k]
+        let pattern = torch.stack([| previous; induction; uniform |]).unsqueeze(0L)     // [1, head, q, k]
         let prev = vec (previousTokenScore pattern)
         Assert.Equal(1.0, prev.[0], 6)
-        Assert.Equal((1.0 / 2.0 + 1.0 / 3.0 + 1.0 / 4.0 + 1.0 / 5.0) / 4.0, prev.[1], 6)
-        let induct = vec (inductionScore 3 (torch.stack([| induction; uniform |]).unsqueeze(0L)))
-        // period 3: queries 4 only (q ≥ 4), key 4 − 2 = 2; the previous-token head puts 0 there
+        Assert.Equal(1.0 / 6.0, prev.[1], 6)                                            // only query 1, whose BOS is its previous token
+        Assert.Equal((List.sum [ for q in 2 .. 7 -> 1.0 / float q ]) / 6.0, prev.[2], 6)
+        let induct = vec (inductionScore 3 pattern)
         Assert.Equal(0.0, induct.[0], 6)
-        Assert.Equal(1.0 / 5.0, induct.[1], 6)
+        Assert.Equal(1.0, induct.[1], 6)
+        Assert.Equal((1.0 / 5.0 + 1.0 / 6.0 + 1.0 / 7.0) / 3.0, induct.[2], 6)
 
     [<Fact>]
     member _.``attention to given keys averages only the queries that have one`` () =

@@ -60,6 +60,57 @@ public class ModelTests
         }
     }
 
+    [Theory]
+    [InlineData("LN")]
+    [InlineData("LNPre")]
+    [InlineData("RMS")]
+    [InlineData("none")]
+    public void TheNormAppliedOutsideTheModelIsTheModelsOwn(string norm)
+    {
+        using var scope = NewDisposeScope();
+        using var model = new HookedTransformer(Tiny(norm));
+        using (no_grad())
+        {
+            // Weight and bias away from 1 and 0, so that leaving either out would show.
+            model.ln_final.w?.copy_(randn(16).add(1));
+            model.ln_final.b?.copy_(randn(16));
+        }
+        var (_, cache) = model.RunWithCache(Tokens(2, 5, 11, 4), n => n.StartsWith("ln_final") || n == "blocks.1.hook_resid_post");
+        using (cache)
+        {
+            var resid = cache["blocks.1.hook_resid_post"];                                 // [batch, pos, d_model]
+            if (norm == "none")
+            {
+                Assert.True(model.ln_final.Normalize(resid).eq(resid).all().item<bool>(), "no norm leaves the stream as it is");
+                return;
+            }
+            var normalized = cache["ln_final.hook_normalized"];
+            Assert.True(model.ln_final.Normalize(resid).allclose(normalized, rtol: 1e-5, atol: 1e-5), "Normalize");
+            // With the cached scale held: the stream centred and scaled, then the weight and bias, is the output.
+            var frozen = model.ln_final.ApplyFrozenScale(resid, cache["ln_final.hook_scale"]);
+            var affine = model.ln_final.w is { } w ? frozen.mul(w) : frozen;
+            if (model.ln_final.b is { } b) affine = affine.add(b);
+            Assert.True(affine.allclose(normalized, rtol: 1e-5, atol: 1e-5), "ApplyFrozenScale");
+            var bad = Assert.Throws<ArgumentException>(() => model.ln_final.Normalize(resid.narrow(-1, 0, 3)));
+            Assert.Contains("x must be [.., d_model = 16], got [2, 5, 3]", bad.Message);
+        }
+    }
+
+    [Fact]
+    public void HeadResultsAreTheModelsPerHeadOutputs()
+    {
+        using var scope = NewDisposeScope();
+        using var model = new HookedTransformer(Tiny() with { use_attn_result = true });
+        var (_, cache) = model.RunWithCache(Tokens(2, 5, 11, 5), n => n.StartsWith("blocks.1.attn.hook_") || n == "blocks.1.hook_attn_out");
+        using (cache)
+        {
+            var attn = model.blocks[1].attn;
+            var heads = attn.HeadResults(cache["blocks.1.attn.hook_z"]);                  // [batch, pos, head, d_model]
+            Assert.True(heads.allclose(cache["blocks.1.attn.hook_result"], rtol: 1e-5, atol: 1e-6), "hook_result");
+            Assert.True(heads.sum(2).add(attn.b_O).allclose(cache["blocks.1.hook_attn_out"], rtol: 1e-5, atol: 1e-5), "attn_out");
+        }
+    }
+
     [Fact]
     public void NamesFilterCachesOnlyWhatItAsksFor()
     {

@@ -31,6 +31,16 @@ public class NativeExpertTests
 
     private static Tensor Gelu(Tensor t) => nn.functional.gelu(t);
 
+    /// <summary>One group's routing of router logits [tokens, experts], as [tokens, k] index and gates.</summary>
+    private static (Tensor ExpertIndex, Tensor Gates) Routed(Tensor logits, int k, KernelBackend backend)
+    {
+        var r = Kernel.Route(logits.softmax(-1).unsqueeze(0), k, backend: backend);
+        return (r.ExpertIndex.squeeze(0), r.Gates.squeeze(0));
+    }
+
+    /// <summary>The hand-computed example: 3 tokens, 4 experts; token 2 ties experts 1 and 2 only at the second choice.</summary>
+    private static Tensor HandWeights() => tensor(new float[] { 1, 3, 2, 0, /**/ 0, 0, 5, 1, /**/ 4, 2, 1, 0 }, 1, 3, 4).softmax(-1);   // [1, tokens, experts]
+
     [Theory]
     [InlineData(false)]   // balanced routing: padded groups, one batched GEMM per layer
     [InlineData(true)]    // skewed routing: packed groups, one GEMM per expert
@@ -42,7 +52,7 @@ public class NativeExpertTests
         int k = 2;
         var logits = randn(tokens, e);
         if (skewed) logits = logits.add(tensor(new float[] { 4, 3, 0, 0, 0, 0 }));   // experts 0 and 1 take most pairs
-        var route = Kernel.RouteTopK(logits, k, backend: KernelBackend.Managed);
+        var route = Routed(logits, k, KernelBackend.Managed);
         var x = randn(tokens, d);
         var w = Experts.Random(e, d, f);
         var dy = randn(tokens, d);
@@ -71,7 +81,7 @@ public class NativeExpertTests
         long tokens = 37, d = 8, f = 16, e = 4;
         var x = randn(tokens, d);
         var w = Experts.Random(e, d, f);
-        var route = Kernel.RouteTopK(randn(tokens, e), 2, backend: KernelBackend.Native);
+        var route = Routed(randn(tokens, e), 2, KernelBackend.Native);
         var y = Kernel.ExpertMlp(x, route.ExpertIndex, route.Gates, w.WIn, w.BIn, w.WOut, w.BOut, Gelu, KernelBackend.Native);
         // Every expert applied densely to every token: [experts, tokens, d].
         var all = Gelu(x.unsqueeze(0).matmul(w.WIn).add(w.BIn.unsqueeze(1))).matmul(w.WOut).add(w.BOut.unsqueeze(1));
@@ -91,19 +101,23 @@ public class NativeExpertTests
     public void HandComputedRouting(KernelBackend backend)
     {
         using var scope = NewDisposeScope();
-        var logits = tensor(new float[] { 1, 3, 2, 0, /**/ 0, 0, 5, 1, /**/ 4, 2, 1, 0 }, 3, 4);   // [tokens, experts]
-        var r = Kernel.RouteTopK(logits, 2, RouterGating.TopKSoftmax, backend: backend);
+        var weights = HandWeights();
+        var r = Kernel.Route(weights, 2, renormalize: true, backend: backend);
         Assert.Equal(new long[] { 1, 2, 2, 3, 0, 1 }, r.ExpertIndex.data<long>().ToArray());
-        Assert.Equal(new long[] { 1, 2, 2, 1 }, r.Counts.data<long>().ToArray());
+        Assert.Equal(new long[] { 1, 2, 2, 1 }, r.Counts);
+        // Renormalized over the chosen two: a softmax over their logits (Mixtral).
         double e1 = Math.E, e4 = Math.Exp(4), e2 = Math.Exp(2);
         var expected = new[] { e1 / (e1 + 1), 1 / (e1 + 1), e4 / (e4 + 1), 1 / (e4 + 1), e2 / (e2 + 1), 1 / (e2 + 1) };
         var gates = r.Gates.data<float>().ToArray();
         for (int i = 0; i < 6; i++) Assert.True(Math.Abs(gates[i] - expected[i]) < 1e-6, $"gate {i}: {gates[i]} vs {expected[i]}");
-        Assert.Equal(0, r.DroppedCount);
+        Assert.Equal(0, r.Dropped);
+        Assert.Equal(6, r.Pairs);
 
-        var soft = Kernel.RouteTopK(logits, 2, RouterGating.Softmax, backend: backend);
+        // Not renormalized (the toy MoE's gate): the softmax over all experts, read at the chosen ones.
+        var plain = Kernel.Route(weights, 2, backend: backend);
         double z0 = Math.Exp(1) + Math.Exp(3) + Math.Exp(2) + 1;
-        Assert.True(Math.Abs(soft.Gates[0, 0].item<float>() - Math.Exp(3) / z0) < 1e-6);
+        Assert.True(Math.Abs(plain.Gates[0, 0, 0].item<float>() - Math.Exp(3) / z0) < 1e-6);
+        Assert.True(Math.Abs(plain.Gates[0, 0, 1].item<float>() - Math.Exp(2) / z0) < 1e-6);
     }
 
     [Theory]
@@ -112,16 +126,58 @@ public class NativeExpertTests
     public void CapacityOverflowReportsDroppedPairs(KernelBackend backend)
     {
         using var scope = NewDisposeScope();
-        var logits = tensor(new float[] { 1, 3, 2, 0, /**/ 0, 0, 5, 1, /**/ 4, 2, 1, 0 }, 3, 4);
-        // capacity = ceil(2/3 * 3 tokens * 2 / 4 experts) = 1 pair per expert.
-        var r = Kernel.RouteTopK(logits, 2, capacityFactor: 2.0 / 3, backend: backend);
+        long capacity = ExpertRouting.CapacityOf(2.0 / 3, 3, 2, 4);
+        Assert.Equal(1, capacity);   // ceil(2/3 · 3 tokens · 2 / 4 experts)
+        var r = Kernel.Route(HandWeights(), 2, capacity: capacity, backend: backend);
         // First choices claim capacity first: t0->1, t1->2, t2->0; then t0->2 is full, t1->3 fits, t2->1 is full.
-        Assert.Equal(2, r.DroppedCount);
-        Assert.Equal(new long[] { 0, 1, 2, 1 }, r.Dropped.reshape(-1).data<long>().ToArray());
-        Assert.Equal(new long[] { 1, 1, 1, 1 }, r.Counts.data<long>().ToArray());
-        Assert.Equal(0f, r.Gates[0, 1].item<float>());
-        Assert.Equal(0f, r.Gates[2, 1].item<float>());
-        Assert.True(r.Gates[1, 1].item<float>() > 0);
+        Assert.Equal(2, r.Dropped);
+        Assert.Equal(new long[] { 0, 1, 2, 1 }, r.Kept.logical_not().squeeze(0).nonzero().reshape(-1).data<long>().ToArray());
+        Assert.Equal(new long[] { 1, 1, 1, 1 }, r.Counts);
+        Assert.Equal(0f, r.Gates[0, 0, 1].item<float>());
+        Assert.Equal(0f, r.Gates[0, 2, 1].item<float>());
+        Assert.True(r.Gates[0, 1, 1].item<float>() > 0);
+        Assert.Equal(2, r.ExpertIndex[0, 0, 1].item<long>());   // a dropped pair still says where it would have gone
+    }
+
+    [Theory]
+    [InlineData(KernelBackend.Native)]
+    [InlineData(KernelBackend.Managed)]
+    public void GivenExpertsAreGatedAndCapacitatedByTheSameRule(KernelBackend backend)
+    {
+        using var scope = NewDisposeScope();
+        var weights = HandWeights();
+        var given = tensor(new long[] { 3, 0, /**/ 3, 2, /**/ 3, 1 }, 1, 3, 2);   // every first choice forced to expert 3
+        var r = Kernel.Route(weights, 2, capacity: 2, expertIndex: given, backend: backend);
+        Assert.True(Same(given, r.ExpertIndex));
+        Assert.Equal(new long[] { 1, 1, 1, 2 }, r.Counts);   // expert 3 keeps two of three
+        Assert.Equal(1, r.Dropped);
+        Assert.False(r.Kept[0, 2, 0].item<bool>());
+        Assert.Equal(weights[0, 1, 2].item<float>(), r.Gates[0, 1, 1].item<float>());
+        var bad = Assert.Throws<ArgumentOutOfRangeException>(() => Kernel.Route(weights, 2, expertIndex: given.add(1), backend: backend));
+        Assert.Contains("expert index out of range [0, 4): found 4", bad.Message);
+        var shape = Assert.Throws<ArgumentException>(() => Kernel.Route(weights.squeeze(0), 2, backend: backend));
+        Assert.Contains("expert weights must be [groups, tokens, experts], got [3, 4]", shape.Message);
+    }
+
+    [Theory]
+    [InlineData(KernelBackend.Native)]
+    [InlineData(KernelBackend.Managed)]
+    public void EveryGroupIsRoutedAsIfAlone(KernelBackend backend)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(8);
+        var weights = randn(3, 40, 5).softmax(-1);   // [groups, tokens, experts]
+        var all = Kernel.Route(weights, 2, capacity: 12, backend: backend);
+        Assert.True(all.Dropped > 0, "capacity 12 of 16 pairs per expert on average must drop");
+        long dropped = 0;
+        for (int g = 0; g < 3; g++)
+        {
+            var alone = Kernel.Route(weights.narrow(0, g, 1), 2, capacity: 12, backend: backend);
+            Assert.True(Same(alone.Kept, all.Kept.narrow(0, g, 1)), $"group {g}: kept differs");
+            Assert.Equal(alone.Counts, all.Counts.Skip(5 * g).Take(5).ToArray());
+            dropped += alone.Dropped;
+        }
+        Assert.Equal(dropped, all.Dropped);
     }
 
     [Fact]
@@ -129,20 +185,23 @@ public class NativeExpertTests
     {
         using var scope = NewDisposeScope();
         manual_seed(9);
-        var logits = randn(50, 8);
-        var w = randn(50, 2);
-        foreach (var gating in new[] { RouterGating.Softmax, RouterGating.TopKSoftmax })
+        var weights = randn(2, 50, 8).softmax(-1);
+        var w = randn(2, 50, 2);
+        long capacity = ExpertRouting.CapacityOf(1.0, 50, 2, 8);
+        foreach (var renormalize in new[] { false, true })
         {
-            var ln = logits.clone().requires_grad_();
-            var lm = logits.clone().requires_grad_();
-            var rn = Kernel.RouteTopK(ln, 2, gating, capacityFactor: 1.0, backend: KernelBackend.Native);
-            var rm = Kernel.RouteTopK(lm, 2, gating, capacityFactor: 1.0, backend: KernelBackend.Managed);
-            Assert.True(Same(rn.ExpertIndex, rm.ExpertIndex), $"{gating}: indices differ");
-            Assert.True(Same(rn.Kept, rm.Kept), $"{gating}: kept differs");
-            AssertClose(rm.Gates, rn.Gates, $"{gating} gates");
+            var wn = weights.clone().requires_grad_();
+            var wm = weights.clone().requires_grad_();
+            var rn = Kernel.Route(wn, 2, renormalize, capacity, backend: KernelBackend.Native);
+            var rm = Kernel.Route(wm, 2, renormalize, capacity, backend: KernelBackend.Managed);
+            Assert.True(rn.Dropped > 0, "the comparison covers dropped pairs");
+            Assert.True(Same(rn.ExpertIndex, rm.ExpertIndex), $"renormalize {renormalize}: indices differ");
+            Assert.True(Same(rn.Kept, rm.Kept), $"renormalize {renormalize}: kept differs");
+            Assert.Equal(rm.Counts, rn.Counts);
+            AssertClose(rm.Gates, rn.Gates, $"renormalize {renormalize} gates");
             rn.Gates.mul(w).sum().backward();
             rm.Gates.mul(w).sum().backward();
-            AssertClose(lm.grad!, ln.grad!, $"{gating} dlogits");
+            AssertClose(wm.grad!, wn.grad!, $"renormalize {renormalize} dweights");
         }
     }
 

@@ -49,11 +49,14 @@ __device__ inline float block_reduce(float v, float* red, bool is_max) {
     return r;
 }
 
-// A device buffer freed at scope exit, so a thrown Error leaks nothing.
+// A device buffer freed at scope exit, so a thrown Error leaks nothing. Empty (n = 0) it allocates nothing
+// and ptr stays null; no kernel then reads it.
 template <class T>
 struct DeviceBuffer {
     T* ptr = nullptr;
-    explicit DeviceBuffer(size_t n) { check(cudaMalloc(&ptr, n * sizeof(T) + 1), "cudaMalloc"); }
+    explicit DeviceBuffer(size_t n) {
+        if (n > 0) check(cudaMalloc(&ptr, n * sizeof(T)), "cudaMalloc");
+    }
     ~DeviceBuffer() { cudaFree(ptr); }
     DeviceBuffer(const DeviceBuffer&) = delete;
     DeviceBuffer& operator=(const DeviceBuffer&) = delete;

@@ -13,19 +13,44 @@ using mi::cuda::kThreads;
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-// One thread per token: top-k by repeated max (ties to the lower id), then the gates.
-__global__ void route_kernel(const float* logits, int64_t tokens, int64_t experts, int64_t k, int gating, int64_t* index,
-                             float* gates) {
+// One thread per token: top-k by repeated max (ties to the lower id) unless the caller chose, then the gates.
+__global__ void route_kernel(const float* weights, int64_t rows, int64_t experts, int64_t k, int choose, int renormalize,
+                             int64_t* index, float* gates) {
     const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-    if (t >= tokens) return;
-    mi::route::top_k(logits + t * experts, experts, k, index + t * k);
-    mi::route::gates_of(logits + t * experts, experts, k, gating, index + t * k, gates + t * k);
+    if (t >= rows) return;
+    if (choose) mi::route::top_k(weights + t * experts, experts, k, index + t * k);
+    mi::route::gates_of(weights + t * experts, k, renormalize, index + t * k, gates + t * k);
 }
 
-// Capacity in GShard's order is inherently sequential (slot-major, token order): one thread walks the pairs.
-__global__ void capacity_kernel(const int64_t* index, int64_t tokens, int64_t experts, int64_t k, int64_t capacity,
-                                float* gates, int64_t* counts, uint8_t* kept, int64_t* dropped) {
-    *dropped = mi::route::apply_capacity(index, tokens, experts, k, capacity, gates, counts, kept);
+// Capacity as route.hpp defines it, in three parallel steps: one thread per (group, chunk) counts, one per
+// (group, expert) scans the chunks of its queue, one per (group, chunk) keeps or drops its pairs.
+constexpr int64_t kCapacityChunk = 32;   // tokens per chunk: many threads even for a small batch
+
+__global__ void capacity_count_kernel(const int64_t* index, int64_t groups, int64_t tokens, int64_t experts, int64_t k,
+                                      int64_t chunks, int64_t* place) {
+    const int64_t gc = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (gc >= groups * chunks) return;
+    mi::route::chunk_count(index + (gc / chunks) * tokens * k, k, experts,
+                           mi::route::chunk_at(gc % chunks, tokens, kCapacityChunk), place + gc * experts);
+}
+
+__global__ void capacity_scan_kernel(int64_t groups, int64_t experts, int64_t chunks, int64_t capacity, int64_t* place,
+                                     int64_t* counts, unsigned long long* dropped) {
+    const int64_t ge = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (ge >= groups * experts) return;
+    const int64_t g = ge / experts, e = ge % experts;
+    const int64_t routed = mi::route::scan_chunks(place + g * chunks * experts, chunks, experts, e);
+    counts[ge] = mi::route::kept_of(routed, capacity);
+    if (routed > counts[ge]) atomicAdd(dropped, static_cast<unsigned long long>(routed - counts[ge]));
+}
+
+__global__ void capacity_keep_kernel(const int64_t* index, int64_t groups, int64_t tokens, int64_t k, int64_t experts,
+                                     int64_t chunks, int64_t capacity, int64_t* place, float* gates, uint8_t* kept) {
+    const int64_t gc = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (gc >= groups * chunks) return;
+    const int64_t offset = (gc / chunks) * tokens * k;
+    mi::route::chunk_keep(index + offset, k, mi::route::chunk_at(gc % chunks, tokens, kCapacityChunk), capacity,
+                          place + gc * experts, gates + offset, kept + offset);
 }
 
 // counts[e] += 1 per pair; the first out-of-range pair (lowest id) is kept in *bad.
@@ -167,31 +192,42 @@ void check_rows(const int64_t* row_of, int64_t pairs, int64_t rows, unsigned int
 
 extern "C" {
 
-MI_API mi_status mi_cuda_moe_route_f32(const float* logits, int64_t tokens, int64_t experts, int64_t k, int32_t gating,
-                                       int64_t capacity, int64_t* expert_index, float* gates, int64_t* counts,
-                                       uint8_t* kept, int64_t* dropped) {
+MI_API mi_status mi_cuda_moe_route_f32(const float* weights, int64_t groups, int64_t tokens, int64_t experts, int64_t k,
+                                       int32_t choose, int32_t renormalize, int64_t capacity, int64_t* expert_index,
+                                       float* gates, int64_t* counts, uint8_t* kept, int64_t* dropped) {
     return mi::guard([&] {
-        mi::cuda::require_device(logits, "logits");
+        mi::cuda::require_device(weights, "weights");
         mi::cuda::require_device(expert_index, "expert_index");
         mi::cuda::require_device(gates, "gates");
         mi::cuda::require_device(counts, "counts");
         mi::cuda::require_device(kept, "kept");
         mi::require_pointer(dropped, "dropped");
+        mi::require_positive(groups, "groups");
         mi::require_positive(tokens, "tokens");
         mi::require_positive(experts, "experts");
         mi::require_positive(k, "k");
+        const int64_t rows = mi::checked_mul(groups, tokens, "groups * tokens");
         if (k > experts)
             throw mi::Error{MI_ERR_INVALID_ARGUMENT, "k (" + std::to_string(k) + ") must be at most experts (" + std::to_string(experts) + ")"};
-        mi::checked_mul(tokens, experts, "tokens * experts");
-        if (gating != MI_GATING_SOFTMAX && gating != MI_GATING_TOPK_SOFTMAX)
-            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "gating must be 0 (softmax) or 1 (top-k softmax), got " + std::to_string(gating)};
+        mi::checked_mul(rows, experts, "tokens * experts");
+        if (choose != 0 && choose != 1)
+            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "choose must be 0 (expert_index given) or 1 (top-k chosen here), got " + std::to_string(choose)};
+        if (renormalize != 0 && renormalize != 1)
+            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "renormalize must be 0 or 1, got " + std::to_string(renormalize)};
         if (capacity < 0)
             throw mi::Error{MI_ERR_INVALID_ARGUMENT, "capacity must be 0 (no limit) or positive, got " + std::to_string(capacity)};
-        DeviceBuffer<int64_t> n(1);
-        route_kernel<<<blocks_for(tokens), kThreads>>>(logits, tokens, experts, k, gating, expert_index, gates);
-        capacity_kernel<<<1, 1>>>(expert_index, tokens, experts, k, capacity, gates, counts, kept, n.ptr);
+        if (!choose) count_on_device(expert_index, rows, k, experts);   // validates the given ids
+        const int64_t chunks = mi::route::chunks_per_group(tokens, k, kCapacityChunk);
+        DeviceBuffer<int64_t> place(static_cast<size_t>(mi::checked_mul(groups * chunks, experts, "chunks * experts")));
+        DeviceBuffer<unsigned long long> n(1);
+        mi::cuda::check(cudaMemset(n.ptr, 0, sizeof(unsigned long long)), "cudaMemset");
+        route_kernel<<<blocks_for(rows), kThreads>>>(weights, rows, experts, k, choose, renormalize, expert_index, gates);
+        capacity_count_kernel<<<blocks_for(groups * chunks), kThreads>>>(expert_index, groups, tokens, experts, k, chunks, place.ptr);
+        capacity_scan_kernel<<<blocks_for(groups * experts), kThreads>>>(groups, experts, chunks, capacity, place.ptr, counts, n.ptr);
+        capacity_keep_kernel<<<blocks_for(groups * chunks), kThreads>>>(expert_index, groups, tokens, k, experts, chunks, capacity,
+                                                                         place.ptr, gates, kept);
         mi::cuda::finish("route kernels");
-        *dropped = to_host(n.ptr);
+        *dropped = static_cast<int64_t>(to_host(n.ptr));
     });
 }
 

@@ -46,18 +46,20 @@ let private meanWhere (values: float[]) (take: int -> bool) =
             n <- n + 1
     if n = 0 then nan else sum / float n
 
-/// The hook that removes unit e of a layer: its gate set to 0 where the (clean) routing chose it, or
-/// for the dense model its neuron group zeroed. `index` is the clean expert index [batch, pos, k].
-let private ablationHook (subject: Subject) (layer: int) (index: torch.Tensor) (unit: int) : Hook =
+/// The hooks that remove unit e of a layer: the routing held at the clean choice and expert e's weight set to 0,
+/// so its gate is 0 where it was chosen and every other pair runs as before; for the dense model its neuron group
+/// zeroed. `index` is the clean expert index [batch, pos, k].
+let private ablationHooks (subject: Subject) (layer: int) (index: torch.Tensor) (unit: int) : Hook[] =
     match subject.Units with
     | Routed ->
-        Hook($"blocks.{layer}.mlp.hook_gates", HookFn(fun gates _ -> gates.mul(index.ne((int64 unit).ToScalar()).to_type(gates.dtype))))
+        [| Hook($"blocks.{layer}.mlp.hook_expert_weights", HookFn(fun weights _ -> weights.index_fill(-1L, torch.tensor([| int64 unit |]), (0.0).ToScalar())))
+           Hook($"blocks.{layer}.mlp.hook_expert_indices", HookFn(fun _ _ -> index)) |]
     | NeuronGroups groups ->
-        Hook($"blocks.{layer}.mlp.hook_post", HookFn(fun post _ ->
+        [| Hook($"blocks.{layer}.mlp.hook_post", HookFn(fun post _ ->
             let width = post.shape.[2] / int64 groups
             let keep = torch.ones(post.shape.[2], dtype = post.dtype)
             keep.narrow(0L, int64 unit * width, width).zero_() |> ignore
-            post.mul(keep)))
+            post.mul(keep))) |]
 
 let private indexTensor (sample: RoutingSample) (batch: int) (pos: int) =
     let k = sample.Slots.[0].Length
@@ -91,7 +93,7 @@ let ablate (subject: Subject) (features: Map<string, string[]>) (batch: TokenBat
     use index = indexTensor sample b p
     let deltas =
         Array.init sample.Experts (fun unit ->
-            let ablated = perTokenLoss subject batch [| ablationHook subject sample.Layer index unit |]
+            let ablated = perTokenLoss subject batch (ablationHooks subject sample.Layer index unit)
             Array.map2 (-) ablated clean)
     let table =
         Array2D.init sample.Experts cols.Length (fun unit c ->
@@ -118,10 +120,16 @@ type Forcing =
       ForcedDelta: float
       RandomDelta: float }
 
-/// Every slot of a chosen token moves by the same random shift in 1 .. E − 1, so it lands on other experts and its k slots stay distinct.
-let private forceHook (layer: int) (experts: int) (shift: torch.Tensor) =
-    Hook($"blocks.{layer}.mlp.hook_expert_index", HookFn(fun index _ ->
-        index.add(shift.unsqueeze(-1L)).remainder((int64 experts).ToScalar())))
+/// A chosen token's expert weights rotate by a random shift in 1 .. E − 1 (expert e's weight moves to e + shift mod E),
+/// so each of its k slots lands on another expert, the slots stay distinct and keep their gates; the choice is the
+/// clean one shifted the same way (what a router would pick from the rotated weights, also under a hash router's
+/// own hooks). shift: [batch, pos]; clean: the clean expert index [batch, pos, k].
+let private forceHooks (layer: int) (experts: int) (shift: torch.Tensor) (clean: torch.Tensor) =
+    let e = (int64 experts).ToScalar()
+    [| Hook($"blocks.{layer}.mlp.hook_expert_weights", HookFn(fun weights _ ->
+           let source = torch.arange(int64 experts).sub(shift.unsqueeze(-1L)).remainder(e)   // [batch, pos, E]: where each weight comes from
+           weights.gather(-1L, source)))
+       Hook($"blocks.{layer}.mlp.hook_expert_indices", HookFn(fun _ _ -> clean.add(shift.unsqueeze(-1L)).remainder(e))) |]
 
 let force (rng: Random) (subject: Subject) (features: Map<string, string[]>) (batch: TokenBatch) (sample: RoutingSample) =
     match subject.Units with
@@ -130,13 +138,14 @@ let force (rng: Random) (subject: Subject) (features: Map<string, string[]>) (ba
         let b, p = int batch.Tokens.shape.[0], int batch.Tokens.shape.[1]
         let keep, labels = lossLabels sample p
         let clean = perTokenLoss subject batch [||]
+        use cleanIndex = indexTensor sample b p
         let e = sample.Experts
         // shift [batch, pos]: 0 for tokens left alone.
         let run (chosen: bool[]) =
             let shifts = Array.zeroCreate<int64> (b * p)
             keep |> Array.iteri (fun i t -> if chosen.[i] then shifts.[t] <- int64 (1 + rng.Next(e - 1)))
             use shift = torch.tensor(shifts).view(int64 b, int64 p)
-            let forced = perTokenLoss subject batch [| forceHook sample.Layer e shift |]
+            let forced = perTokenLoss subject batch (forceHooks sample.Layer e shift cleanIndex)
             meanWhere (Array.map2 (-) forced clean) (fun i -> chosen.[i])
         [ for col in columns features do
               let l = labels.[col.Feature]
@@ -164,7 +173,7 @@ let steer (alphas: float[]) (subject: Subject) (features: Map<string, string[]>)
         use _noGrad = torch.no_grad()
         let layer = sample.Layer
         let residName = $"blocks.{layer}.hook_resid_mid"
-        let indexName = $"blocks.{layer}.mlp.hook_expert_index"
+        let indexName = $"blocks.{layer}.mlp.hook_expert_indices"
         let struct (_, cache) = subject.Model.RunWithCache(batch.Tokens, (fun n -> n = residName), subject.HooksFor batch.Tokens)
         use cache = cache
         let d = cache.[residName].shape.[2]

@@ -35,14 +35,14 @@ let collect (subject: Subject) (layer: int) (batch: TokenBatch) : RoutingSample 
     let prefix = $"blocks.{layer}.mlp"
     let wanted =
         match subject.Units with
-        | Routed -> set [ $"{prefix}.hook_expert_index"; $"{prefix}.hook_router_logits" ]
+        | Routed -> set [ $"{prefix}.hook_expert_indices"; $"{prefix}.hook_router_logits" ]
         | NeuronGroups _ -> set [ $"{prefix}.hook_post" ]
     let struct (_, cache) = subject.Model.RunWithCache(batch.Tokens, (fun n -> wanted.Contains n), subject.HooksFor batch.Tokens)
     use cache = cache
     let experts, slots, entropy =
         match subject.Units with
         | Routed ->
-            let index = cache.[$"{prefix}.hook_expert_index"]                  // [batch, pos, k]
+            let index = cache.[$"{prefix}.hook_expert_indices"]                  // [batch, pos, k]
             let k = int index.shape.[2]
             let flat = flatInts index
             let slots = Array.init (b * p) (fun t -> Array.sub flat (t * k) k)

@@ -73,8 +73,9 @@ let denseConfig (s: Setup) (vocab: int) (seed: int) =
                   d_vocab = vocab, n_ctx = s.SequenceLength, act_fn = "gelu", seed = seed)
 
 /// A fixed random routing by token id, drawn once per layer from the seed: each token id gets k
-/// distinct experts and gates 1/k each. It replaces hook_expert_index and hook_gates, so the router's
-/// own choice is ignored and the experts learn whatever the hash sends them (Roller et al., 2021).
+/// distinct experts and gates 1/k each. It replaces hook_expert_weights (weight 1/k on the token's k experts,
+/// 0 elsewhere) and hook_expert_indices (the table, in its order), so the router's own choice is ignored and the
+/// experts learn whatever the hash sends them (Roller et al., 2021).
 type HashRouting(config: DecoderConfig, seed: int) =
     let k = config.experts_per_token
     let tables =
@@ -89,15 +90,22 @@ type HashRouting(config: DecoderConfig, seed: int) =
     /// The expert table of a layer: [d_vocab, k] int64.
     member _.Table(layer: int) = tables.[layer]
 
+    /// The hashed experts of these tokens [batch, pos] at a layer: [batch, pos, k].
+    member _.Experts(layer: int, tokens: Tensor) =
+        tables.[layer].index_select(0L, tokens.reshape(-1L)).view(tokens.shape.[0], tokens.shape.[1], int64 k)
+
+    /// Expert weights [batch, pos, n_experts] that put 1/k on each of the chosen experts [batch, pos, k].
+    static member WeightsOf(experts: int, chosen: Tensor) =
+        let k = chosen.shape.[2]
+        torch.zeros(chosen.shape.[0], chosen.shape.[1], int64 experts)
+            .scatter(-1L, chosen, torch.full(chosen.shape, (1.0 / float k).ToScalar()))
+
     /// Hooks forcing every MoE layer's routing for these tokens [batch, pos].
-    member _.Hooks(tokens: Tensor) : Hook[] =
-        let b, p = tokens.shape.[0], tokens.shape.[1]
+    member this.Hooks(tokens: Tensor) : Hook[] =
         [| for layer in 0 .. config.n_layers - 1 do
-               let table = tables.[layer]
-               yield Hook($"blocks.{layer}.mlp.hook_expert_index",
-                          HookFn(fun _ _ -> table.index_select(0L, tokens.reshape(-1L)).view(b, p, int64 k)))
-               yield Hook($"blocks.{layer}.mlp.hook_gates",
-                          HookFn(fun gates _ -> torch.full_like(gates, (1.0 / float k).ToScalar()))) |]
+               yield Hook($"blocks.{layer}.mlp.hook_expert_weights",
+                          HookFn(fun weights _ -> HashRouting.WeightsOf(config.n_experts, this.Experts(layer, tokens)).to_type(weights.dtype)))
+               yield Hook($"blocks.{layer}.mlp.hook_expert_indices", HookFn(fun _ _ -> this.Experts(layer, tokens))) |]
 
 let private noHooks (_: Tensor) : Hook[] = [||]
 
@@ -135,20 +143,16 @@ let trainAll (s: Setup) (task: ITokenTask) (log: string -> unit) =
     let vocab = task.VocabSize
     let moeCfg = moeConfig s vocab seeds.[0]
     let routers = seeds |> Array.map (fun seed -> HashRouting(moeConfig s vocab seed, seed))
-    let k = int64 moeCfg.experts_per_token
     // Instances n .. 2n − 1 take their hash router's experts and gates 1/k; the trained ones keep their own.
     let hashHooks (tokens: Tensor) : Hook[] =
         let perInstance = tokens.dim() = 3L
+        let hashed layer = torch.stack([| for j in 0 .. n - 1 -> routers.[j].Experts(layer, if perInstance then tokens.[int64 (n + j)] else tokens) |])   // [n, batch, pos, k]
+        let keepTrained (mine: Tensor) (theirs: Tensor) = torch.cat([| mine.narrow(0L, 0L, int64 n); theirs |], 0L)
         [| for layer in 0 .. moeCfg.n_layers - 1 do
-               let forced (index: Tensor) =
-                   let b, p = index.shape.[1], index.shape.[2]
-                   let hashed = torch.stack([| for j in 0 .. n - 1 ->
-                                                   let t = if perInstance then tokens.[int64 (n + j)] else tokens
-                                                   routers.[j].Table(layer).index_select(0L, t.reshape(-1L)).view(b, p, k) |])
-                   torch.cat([| index.narrow(0L, 0L, int64 n); hashed |], 0L)
-               yield Hook($"blocks.{layer}.mlp.hook_expert_index", HookFn(fun index _ -> forced index))
-               yield Hook($"blocks.{layer}.mlp.hook_gates", HookFn(fun gates _ ->
-                   torch.cat([| gates.narrow(0L, 0L, int64 n); torch.full_like(gates.narrow(0L, int64 n, int64 n), (1.0 / float k).ToScalar()) |], 0L))) |]
+               yield Hook($"blocks.{layer}.mlp.hook_expert_weights", HookFn(fun weights _ ->
+                   let forced = torch.stack([| for j in 0 .. n - 1 -> HashRouting.WeightsOf(moeCfg.n_experts, (hashed layer).[int64 j]) |])
+                   keepTrained weights (forced.to_type(weights.dtype))))
+               yield Hook($"blocks.{layer}.mlp.hook_expert_indices", HookFn(fun index _ -> keepTrained index (hashed layer))) |]
     let routerLossMask = torch.tensor(Array.init (2 * n) (fun i -> if i < n then 1.0f else 0.0f))
     let forwardHashed = Func<HookedTransformer, Tensor, Tensor>(fun m tokens -> m.RunWithHooks(tokens, hashHooks tokens))
     let progress name (steps: int) =

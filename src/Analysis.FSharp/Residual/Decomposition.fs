@@ -62,9 +62,8 @@ let accumulatedResid (model: HookedTransformer) (cache: ActivationCache) (includ
 /// Each head's write into the stream, z_h W_O[h] (b_O excluded), from the cached hook_z:
 /// [batch, pos, head, d_model] for one layer (the same as attn.hook_result, which needs use_attn_result).
 let headResults (model: HookedTransformer) (cache: ActivationCache) (layer: int) =
-    let z = get cache $"blocks.{layer}.attn.hook_z"            // [batch, pos, head, d_head]
-    let wO = model.blocks.[layer].attn.W_O.detach()              // [head, d_head, d_model]
-    torch.einsum("bphe,hed->bphd", z, wO)
+    use _ = torch.no_grad()
+    model.blocks.[layer].attn.HeadResults(get cache $"blocks.{layer}.attn.hook_z")   // [batch, pos, head, d_model]
 
 /// The stream cut finer than decomposeResid: embed, pos_embed, every head of every layer, each layer's
 /// b_O, each layer's mlp_out. Sums to the same final residual.
@@ -90,9 +89,4 @@ let decomposeResidByHead (model: HookedTransformer) (cache: ActivationCache) =
 let applyLnToStack (model: HookedTransformer) (cache: ActivationCache) (stack: ResidualStack) =
     match model.Config.normalization_type with
     | "none" -> stack
-    | kind ->
-        let centred =
-            if kind = "RMS" then stack.Stack
-            else stack.Stack - stack.Stack.mean([| -1L |], keepdim = true)
-        let scale = get cache "ln_final.hook_scale"              // [batch, pos, 1]
-        { stack with Stack = centred / scale.unsqueeze(0) }
+    | _ -> { stack with Stack = model.ln_final.ApplyFrozenScale(stack.Stack, (get cache "ln_final.hook_scale").unsqueeze(0)) }   // scale [1, batch, pos, 1]

@@ -61,18 +61,8 @@ let directAttribution (model: HookedTransformer) (cache: ActivationCache) (stack
 /// as if the model ended there) and the unembedding → [layer, batch, pos, vocab]. The last entry is the logits.
 let logitLens (model: HookedTransformer) (cache: ActivationCache) =
     let acc = accumulatedResid model cache false
-    let cfg = model.Config
-    let x = acc.Stack
-    let normed =
-        match cfg.normalization_type with
-        | "none" -> x
-        | kind ->
-            let centred = if kind = "RMS" then x else x - x.mean([| -1L |], keepdim = true)
-            let scale = (centred * centred).mean([| -1L |], keepdim = true).add(torch.tensor(float32 cfg.eps)).sqrt()
-            let y = centred / scale * lnWeight model
-            match model.ln_final.b with
-            | null -> y
-            | b -> y + b.detach()
+    use _ = torch.no_grad()
+    let normed = model.ln_final.Normalize(acc.Stack)                          // [layer, batch, pos, d_model]
     { Labels = acc.Labels
       Stack = normed.matmul(model.unembed.W_U.detach()) + model.unembed.b_U.detach() }
 

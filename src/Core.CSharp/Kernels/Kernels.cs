@@ -54,22 +54,37 @@ public static class Kernel
     }
 
     /// <summary>
-    /// Top-k routing of router logits [tokens, experts]: expert indices, gates, per-expert counts,
-    /// and, with a <paramref name="capacityFactor"/>, the (token, slot) pairs dropped because their
-    /// expert was full (capacity = ceil(factor * tokens * k / experts); first choices claim it first).
-    /// Gates are differentiable in the logits on both backends.
+    /// Top-k routing with a capacity limit, the one definition the MoE layer uses. weights [groups, tokens, experts]:
+    /// each token's weight for every expert (the router's softmax over all experts), groups being independent
+    /// models of a batch with their own experts and capacity. The k largest weights pick the experts unless
+    /// <paramref name="expertIndex"/> [groups, tokens, k] gives them (a hook replaced the choice); either way the
+    /// gates are the chosen weights, divided by their sum with <paramref name="renormalize"/> (Mixtral), and an expert
+    /// keeps at most <paramref name="capacity"/> pairs of its group (0: no limit; see
+    /// <see cref="ExpertRouting.CapacityOf"/>), every token's first choice before any second choice.
+    /// Gates are differentiable in the weights on both backends.
     /// </summary>
-    public static ExpertRouting RouteTopK(Tensor logits, int k, RouterGating gating = RouterGating.TopKSoftmax,
-                                          double? capacityFactor = null, KernelBackend? backend = null)
+    public static ExpertRouting Route(Tensor weights, int k, bool renormalize = false, long capacity = 0, Tensor? expertIndex = null,
+                                      KernelBackend? backend = null)
     {
         TorchRuntime.EnsureLoaded();
-        if (logits.dim() != 2) throw new ArgumentException($"router logits must be [tokens, experts], got {AttentionShapes.Shape(logits)}");
-        long tokens = logits.shape[0], experts = logits.shape[1];
+        if (weights.dim() != 3) throw new ArgumentException($"expert weights must be [groups, tokens, experts], got {AttentionShapes.Shape(weights)}");
+        long groups = weights.shape[0], tokens = weights.shape[1], experts = weights.shape[2];
         if (k < 1 || k > experts) throw new ArgumentOutOfRangeException(nameof(k), k, $"k must be in [1, experts = {experts}], got {k}");
-        long capacity = RoutingCapacity.Of(capacityFactor, tokens, k, experts);
-        return UseNative(backend, logits) && tokens > 0
-            ? NativeRouting.Route(logits, k, gating, capacity)
-            : ManagedRouting.Route(logits, k, gating, capacity);
+        if (capacity < 0) throw new ArgumentOutOfRangeException(nameof(capacity), capacity, $"capacity must be 0 (no limit) or positive, got {capacity}");
+        if (expertIndex is not null)
+        {
+            if (!expertIndex.shape.SequenceEqual(new[] { groups, tokens, (long)k }) || expertIndex.dtype != ScalarType.Int64)
+                throw new ArgumentException($"a given expert index must be int64 [groups = {groups}, tokens = {tokens}, k = {k}], got {expertIndex.dtype} {AttentionShapes.Shape(expertIndex)}");
+            if (expertIndex.numel() > 0)
+            {
+                long min = expertIndex.min().item<long>(), max = expertIndex.max().item<long>();
+                if (min < 0 || max >= experts)
+                    throw new ArgumentOutOfRangeException(nameof(expertIndex), $"expert index out of range [0, {experts}): found {(min < 0 ? min : max)}");
+            }
+        }
+        return UseNative(backend, weights) && weights.numel() > 0
+            ? NativeRouting.Route(weights, k, renormalize, capacity, expertIndex)
+            : ManagedRouting.Route(weights, k, renormalize, capacity, expertIndex);
     }
 
     /// <summary>

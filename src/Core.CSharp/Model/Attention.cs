@@ -81,11 +81,26 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
         if (cfg.use_attn_result)
         {
             // Per-head outputs: z_h W_O[h] for every head, then their sum.
-            var result = hook_result.Run(einsum("ibphe,ihed->ibphd", z, wO));               // [instance, batch, pos, head, d_model]
+            var result = hook_result.Run(PerHead(z, wO));                                    // [instance, batch, pos, head, d_model]
             return result.sum(3).add(bO.view(instances, 1, 1, cfg.d_model));
         }
         return Instanced.Linear(z.reshape(instances, batch, pos, heads * dHead), wO.reshape(instances, heads * dHead, cfg.d_model), bO);
     }
+
+    /// <summary>
+    /// Each head's write into the stream, z_h W_O[h] (b_O excluded), from z [batch, pos, head, d_head] (a cached
+    /// hook_z) → [batch, pos, head, d_model]: attn.hook_result without use_attn_result. Ordinary models only.
+    /// </summary>
+    public Tensor HeadResults(Tensor z)
+    {
+        if (batched) throw new InvalidOperationException("HeadResults reads one model's W_O; take the instance out of the batched model first (HookedTransformer.Instance)");
+        if (z.dim() != 4 || z.shape[2] != cfg.n_heads || z.shape[3] != cfg.DHead)
+            throw new ArgumentException($"z must be [batch, pos, n_heads = {cfg.n_heads}, d_head = {cfg.DHead}], got [{string.Join(", ", z.shape)}]");
+        return PerHead(z.unsqueeze(0), Instanced.Weight(W_O, batched)).squeeze(0);
+    }
+
+    /// <summary>z [instance, batch, pos, head, d_head], W_O [instance, head, d_head, d_model] → [instance, batch, pos, head, d_model].</summary>
+    private static Tensor PerHead(Tensor z, Tensor wO) => einsum("ibphe,ihed->ibphd", z, wO);
 
     /// <summary>x [instance, batch, pos, d_model] · W [head, d_model, d_head] + b → [instance, batch, pos, head, d_head], one GEMM per instance.</summary>
     private Tensor Project(Tensor x, Tensor w, Tensor b)

@@ -51,6 +51,12 @@ public sealed record DecoderConfig
     /// (gate 0) and counted in Moe.LastRouting. 0 (default) means no limit.
     /// </summary>
     public double expert_capacity_factor { get; init; }
+    /// <summary>
+    /// Whether a token's gates are its chosen experts' weights renormalized to sum to 1 (Mixtral; Hugging Face's
+    /// name). Off by default, the Switch-style gate: with one expert per token a renormalized gate is always 1 and
+    /// the router would learn nothing from the output.
+    /// </summary>
+    public bool norm_topk_prob { get; init; }
 
     [JsonIgnore] public int DHead => d_head > 0 ? d_head : (n_heads > 0 ? d_model / n_heads : 0);
     [JsonIgnore] public int DMlp => d_mlp > 0 ? d_mlp : 4 * d_model;

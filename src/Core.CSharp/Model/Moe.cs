@@ -6,11 +6,14 @@ using static TorchSharp.torch;
 namespace MechInterp.Model;
 
 /// <summary>
-/// A mixture-of-experts MLP: a linear router picks each token's top-k experts; gates are their
-/// softmax probabilities (not renormalized, as Switch/GShard, so the router learns through them).
-/// Hooks on the router logits, gates and expert index can read or replace routing.
-/// In a batched model, instance i's expert e is expert i·n_experts + e of one grouped dispatch, so every
-/// instance's tokens meet only its own experts and the capacity of each is what it would be alone.
+/// A mixture-of-experts MLP: a linear router gives every token a weight per expert (softmax over all experts),
+/// its top-k experts run, and their outputs are summed weighted by the chosen weights, renormalized over the k
+/// when cfg.norm_topk_prob is set (Mixtral) and not by default (Switch / GShard: the router learns through them;
+/// a renormalized top-1 gate would always be 1). Hooks follow TransformerLens's Mixtral: hook_router_logits,
+/// hook_expert_weights (the softmax before top-k) and hook_expert_indices (the chosen experts); replacing the
+/// weights or the indices changes the routing, and <see cref="Kernel.Route"/> applies the capacity to whatever
+/// was chosen. In a batched model, instance i's expert e is expert i·n_experts + e of one grouped dispatch, so
+/// every instance's tokens meet only its own experts and the capacity of each is what it would be alone.
 /// </summary>
 public sealed class Moe : nn.Module<Tensor, Tensor>
 {
@@ -22,7 +25,7 @@ public sealed class Moe : nn.Module<Tensor, Tensor>
     public Parameter b_in;     // [n_experts, d_mlp]
     public Parameter W_out;    // [n_experts, d_mlp, d_model]
     public Parameter b_out;    // [n_experts, d_model]
-    public readonly HookPoint hook_router_logits, hook_gates, hook_expert_index;
+    public readonly HookPoint hook_router_logits, hook_expert_weights, hook_expert_indices;
 
     /// <summary>
     /// The load-balancing (and z-) loss of the last forward pass, already scaled by its coefficients:
@@ -30,8 +33,11 @@ public sealed class Moe : nn.Module<Tensor, Tensor>
     /// </summary>
     public Tensor? LastAuxLoss { get; private set; }
 
-    /// <summary>Kept pairs per expert (instance-major in a batched model), dropped pairs and the capacity of the last forward pass.</summary>
-    public RoutingStats? LastRouting { get; private set; }
+    /// <summary>
+    /// The routing of the last forward pass, one group per instance: Counts (kept pairs per expert, instance-major),
+    /// Dropped and Capacity as numbers; its tensors belong to that pass's dispose scope.
+    /// </summary>
+    public ExpertRouting? LastRouting { get; private set; }
 
     internal Moe(string prefix, DecoderConfig cfg, Init init, HookRegistry hooks) : base("mlp")
     {
@@ -45,8 +51,8 @@ public sealed class Moe : nn.Module<Tensor, Tensor>
         W_out = init.Normal(e, f, d);
         b_out = init.Zeros(e, d);
         hook_router_logits = hooks.Add($"{prefix}.hook_router_logits");
-        hook_gates = hooks.Add($"{prefix}.hook_gates");
-        hook_expert_index = hooks.Add($"{prefix}.hook_expert_index");
+        hook_expert_weights = hooks.Add($"{prefix}.hook_expert_weights");
+        hook_expert_indices = hooks.Add($"{prefix}.hook_expert_indices");
         RegisterComponents();
     }
 
@@ -56,20 +62,20 @@ public sealed class Moe : nn.Module<Tensor, Tensor>
         long instances = x.shape[0], batch = x.shape[1], pos = x.shape[2], d = x.shape[3];
         int k = cfg.experts_per_token, experts = cfg.n_experts;
         var logits = hook_router_logits.Run(Instanced.Linear(x, Instanced.Weight(W_gate, batched), null));   // [instance, batch, pos, n_experts]
-        var probs = logits.softmax(-1);                                                                    // [instance, batch, pos, n_experts]
-        var (top, topIndex) = probs.topk(k, dim: -1);                                                      // [instance, batch, pos, k] each
-        var gates = hook_gates.Run(top);
-        var index = hook_expert_index.Run(topIndex);                                                       // a replacing hook forces the routing
-
-        var global = (batched ? index.add(arange(instances).mul(experts).view(instances, 1, 1, 1)) : index).reshape(-1, k);   // [instance·batch·pos, k]
-        long capacity = Router.Capacity(cfg.expert_capacity_factor, batch * pos, k, experts);
-        var routed = Router.LimitCapacity(global, gates.reshape(-1, k), (int)(instances * experts), capacity);   // [instance·batch·pos, k]
-        LastRouting = routed.Stats;
+        var weights = hook_expert_weights.Run(logits.softmax(-1));                                        // [instance, batch, pos, n_experts]
+        // Chosen here only when a hook reads or replaces the choice; otherwise Route chooses (natively, in one pass).
+        var chosen = hook_expert_indices.IsActive ? hook_expert_indices.Run(weights.topk(k, dim: -1).indexes) : null;   // [instance, batch, pos, k]
+        long tokens = batch * pos;
+        var routing = Kernel.Route(weights.reshape(instances, tokens, experts), k, cfg.norm_topk_prob,
+                                   ExpertRouting.CapacityOf(cfg.expert_capacity_factor, tokens, k, experts),
+                                   chosen?.reshape(instances, tokens, k));
+        LastRouting = routing;
+        var index = routing.ExpertIndex;                                                                   // [instance, tokens, k]
+        var global = (batched ? index.add(arange(instances).mul(experts).view(instances, 1, 1)) : index).reshape(-1, k);   // [instance·tokens, k]
         long f = cfg.DMlp, all = instances * experts;
-        var output = Kernel.ExpertMlp(x.reshape(-1, d), global, routed.Gates,
-                                      W_in.reshape(all, d, f), b_in.reshape(all, f), W_out.reshape(all, f, d), b_out.reshape(all, d), act);   // [instance·batch·pos, d_model]
-        routed.Kept.Dispose();
-        var aux = AuxLoss(logits, probs, index, experts);                                                  // [instance]
+        var output = Kernel.ExpertMlp(x.reshape(-1, d), global, routing.Gates.reshape(-1, k),
+                                      W_in.reshape(all, d, f), b_in.reshape(all, f), W_out.reshape(all, f, d), b_out.reshape(all, d), act);   // [instance·tokens, d_model]
+        var aux = AuxLoss(logits, weights, index, experts);                                                // [instance]
         LastAuxLoss = batched ? aux : aux.squeeze(0);
         return output.view(instances, batch, pos, d);
     }
@@ -92,12 +98,12 @@ public sealed class Moe : nn.Module<Tensor, Tensor>
     /// Switch Transformer balance loss α·E·Σ_e f_e·P_e (f_e: share of routed slots, P_e: mean router probability),
     /// plus z-loss, per instance → [instance].
     /// </summary>
-    private Tensor AuxLoss(Tensor logits, Tensor probs, Tensor index, int experts)
+    private Tensor AuxLoss(Tensor logits, Tensor weights, Tensor index, int experts)
     {
         long instances = index.shape[0];
-        using var counts = nn.functional.one_hot(index.reshape(instances, -1), experts).to(probs.dtype).sum(1L);   // [instance, n_experts]
-        var fraction = counts.div(index.numel() / instances);                                                     // [instance, n_experts]
-        var meanProb = probs.reshape(instances, -1, experts).mean([1L]);                                          // [instance, n_experts]
+        using var counts = nn.functional.one_hot(index.reshape(instances, -1), experts).to(weights.dtype).sum(1L);   // [instance, n_experts]
+        var fraction = counts.div(index.numel() / instances);                                                       // [instance, n_experts]
+        var meanProb = weights.reshape(instances, -1, experts).mean([1L]);                                          // [instance, n_experts]
         var loss = fraction.mul(meanProb).sum(-1).mul(cfg.router_aux_loss_coef * experts);                       // [instance]
         if (cfg.router_z_loss_coef > 0)
             loss = loss.add(logits.logsumexp(-1).pow(2).reshape(instances, -1).mean([1L]).mul(cfg.router_z_loss_coef));

@@ -8,7 +8,7 @@ internal static unsafe partial class NativeMethods
     public const string Library = "mechinterp_native";
 
     /// <summary>The ABI version this assembly was written against (MI_ABI_VERSION).</summary>
-    public const int AbiVersion = 2;
+    public const int AbiVersion = 3;
 
     [LibraryImport(Library)] public static partial int mi_version();
     [LibraryImport(Library)] public static partial IntPtr mi_last_error();
@@ -42,11 +42,11 @@ internal static unsafe partial class NativeMethods
                                                                float* rotCos, float* rotSin, long rotaryDim, float* dq, float* dk, float* dv);
 
     [LibraryImport(Library)]
-    public static partial int mi_moe_route_f32(float* logits, long tokens, long experts, long k, int gating, long capacity,
-                                               long* expertIndex, float* gates, long* counts, byte* kept, long* dropped);
+    public static partial int mi_moe_route_f32(float* weights, long groups, long tokens, long experts, long k, int choose, int renormalize,
+                                               long capacity, long* expertIndex, float* gates, long* counts, byte* kept, long* dropped);
     [LibraryImport(Library)]
-    public static partial int mi_moe_route_backward_f32(float* logits, long* expertIndex, byte* kept, float* dgates, long tokens,
-                                                        long experts, long k, int gating, float* dlogits);
+    public static partial int mi_moe_route_backward_f32(float* weights, long* expertIndex, byte* kept, float* dgates, long rows,
+                                                        long experts, long k, int renormalize, float* dweights);
     [LibraryImport(Library)] public static partial int mi_moe_count_i64(long* expertIndex, long tokens, long k, long experts, long* counts);
     [LibraryImport(Library)]
     public static partial int mi_moe_permute_i64(long* expertIndex, long tokens, long k, long experts, long groupStride, long* rowOf, long* offsets);

@@ -4,53 +4,60 @@ using static TorchSharp.torch;
 
 namespace MechInterp.Native;
 
-/// <summary>Native top-k routing: indices, gates, counts and capacity drops in one pass over the logits.</summary>
+/// <summary>Native routing (native/src/route.hpp): top-k choice, gates and capacity in one pass over the weights.</summary>
 internal static class NativeRouting
 {
-    public static ExpertRouting Route(Tensor logits, int k, RouterGating gating, long capacity)
+    /// <summary>weights [groups, tokens, experts]; given [groups, tokens, k] or null to choose the top k.</summary>
+    public static ExpertRouting Route(Tensor weights, int k, bool renormalize, long capacity, Tensor? given)
     {
-        NativeTensors.RequireFloat32Cpu(logits, "router logits");
-        var outputs = RouteFunction.apply(logits, (long)k, (int)gating, capacity);
-        Tensor gates = outputs[0], index = outputs[1], counts = outputs[2], kept = outputs[3];
-        return new ExpertRouting(index, gates, counts, kept, kept.logical_not().nonzero());   // dropped: [n, 2] (token, slot)
+        NativeTensors.RequireFloat32Cpu(weights, "expert weights");
+        var outputs = RouteFunction.apply(weights, new RouteArguments(k, renormalize, capacity, given));
+        Tensor gates = outputs[0], index = outputs[1], kept = outputs[2], counts = outputs[3], dropped = outputs[4];
+        var routing = new ExpertRouting(index, gates, kept, counts.data<long>().ToArray(), dropped.item<long>(), capacity);
+        counts.Dispose();
+        dropped.Dispose();
+        return routing;
     }
 }
 
-/// <summary>Outputs gates (differentiable in the logits), expert index, counts and kept (not differentiable).</summary>
+/// <summary>The routing's settings, kept out of autograd's view (a given index is an input, not a differentiable one).</summary>
+internal sealed record RouteArguments(int K, bool Renormalize, long Capacity, Tensor? Given);
+
+/// <summary>Outputs gates (differentiable in the weights), expert index, kept, counts and the dropped count (not differentiable).</summary>
 internal sealed unsafe class RouteFunction : autograd.MultiTensorFunction<RouteFunction>
 {
     public override string Name => "MechInterpNativeRoute";
 
     public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
     {
-        var logits = ((Tensor)vars[0]).contiguous();
-        long k = (long)vars[1], capacity = (long)vars[3];
-        int gating = (int)vars[2];
-        long tokens = logits.shape[0], experts = logits.shape[1];
-        var index = empty(tokens, k, dtype: ScalarType.Int64);    // [tokens, k]
-        var gates = empty(tokens, k);                              // [tokens, k]
-        var counts = empty(experts, dtype: ScalarType.Int64);     // [experts]
-        var kept = empty(tokens, k, dtype: ScalarType.Bool);      // [tokens, k]
+        var weights = ((Tensor)vars[0]).contiguous();
+        var a = (RouteArguments)vars[1];
+        long groups = weights.shape[0], tokens = weights.shape[1], experts = weights.shape[2], k = a.K;
+        var index = a.Given is null ? empty(groups, tokens, k, dtype: ScalarType.Int64) : a.Given.contiguous().clone();   // [groups, tokens, k]
+        var gates = empty(groups, tokens, k);                                  // [groups, tokens, k]
+        var kept = empty(groups, tokens, k, dtype: ScalarType.Bool);           // [groups, tokens, k]
+        var counts = empty(groups * experts, dtype: ScalarType.Int64);         // [groups · experts]
         long dropped = 0;
-        Ensure.Ok(NativeMethods.mi_moe_route_f32(NativeTensors.Ptr(logits), tokens, experts, k, gating, capacity,
-                      NativeTensors.LongPtr(index), NativeTensors.Ptr(gates), NativeTensors.LongPtr(counts),
-                      NativeTensors.BytePtr(kept), &dropped), nameof(NativeMethods.mi_moe_route_f32));
-        ctx.save_data("gating", gating);
-        ctx.mark_non_differentiable([index, counts, kept]);
-        ctx.save_for_backward([logits, index, kept]);
-        return [gates, index, counts, kept];
+        Ensure.Ok(NativeMethods.mi_moe_route_f32(NativeTensors.Ptr(weights), groups, tokens, experts, k, a.Given is null ? 1 : 0,
+                      a.Renormalize ? 1 : 0, a.Capacity, NativeTensors.LongPtr(index), NativeTensors.Ptr(gates),
+                      NativeTensors.LongPtr(counts), NativeTensors.BytePtr(kept), &dropped), nameof(NativeMethods.mi_moe_route_f32));
+        var droppedTensor = tensor(dropped);
+        ctx.save_data("renormalize", a.Renormalize ? 1 : 0);
+        ctx.mark_non_differentiable([index, kept, counts, droppedTensor]);
+        ctx.save_for_backward([weights, index, kept]);
+        return [gates, index, kept, counts, droppedTensor];
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads)
     {
         var saved = ctx.get_saved_variables();
-        Tensor logits = saved[0], index = saved[1], kept = saved[2];
-        long tokens = logits.shape[0], experts = logits.shape[1], k = index.shape[1];
+        Tensor weights = saved[0], index = saved[1], kept = saved[2];
+        long rows = weights.shape[0] * weights.shape[1], experts = weights.shape[2], k = index.shape[2];
         using var dGates = grads[0].contiguous();
-        var dLogits = empty_like(logits);
-        Ensure.Ok(NativeMethods.mi_moe_route_backward_f32(NativeTensors.Ptr(logits), NativeTensors.LongPtr(index),
-                      NativeTensors.BytePtr(kept), NativeTensors.Ptr(dGates), tokens, experts, k, (int)ctx.get_data("gating"),
-                      NativeTensors.Ptr(dLogits)), nameof(NativeMethods.mi_moe_route_backward_f32));
-        return [dLogits, null!, null!, null!];
+        var dWeights = empty_like(weights);
+        Ensure.Ok(NativeMethods.mi_moe_route_backward_f32(NativeTensors.Ptr(weights), NativeTensors.LongPtr(index),
+                      NativeTensors.BytePtr(kept), NativeTensors.Ptr(dGates), rows, experts, k, (int)ctx.get_data("renormalize"),
+                      NativeTensors.Ptr(dWeights)), nameof(NativeMethods.mi_moe_route_backward_f32));
+        return [dWeights, null!];
     }
 }
