@@ -11,7 +11,7 @@ open MechInterp.Analysis.Residual.Hypothesis
 let quickSettings =
     { DModel = 32; Heads = 4; Depths = [ 2; 4 ]; Seeds = [ 0; 1; 2; 3; 4 ]; Tasks = [ Induction; Language ]
       Induction = { Steps = 1500; BatchSize = 32; LearningRate = 3e-3; EvalEvery = 100; ConvergenceWindow = 300 }
-      Language = { Steps = 1000; BatchSize = 16; LearningRate = 3e-3; EvalEvery = 50; ConvergenceWindow = 300 }
+      Language = { Steps = 800; BatchSize = 16; LearningRate = 3e-3; EvalEvery = 50; ConvergenceWindow = 300 }
       InductionVocab = 64; MaxRepeat = 16; MinRepeat = 8; LanguageLength = 32
       LensBatch = 48; AnalysisBatch = 48; LensFit = TunedLens.defaultFit }
 
@@ -49,8 +49,8 @@ let private someIf (xs: float[]) = if xs.Length = 0 then None else Some(mean xs)
 
 let predictions =
     [ { Key = "b"; Name = "logit lens: loss read out after each intermediate block"
-        SharedView = "every layer writes into the space the unembedding reads: intermediate streams decode to a loss between chance and the final loss"
-        ReencodingView = "intermediate streams are in other bases: read out untranslated they are near or worse than chance"
+        SharedView = "every layer writes into the space the unembedding reads: intermediate streams, read out untranslated, predict better than a plain model's"
+        ReencodingView = "intermediate streams are in other bases: untranslated they predict no better than a plain model's"
         Measure = (fun r -> someIf (intermediate r.LogitLensLoss)); ResidualHigher = false }
       { Key = "c"; Name = "tuned-lens gap: KL(logit lens) − KL(tuned lens), mean over streams before the last"
         SharedView = "little translation is needed: the gap is small"
@@ -69,8 +69,8 @@ let predictions =
         ReencodingView = "each block re-encodes: adjacent streams are less alike"
         Measure = (fun r -> someIf [| for i in 0 .. Array2D.length1 r.Cka - 2 -> r.Cka.[i, i + 1] |]); ResidualHigher = true }
       { Key = "f"; Name = "edit size ‖resid_post − resid_pre‖ / ‖resid_pre‖, mean over blocks"
-        SharedView = "a block adds a delta smaller than the stream (below 1)"
-        ReencodingView = "a block replaces the stream: the change is as large as the stream (about 1 or more)"
+        SharedView = "a block adds a delta to a stream it keeps: the change, relative to the stream, is smaller than in a plain model"
+        ReencodingView = "a block replaces the stream: the change is as large as the stream itself, and larger than a residual block's"
         Measure = (fun r -> someIf r.EditSize); ResidualHigher = false } ]
 
 /// One cell of the comparison: a task and depth, with both arms.
@@ -166,9 +166,13 @@ let private depthFigure (s: Settings) (results: ArmResult list) =
               yield panel task "final held-out loss" (fun a -> a.Runs |> List.map (fun r -> r.FinalLoss)) "loss (nats)"
               yield panel task "steps to learned" steps "step" ]
 
+/// The loss of a uniform prediction over the task's vocabulary.
+let private chance (s: Settings) (task: TaskKind) =
+    log (float (match task with Induction -> s.InductionVocab | Language -> MechInterp.Data.ToyLanguage.Vocab))
+
 let private lensFigure (s: Settings) (results: ArmResult list) =
     Figure.create "lens" "Logit lens and tuned lens, per stream"
-        "Next-token loss on held-out text when the stream after 0 .. depth blocks is read out through the model's final norm and unembedding, untranslated (logit lens, solid) or through a fitted affine translator per layer (tuned lens, dotted markers), mean over the learned runs of each arm. The last point is the model's output."
+        "Next-token loss on held-out text when the stream after 0 .. depth blocks is read out through the model's final norm and unembedding, untranslated (logit lens, solid) or through a fitted affine translator per layer (tuned lens, markers), mean over the learned runs of each arm; the dashed line is a uniform prediction. The last point is the model's output."
         (List.length s.Depths)
         [ for task in s.Tasks do
               for depth in s.Depths ->
@@ -181,12 +185,13 @@ let private lensFigure (s: Settings) (results: ArmResult list) =
                                   let xs = Array.init (depth + 1) float
                                   let avg (f: Run -> float[]) = Array.init (depth + 1) (fun l -> runs |> List.averageBy (fun r -> (f r).[l]))
                                   yield Line($"{armName a.Arm} logit lens", xs, avg (fun r -> r.LogitLensLoss), palette.[a.Arm], false)
-                                  yield Points($"{armName a.Arm} tuned lens", xs, avg (fun r -> r.TunedLensLoss), palette.[a.Arm], None) ] } ]
+                                  yield Points($"{armName a.Arm} tuned lens", xs, avg (fun r -> r.TunedLensLoss), palette.[a.Arm], None)
+                          yield HLine(chance s task, "uniform") ] } ]
 
 let private ckaFigure (s: Settings) (results: ArmResult list) =
     let deepest = List.max s.Depths
     Figure.create "cka" $"Linear CKA between streams, depth {deepest}"
-        "Linear CKA between the stream after i blocks (row) and after j blocks (column), on held-out tokens, mean over the learned runs (all runs where none learned); 1 is the same representation up to rotation and scale."
+        "Linear CKA between the stream after i blocks (row) and after j blocks (column), on held-out tokens, mean over the learned runs (all runs where none learned), coloured blue (0) through white (0.5) to red (1); 1 is the same representation up to rotation and scale."
         2
         [ for task in s.Tasks do
               for a in results |> List.filter (fun a -> a.Task = task && a.Depth = deepest) ->
@@ -232,34 +237,51 @@ let private verdictTable (vs: Verdict list) =
       Header = [ "prediction"; "task"; "depth"; "residual"; "plain"; "difference"; "verdict" ]
       Rows = [ for v in vs -> [ $"{v.Prediction}. {predictionName v.Prediction}"; taskName v.Cell.Task; string v.Cell.Depth; v.ResidualText; v.PlainText; v.DifferenceText; v.Verdict ] ] }
 
+/// Verdicts that compare two learned arms (not the cells without one, nor those where the plain arm never learned).
+let private compared (vs: Verdict list) =
+    vs |> List.filter (fun v -> [ "supported"; "contradicted"; "not distinguishable" ] |> List.exists v.Verdict.StartsWith)
+
 let private tally (vs: Verdict list) =
+    let vs = compared vs
     let count (word: string) = vs |> List.filter (fun v -> v.Verdict.StartsWith word) |> List.length
     count "supported", count "contradicted", count "not distinguishable", vs.Length
 
+/// Cells (task, depth) where the residual arm learned and the plain arm never did.
+let private plainNeverLearned (results: ArmResult list) =
+    cells results |> List.filter (fun c -> not (learnedRuns c.Residual).IsEmpty && (learnedRuns c.Plain).IsEmpty)
+
 let answer (s: Settings) (results: ArmResult list) : Answer =
-    let vs = verdicts results |> List.filter (fun v -> not (v.Verdict.StartsWith "no verdict"))
+    let vs = verdicts results
     let supported, contradicted, unclear, total = tally vs
+    let never = plainNeverLearned results
+    let neverText =
+        if never.IsEmpty then ""
+        else "; the plain arm never learned at " + String.Join(", ", never |> List.map (fun c -> $"{taskName c.Task} depth {c.Depth} (residual {(learnedRuns c.Residual).Length}/{c.Residual.Runs.Length})"))
     let runs = results |> List.sumBy (fun a -> a.Runs.Length)
     let converged = results |> List.sumBy (fun a -> (convergedRuns a).Length)
-    let byKey = vs |> List.groupBy (fun v -> v.Prediction)
+    let byKey = compared vs |> List.groupBy (fun v -> v.Prediction)
     let perPrediction =
         String.Join("; ", [ for key, group in byKey -> let sp, c, u, t = tally group in $"{key}: {sp} supported, {c} contradicted, {u} unclear of {t}" ])
     let deepest = List.max s.Depths
+    // The deepest depth at which both arms learned, where the lenses compare two working models.
     let key =
-        vs |> List.tryFind (fun v -> v.Prediction = "c" && v.Cell.Depth = deepest && v.Cell.Task = List.head s.Tasks)
+        compared vs
+        |> List.filter (fun v -> v.Prediction = "c")
+        |> List.sortByDescending (fun v -> v.Cell.Depth)
+        |> List.tryHead
     { Question = "Do a decoder's layers edit one shared residual stream, rather than re-encode into new spaces (tested against plain decoders whose layers replace the stream)?"
       Verdict =
-        if total = 0 then "Not answered: the residual arm learned at no task and depth, so no comparison can be drawn"
+        if total = 0 && never.IsEmpty then "Not answered: the residual arm learned at no task and depth, so no comparison can be drawn"
         elif supported > contradicted && supported * 2 >= total then
-            $"Yes: {supported} of {total} predictions (per task and depth) go the shared-stream way, {contradicted} the other, {unclear} not distinguishable"
+            $"Yes: {supported} of {total} comparisons of learned arms (per prediction, task and depth) go the shared-stream way, {contradicted} the other, {unclear} not distinguishable{neverText}"
         elif contradicted > supported then
-            $"No: {contradicted} of {total} predictions go against the shared-stream view, {supported} for it, {unclear} not distinguishable"
-        else $"Partly: {supported} of {total} predictions support the shared-stream view, {contradicted} contradict it, {unclear} not distinguishable"
+            $"No: {contradicted} of {total} comparisons go against the shared-stream view, {supported} for it, {unclear} not distinguishable{neverText}"
+        else $"Partly: {supported} of {total} comparisons support the shared-stream view, {contradicted} contradict it, {unclear} not distinguishable{neverText}"
       Evidence = perPrediction
       KeyNumber =
         match key with
         | Some v -> $"tuned-lens gap (KL nats), {taskName v.Cell.Task} depth {v.Cell.Depth}: residual {v.ResidualText}, plain {v.PlainText}"
-        | None -> "no tuned-lens comparison at the largest depth"
+        | None -> "no tuned-lens comparison: at no depth did both arms learn"
       Seeds = s.Seeds.Length
       Runs = runs
       Converged = converged }
@@ -269,13 +291,20 @@ let section (s: Settings) (results: ArmResult list) =
     let supported, contradicted, unclear, total = tally vs
     let deepest = List.max s.Depths
     let depthsText, seedsText = String.Join(", ", s.Depths), String.Join(", ", s.Seeds)
+    let neverText =
+        match plainNeverLearned results with
+        | [] -> ""
+        | never ->
+            " The plain arm never learned within the cap at " + String.Join(", ", never |> List.map (fun c -> $"{taskName c.Task} depth {c.Depth}"))
+            + ", where the residual arm learned in " + String.Join(", ", never |> List.map (fun c -> $"{(learnedRuns c.Residual).Length}/{c.Residual.Runs.Length}"))
+            + " runs: prediction (a) at its strongest; (b)–(f) have no learned plain model to compare there, and the residual arm's numbers are in the table."
     { ReportSection.create "residual-hypothesis" "Residual hypothesis: one shared stream, or a new space per layer?" with
         Paragraphs =
           [ $"Two arms of the same decoder, identical in width (d_model {s.DModel}, {s.Heads} heads), depth and parameter count: residual (each sublayer adds its output to the stream) and plain (each sublayer's output replaces it: x ← attn(ln1(x)), x ← mlp(ln2(x))). Depths {depthsText}; tasks: induction (attention-only, rotary, a segment of {s.MinRepeat}–{s.MaxRepeat} random tokens repeated; learned: {learnedText Induction}, at most {s.Induction.Steps} steps) and the toy language (MLP blocks; learned: {learnedText Language}, at most {s.Language.Steps} steps). Seeds {seedsText} per arm, depth and task, trained as one batched model (each with its own weights, optimizer state and data), stopping once every seed has converged (learned, then the held-out loss flat within 2%% + 0.005 nats over {s.Induction.ConvergenceWindow} steps)."
             "What each view predicts. (a) Optimization: the shared-stream view (and the note that started this project: the optimizer moves through a continuously sloped cost space) predicts that residual models learn at every depth and no slower with depth; the re-encoding view allows plain models to learn as well. (b)–(f) are measured on a held-out batch per seed: "
             + String.Join(" ", [ for p in predictions -> $"({p.Key}) {p.Name}: shared stream — {p.SharedView}; re-encoding — {p.ReencodingView}." ])
             + $" The tuned lens is one affine translator per stream (x ↦ x + xA + b, A and b zero at the start, so it begins as the logit lens), fitted by Adam ({s.LensFit.Steps} full-batch steps, lr {s.LensFit.LearningRate}) on a separate held-out batch to minimize the KL from the model's output; deletion runs the blocks without one of them, a swap exchanges two adjacent ones (model surgery as in Lad et al. 2024)."
-            $"Verdicts: {supported} of {total} comparisons support the shared-stream view, {contradicted} contradict it, {unclear} are not distinguishable at {s.Seeds.Length} seeds. A verdict needs the residual arm to have learned; measures (b)–(f) use learned runs only, and a plain arm that never learned is reported as censored. Checkpoints of seed 0 of each arm at depth {deepest} are in artifacts/checkpoints/ (residual_hypothesis-<task>-<arm>-depth{deepest}.safetensors; the config's `residual` field says which arm, and Python code must read it)." ]
+            $"Verdicts: {supported} of {total} comparisons support the shared-stream view, {contradicted} contradict it, {unclear} are not distinguishable at {s.Seeds.Length} seeds.{neverText} A verdict needs the residual arm to have learned; measures (b)–(f) use learned runs only, and a plain arm that never learned is reported as censored. Checkpoints of seed 0 of each arm at depth {deepest} are in artifacts/checkpoints/ (residual_hypothesis-<task>-<arm>-depth{deepest}.safetensors; the config's `residual` field says which arm, and Python code must read it)." ]
         KeyNumbers =
           [ for v in vs do
                 if v.Cell.Depth = deepest && (v.Prediction = "a" || v.Prediction = "c" || v.Prediction = "d1") then
