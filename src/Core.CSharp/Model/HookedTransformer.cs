@@ -27,13 +27,13 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
 
     public HookedTransformer(DecoderConfig config) : this(config, null) { }
 
-    private HookedTransformer(DecoderConfig config, int[]? seeds) : base("HookedTransformer")
+    private HookedTransformer(DecoderConfig config, int[]? seeds, bool shapesOnly = false) : base("HookedTransformer")
     {
         TorchRuntime.EnsureLoaded();
         Config = config.Validate();
         this.seeds = seeds;
         hooks = new HookRegistry(batched: seeds is not null);
-        var init = new Init(config, seeds);
+        var init = new Init(config, seeds, shapesOnly);
         embed = new Embed(config, init);
         hook_embed = hooks.Add("hook_embed");
         if (config.positional_embedding_type == "standard")
@@ -218,4 +218,14 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
 
     /// <summary>A model of the same kind (ordinary, or batched with these seeds) and config, freshly initialized.</summary>
     internal static HookedTransformer Create(DecoderConfig config, int[]? seeds) => new(config, seeds);
+
+    /// <summary>
+    /// Every parameter's name and shape for this config (and instances), from the model's own constructors with
+    /// the parameters on the meta device: exact, and nothing allocated.
+    /// </summary>
+    internal static Dictionary<string, long[]> ParameterShapes(DecoderConfig config, int[]? seeds)
+    {
+        using var shapes = new HookedTransformer(config, seeds, shapesOnly: true);
+        return shapes.named_parameters().ToDictionary(p => p.name, p => p.parameter.shape);
+    }
 }
