@@ -101,6 +101,7 @@ public sealed record RotaryTables(Tensor Cos, Tensor Sin)
     internal void Check(Tensor q, Tensor k)
     {
         long kv = k.shape[^2], dHead = q.shape[^1];
+        AttentionShapes.SameKind("rotary attention", ("q", q), ("cos", Cos), ("sin", Sin));
         if (Cos.dim() != 2 || !Cos.shape.SequenceEqual(Sin.shape) || Cos.shape[0] < kv)
             throw new ArgumentException($"rotary tables must both be [kv_len = {kv}, rotary_dim] (or longer), got cos {AttentionShapes.Shape(Cos)} and sin {AttentionShapes.Shape(Sin)}");
         if (RotaryDim <= 0 || RotaryDim % 2 != 0 || RotaryDim > dHead)

@@ -47,6 +47,23 @@ internal static class AttentionShapes
             throw new ArgumentException($"q {Shape(q)} and k {Shape(k)} must agree in batch, head and d_head");
         if (!k.shape.SequenceEqual(v.shape))
             throw new ArgumentException($"k {Shape(k)} and v {Shape(v)} must have the same shape");
+        SameKind("attention", ("q", q), ("k", k), ("v", v));
+    }
+
+    /// <summary>
+    /// One dtype and one device for every operand: libtorch's matmul throws c10::Error on a mismatch, and TorchSharp's
+    /// matmul lets that escape the native boundary, which aborts the process.
+    /// </summary>
+    public static void SameKind(string operation, params (string Name, Tensor T)[] operands)
+    {
+        var (firstName, first) = operands[0];
+        foreach (var (name, t) in operands.Skip(1))
+        {
+            if (t.dtype != first.dtype)
+                throw new ArgumentException($"{operation}: {name} is {t.dtype} but {firstName} is {first.dtype}; all must share one dtype");
+            if (t.device_type != first.device_type || t.device_index != first.device_index)
+                throw new ArgumentException($"{operation}: {name} is on {t.device} but {firstName} is on {first.device}; all must share one device");
+        }
     }
 
     public static string Shape(Tensor t) => "[" + string.Join(", ", t.shape) + "]";

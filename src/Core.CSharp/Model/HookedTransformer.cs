@@ -119,6 +119,22 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
     /// </summary>
     public override Tensor forward(Tensor tokens)
     {
+        // A hook that runs the model it is attached to would recurse until the stack overflows, which kills the process.
+        running ??= [];
+        if (running.Contains(this))
+            throw new InvalidOperationException(
+                $"forward was called again while it runs, from the hook on '{HookPoint.Running?.Name ?? "?"}': a hook must not run the model " +
+                "it is attached to (run another model, or cache what the hook needs in a run before this one)");
+        running.Add(this);
+        try { return Run(tokens); }
+        finally { running.Remove(this); }
+    }
+
+    /// <summary>The models whose forward is running on this thread.</summary>
+    [ThreadStatic] private static List<HookedTransformer>? running;
+
+    private Tensor Run(Tensor tokens)
+    {
         tokens = TokenCheck.Validate(tokens, Config, Instances);              // [instance, batch, pos]
         var resid = hook_embed.Run(embed.forward(tokens));                    // [instance, batch, pos, d_model]
         if (pos_embed is not null)
