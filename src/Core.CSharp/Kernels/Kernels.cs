@@ -31,6 +31,8 @@ public static class Kernel
     {
         TorchRuntime.EnsureLoaded();
         AttentionShapes.Check(q, k, v);
+        if (causal && q.shape[2] > k.shape[2])
+            throw new ArgumentException($"causal attention needs q_len ({q.shape[2]}) <= kv_len ({k.shape[2]}): the first {q.shape[2] - k.shape[2]} queries would see no key");
         rotary?.Check(q, k);
         return UseNative(backend, q)
             ? NativeAttention.Forward(q, k, v, causal, returnPattern, rotary)
@@ -67,6 +69,13 @@ public static class Kernel
         long tokens = logits.shape[0], experts = logits.shape[1];
         if (k < 1 || k > experts) throw new ArgumentOutOfRangeException(nameof(k), k, $"k must be in [1, experts = {experts}], got {k}");
         long capacity = RoutingCapacity.Of(capacityFactor, tokens, k, experts);
+        // A token whose logits are all NaN has no top k: the twins used to pick different experts for it.
+        using (var allNan = logits.isnan().all(1))
+            if (allNan.any().item<bool>())
+            {
+                using var first = allNan.nonzero();
+                throw new ArgumentException($"router logits are all NaN for token {first[0, 0].item<long>()} (of {tokens}): no expert can be chosen");
+            }
         return UseNative(backend, logits) && tokens > 0
             ? NativeRouting.Route(logits, k, gating, capacity)
             : ManagedRouting.Route(logits, k, gating, capacity);

@@ -16,7 +16,13 @@ internal static class ManagedAttention
         // last query must see every key, as Scores masks it, so that case takes the materialized path.
         bool sdpaMaskAgrees = !causal || q.shape[^2] == k.shape[^2];
         if (!returnPattern && sdpaMaskAgrees)
-            return new AttentionResult(nn.functional.scaled_dot_product_attention(q, k, v, is_casual: causal), null, null);
+        {
+            // libtorch's CPU SDPA returns 0 for a query row holding a NaN, where the materialized path and the native
+            // kernel give NaN: adding 0 · Σ q row makes the row NaN there too (and changes nothing, gradient included, elsewhere).
+            using var poison = q.sum(-1, keepdim: true).mul_(0);                              // [batch, head, query, 1]
+            using var fused = nn.functional.scaled_dot_product_attention(q, k, v, is_casual: causal);
+            return new AttentionResult(fused.add(poison), null, null);   // out of place: SDPA's backward keeps its output
+        }
         var scores = Scores(q, k, causal);               // [batch, head, query, key]
         var pattern = scores.softmax(-1);                // [batch, head, query, key]
         var z = pattern.matmul(v);                       // [batch, head, query, d_head]
