@@ -4,6 +4,9 @@
 //   native     CMake configure and build of native/
 //   test       ctest and dotnet test; ends with one line "N passed, N failed"
 //   bench      the benchmark program: ratios against libtorch, artifacts/bench/bench.json
+//   sanitize   native/ built with ASan + UBSan (clang-14) and its GoogleTests run: any report fails
+//   fuzz       the libFuzzer target for the native ABI and the safetensors fuzzer, 60 s each (--seconds N): 0 crashes
+//   rss        the resident-set check of a long run (the --full phase diagram, about 2 minutes)
 //   clean      removes build/, artifacts/ and every bin/ and obj/
 #r "nuget: CliWrap, 3.10.5"
 
@@ -150,6 +153,65 @@ let bench () =
     let code, _ = run "dotnet" [ "run"; "--project"; Path.Combine(root, "bench"); "-c"; "Release"; "--no-build" ] root waitPolicy
     if code <> 0 then fail $"the benchmark exited with {code}"
 
+let fuzzBuild = Path.Combine(root, "build", "fuzz")
+
+/// clang-14 and the sanitizer and libFuzzer runtimes (Debian's libclang-rt-14-dev).
+let checkClang () =
+    require "clang++-14" (fun () -> onPath "clang++-14") "clang-14"
+    require "the clang-14 sanitizer and libFuzzer runtimes" (fun () ->
+        Directory.Exists "/usr/lib/llvm-14/lib/clang"
+        && Directory.EnumerateFiles("/usr/lib/llvm-14/lib/clang", "libclang_rt.fuzzer*-x86_64.a", SearchOption.AllDirectories) |> Seq.isEmpty |> not) "libclang-rt-14-dev"
+
+/// One CPU-only ASan + UBSan build serves both: the GoogleTests and the libFuzzer target.
+let buildSanitized () =
+    step "native: ASan + UBSan build with clang-14 (build/fuzz)"
+    checkPrerequisites ()
+    checkClang ()
+    runOrFail "cmake" [ "-S"; root; "-B"; fuzzBuild; "-DCMAKE_BUILD_TYPE=RelWithDebInfo"; "-DCMAKE_C_COMPILER=clang-14"
+                        "-DCMAKE_CXX_COMPILER=clang++-14"; "-DMI_SANITIZE=ON"; "-DMI_BUILD_FUZZERS=ON"; "-DMI_NATIVE_ARCH=OFF" ] root
+    runOrFail "cmake" [ "--build"; fuzzBuild; "-j"; string Environment.ProcessorCount ] root
+
+let sanitize () =
+    buildSanitized ()
+    step "ctest under ASan + UBSan"
+    // halt_on_error: the first report fails its test; detect_leaks: leaks are reports too.
+    let env = [ "ASAN_OPTIONS", "halt_on_error=1:detect_leaks=1"; "UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1" ]
+    let code, lines = run "ctest" [ "--test-dir"; fuzzBuild; "--output-on-failure" ] root env
+    match parseCtest lines with
+    | Some(passed, failed) -> printfn "sanitized ctest: %d passed, %d failed" passed failed
+    | None -> ()
+    if code <> 0 then fail "the ASan + UBSan GoogleTests failed"
+
+let fuzzSeconds =
+    match args |> Array.tryFindIndex ((=) "--seconds") with
+    | Some i when i + 1 < args.Length -> int args.[i + 1]
+    | _ -> 60
+
+let fuzz () =
+    buildAll ()
+    buildSanitized ()
+    step $"libFuzzer: the native ABI for {fuzzSeconds} s"
+    let corpus = Path.Combine(root, "build", "fuzz", "abi-corpus")
+    Directory.CreateDirectory corpus |> ignore
+    let crashes = Path.Combine(root, "artifacts", "fuzz", "abi-crashes") + "/"
+    Directory.CreateDirectory crashes |> ignore
+    // A fixed seed: a CI failure replays. -timeout: one input over 10 s is a hang, reported as a crash.
+    let code, _ =
+        run (Path.Combine(fuzzBuild, "native", "mechinterp_abi_fuzz"))
+            [ $"-max_total_time={fuzzSeconds}"; "-seed=1"; "-max_len=4096"; "-timeout=10"; "-rss_limit_mb=4096"
+              "-print_final_stats=1"; $"-artifact_prefix={crashes}"; corpus ] root [ "ASAN_OPTIONS", "detect_leaks=1" ]
+    if code <> 0 then fail $"the ABI fuzzer found a crash (exit {code}); the input is in {crashes}"
+    step $"safetensors fuzzer for {fuzzSeconds} s"
+    let code, _ =
+        run "dotnet" [ "fsi"; Path.Combine(root, "tests", "Fuzz", "safetensors_fuzz.fsx"); "--seconds"; string fuzzSeconds; "--seed"; "17" ] root []
+    if code <> 0 then fail $"the safetensors fuzzer found a crash or a hang (exit {code}); inputs in artifacts/fuzz/safetensors-crashes"
+
+let rss () =
+    buildAll ()
+    step "rss: the resident set of a long run"
+    let code, _ = run "dotnet" [ "fsi"; Path.Combine(root, "tests", "Memory", "rss_check.fsx") ] root []
+    if code <> 0 then fail "the resident set of the phase-diagram training is not flat (tests/Memory/rss_check.fsx)"
+
 let clean () =
     step "clean"
     for dir in [ Path.Combine(root, "build"); Path.Combine(root, "artifacts") ] do
@@ -168,8 +230,11 @@ try
     | "native" -> buildNative ()
     | "test" -> test ()
     | "bench" -> bench ()
+    | "sanitize" -> sanitize ()
+    | "fuzz" -> fuzz ()
+    | "rss" -> rss ()
     | "clean" -> clean ()
-    | other -> fail $"unknown target '{other}'; targets: (none), build, native, test, bench, clean"
+    | other -> fail $"unknown target '{other}'; targets: (none), build, native, test, bench, sanitize, fuzz, rss, clean"
     printfn "\n[%s] done in %.0f s" (stamp ()) (DateTime.Now - started).TotalSeconds
 with BuildFailed message ->
     eprintfn "\nbuild.fsx: %s" message

@@ -53,8 +53,7 @@ string json = JsonSerializer.Serialize(results.Select(r => new Dictionary<string
 }), new JsonSerializerOptions { WriteIndented = true });
 // A run of some groups only must not replace the full record.
 string path = Path.Combine(outDir, args.Length == 0 ? "bench.json" : "bench.partial.json");
-File.WriteAllText(path + ".tmp", json);
-File.Move(path + ".tmp", path, overwrite: true);
+MechInterp.IO.AtomicFile.WriteAllText(path, json);
 Console.WriteLine($"wrote {path}");
 return 0;
 

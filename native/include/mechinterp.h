@@ -43,7 +43,8 @@ enum {
 MI_API int32_t mi_version(void);
 /* Message for the last non-zero status on this thread; "" when none. Valid until the next call on this thread. */
 MI_API const char* mi_last_error(void);
-/* Threads used by the kernels (>= 1). */
+/* Threads used by the kernels, in [1, 4096]. The pool survives fork(): a child starts fresh workers on its first
+ * parallel call. */
 MI_API mi_status mi_set_num_threads(int32_t n);
 MI_API int32_t mi_get_num_threads(void);
 /* 1 when the kernels have an AVX2/FMA path and this CPU runs it. */
@@ -63,8 +64,9 @@ MI_API mi_status mi_softmax_rows_backward_f32(const float* y, const float* dy, f
 
 /* ---- attention: z = softmax(q k^T / sqrt(d_head) + mask) v ------------------------------------
  * q: [batch, heads, q_len, d_head]; k, v: [batch, heads, kv_len, d_head]; all dense row-major.
- * causal = 1 masks key j for query i when j > i + kv_len - q_len (the last query sees every key);
- * a query that sees no key gets z = 0 and lse = -inf. */
+ * causal = 1 masks key j for query i when j > i + kv_len - q_len (the last query sees every key) and needs
+ * q_len <= kv_len (else the first queries would see no key: MI_ERR_INVALID_ARGUMENT). NaN in q, k or v
+ * propagates to the rows that read it. */
 
 /* out: [batch, heads, q_len, d_head]; lse: [batch, heads, q_len] (log-sum-exp of the scaled scores,
  * kept for the backward). scores and pattern, [batch, heads, q_len, kv_len], may each be NULL; when

@@ -184,7 +184,7 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
 
         for (int64_t i = 0; i < nq; ++i) {
             const int64_t r = h * tq + q0 + i;
-            // A row that sees no key at all (causal with q_len > kv_len) gets z = 0 and lse = -inf.
+            // row_sum is 0 only for a row that sees no key, which check_attention rules out; such a row would get z = 0.
             const float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;
             for (int64_t c = 0; c < d; ++c) out[r * d + c] = acc[i * dp + c] * inv;
             lse[r] = row_sum[i] > 0.0f ? row_max[i] + std::log(row_sum[i]) : kNegInf;
@@ -327,10 +327,15 @@ AttentionDims check_attention(int64_t batch, int64_t heads, int64_t q_len, int64
     if (causal != 0 && causal != 1)
         throw Error{MI_ERR_INVALID_ARGUMENT, "causal must be 0 or 1, got " + std::to_string(causal)};
     const int64_t bh = checked_mul(batch, heads, "batch * heads");
-    // Padded and transposed copies stay within int64 too: bound every buffer product with slack.
-    checked_mul(checked_mul(bh, std::max(q_len, kv_len) + kAttnBlockK, "batch * heads * (pos + block)"),
-                d_head + 8, "batch * heads * pos * d_head");
+    // Padded and transposed copies stay within int64 too: bound every buffer product with slack (the sums as well).
+    checked_mul(checked_mul(bh, checked_add(std::max(q_len, kv_len), kAttnBlockK, "pos + block"), "batch * heads * (pos + block)"),
+                checked_add(d_head, 8, "d_head + 8"), "batch * heads * pos * d_head");
     if (with_pattern) checked_mul(checked_mul(bh, q_len, "batch * heads * q_len"), kv_len, "batch * heads * q_len * kv_len");
+    // Causal with more queries than keys leaves the first q_len - kv_len queries without a key: a softmax over
+    // nothing has no value (0 or NaN would both be invented), so it is rejected, as the managed twin does.
+    if (causal == 1 && q_len > kv_len)
+        throw Error{MI_ERR_INVALID_ARGUMENT, "causal attention needs q_len <= kv_len (queries are the last positions), got q_len " +
+                                                 std::to_string(q_len) + " and kv_len " + std::to_string(kv_len)};
     AttentionDims g;
     g.batch = batch;
     g.heads = heads;

@@ -35,6 +35,14 @@ inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
     return r;
 }
 
+// a+b, or an MI_ERR_OVERFLOW naming both terms.
+inline int64_t checked_add(int64_t a, int64_t b, const char* what) {
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r))
+        throw Error{MI_ERR_OVERFLOW, std::string(what) + ": " + std::to_string(a) + " + " + std::to_string(b) + " overflows int64"};
+    return r;
+}
+
 // The grouped dispatch buffers (CPU and CUDA alike): tokens * k (token, slot) pairs land in `rows`
 // rows of width d, so rows must hold every pair and no product may overflow.
 inline void check_dispatch_sizes(int64_t tokens, int64_t k, int64_t d, int64_t rows) {

@@ -7,6 +7,7 @@
 #include "parallel.hpp"
 #include "route.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -46,18 +47,26 @@ void check_route_sizes(int64_t tokens, int64_t experts, int64_t k) {
 }
 
 // Validates row_of against the grouped buffer: every row in [0, rows) and no two pairs on one row
-// (a shared row would be a write race). Returns which rows are used.
-std::vector<uint8_t> check_rows(const int64_t* row_of, int64_t pairs, int64_t rows) {
-    std::vector<uint8_t> used(static_cast<size_t>(rows), 0);
+// (a shared row would be a write race). Returns the used rows, sorted: scratch sized by the pairs the caller
+// passed, never by the row count it claims (which may be anything up to int64).
+std::vector<int64_t> check_rows(const int64_t* row_of, int64_t pairs, int64_t rows) {
     for (int64_t p = 0; p < pairs; ++p) {
         const int64_t r = row_of[p];
         if (r < 0 || r >= rows)
             throw mi::Error{MI_ERR_INVALID_ARGUMENT, "row_of[" + std::to_string(p) + "] = " + std::to_string(r) +
                                                          " is outside the grouped buffer [0, " + std::to_string(rows) + ")"};
-        if (used[r])
-            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "row " + std::to_string(r) + " is the target of two pairs (row_of[" +
-                                                         std::to_string(p) + "])"};
-        used[r] = 1;
+    }
+    std::vector<int64_t> used(row_of, row_of + pairs);
+    std::sort(used.begin(), used.end());
+    const auto twice = std::adjacent_find(used.begin(), used.end());
+    if (twice != used.end()) {
+        // Name the later of the two pairs, as a scan in pair order would.
+        const int64_t r = *twice;
+        int64_t p = 0, seen = 0;
+        for (; p < pairs; ++p)
+            if (row_of[p] == r && ++seen == 2) break;
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "row " + std::to_string(r) + " is the target of two pairs (row_of[" +
+                                                     std::to_string(p) + "])"};
     }
     return used;
 }
@@ -266,9 +275,13 @@ MI_API mi_status mi_moe_combine_backward_f32(const float* grouped, const float* 
         mi::require_pointer(dgates, "dgates");
         mi::check_dispatch_sizes(tokens, k, d, rows);
         const auto used = check_rows(row_of, tokens * k, rows);
-        // Padding rows of a batched layout get no gradient.
-        for (int64_t r = 0; r < rows; ++r)
-            if (!used[r]) std::fill(dgrouped + r * d, dgrouped + (r + 1) * d, 0.0f);
+        // Padding rows of a batched layout (the gaps between used rows) get no gradient.
+        int64_t next = 0;
+        for (const int64_t r : used) {
+            std::fill(dgrouped + next * d, dgrouped + r * d, 0.0f);
+            next = r + 1;
+        }
+        std::fill(dgrouped + next * d, dgrouped + rows * d, 0.0f);
         for_tokens(tokens, [&](int64_t t) {
             const float* g = dy + t * d;
             for (int64_t s = 0; s < k; ++s) {

@@ -1,5 +1,8 @@
 #include "parallel.hpp"
 
+#include <new>
+#include <pthread.h>
+
 namespace mi {
 namespace {
 thread_local bool inside_pool = false;
@@ -13,6 +16,26 @@ ThreadPool& ThreadPool::instance() {
 ThreadPool::ThreadPool() {
     unsigned hw = std::thread::hardware_concurrency();
     start(hw == 0 ? 1 : static_cast<int>(hw));
+    pthread_atfork(nullptr, nullptr, [] { ThreadPool::instance().after_fork_in_child(); });
+}
+
+// fork() copies only the calling thread: the workers are gone, and the locks and condition variables may have been
+// held by them. The child forgets both without touching them (destroying a std::thread that was never joined
+// terminates; joining a thread that does not exist hangs) and starts new workers on its next job.
+void ThreadPool::after_fork_in_child() {
+    new (&workers_) std::vector<std::thread>();   // the old vector's storage is leaked, once per fork
+    new (&mutex_) std::mutex();
+    new (&submit_) std::mutex();
+    new (&wake_) std::condition_variable();
+    new (&done_) std::condition_variable();
+    body_ = nullptr;
+    total_ = 0;
+    next_ = 0;
+    active_ = 0;
+    generation_ = 0;
+    stopping_ = false;
+    error_ = nullptr;
+    restart_ = threads_.load() > 1;
 }
 
 ThreadPool::~ThreadPool() { stop(); }
@@ -35,7 +58,8 @@ void ThreadPool::stop() {
 
 void ThreadPool::set_threads(int n) {
     std::lock_guard<std::mutex> submit(submit_);
-    if (n == threads_.load()) return;
+    if (n == threads_.load() && !restart_) return;
+    restart_ = false;
     stop();
     start(n);
 }
@@ -80,6 +104,10 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& bod
         return;
     }
     std::lock_guard<std::mutex> submit(submit_);
+    if (restart_) {
+        restart_ = false;
+        start(threads_.load());
+    }
     {
         std::lock_guard<std::mutex> lock(mutex_);
         body_ = &body;

@@ -28,6 +28,7 @@ public:
 
 private:
     ThreadPool();
+    void after_fork_in_child();
     void start(int n);
     void stop();
     void worker_loop();
@@ -47,6 +48,7 @@ private:
     int active_ = 0;
     uint64_t generation_ = 0;
     bool stopping_ = false;
+    bool restart_ = false;  // in a forked child: the workers are gone, start new ones on the next job
     std::exception_ptr error_;
 };
 

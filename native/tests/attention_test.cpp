@@ -167,7 +167,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          Case{1, 2, 130, 130, 64, true, 1.0f},   // three blocks, last one partial
                                          Case{2, 1, 37, 37, 16, false, 1.0f},    // not causal
                                          Case{1, 2, 5, 70, 8, true, 1.0f},       // fewer queries than keys (KV cache)
-                                         Case{1, 1, 70, 5, 12, true, 1.0f},      // more queries: early rows see nothing
+                                         Case{1, 1, 70, 5, 12, false, 1.0f},     // more queries than keys (not causal)
                                          Case{3, 4, 33, 33, 8, true, 1.0f},      // one block: K^T packed inside each head's task
                                          Case{1, 2, 33, 33, 7, true, 100.0f},    // logits of order +-1e4
                                          Case{1, 1, 100, 100, 32, false, 100.0f}),
@@ -327,6 +327,24 @@ TEST(Attention, ForwardRejectsBadSizes) {
     { ForwardCall x; x.causal = 2; expect_error(x.run(), MI_ERR_INVALID_ARGUMENT, "causal must be 0 or 1, got 2"); }
     { ForwardCall x; x.b = int64_t{1} << 40; x.h = int64_t{1} << 30; expect_error(x.run(), MI_ERR_OVERFLOW, "overflows"); }
     { ForwardCall x; x.tq = int64_t{1} << 40; x.d = int64_t{1} << 30; expect_error(x.run(), MI_ERR_OVERFLOW, "overflows"); }
+}
+
+TEST(Attention, CausalWithMoreQueriesThanKeysIsRejected) {
+    // The first q_len - kv_len queries would see no key: the managed twin gave NaN there and this kernel 0.
+    ForwardCall x;
+    x.tq = 2;
+    x.tk = 1;
+    expect_error(x.run(), MI_ERR_INVALID_ARGUMENT, "causal attention needs q_len <= kv_len");
+    x.causal = 0;
+    EXPECT_EQ(x.run(), MI_OK) << mi_last_error();
+}
+
+TEST(Attention, SizesNearInt64MaxOverflowCleanly) {
+    // pos + block and d_head + 8 used to wrap (signed overflow, undefined behaviour) before the product checks.
+    const int64_t max = std::numeric_limits<int64_t>::max();
+    { ForwardCall x; x.tq = max; x.tk = max; expect_error(x.run(), MI_ERR_OVERFLOW, "pos + block"); }
+    { ForwardCall x; x.d = max; expect_error(x.run(), MI_ERR_OVERFLOW, "d_head + 8"); }
+    { ForwardCall x; x.d = max - 4; expect_error(x.run(), MI_ERR_OVERFLOW, "d_head + 8"); }
 }
 
 TEST(Attention, PatternSizeOverflowIsRejected) {

@@ -294,3 +294,17 @@ TEST(MoeRejections, DispatchArguments) {
 }
 
 }  // namespace
+
+TEST(MoeRejections, AHugeRowCountNeedsNoScratchOfThatSize) {
+    // rows is the caller's claim about the grouped buffer; validating row_of used to allocate a byte per row
+    // (2^60 rows: bad_alloc, reported as out of memory). Only row 0 is written here.
+    const float x[2] = {1.0f, 2.0f};
+    float grouped[2] = {};
+    const int64_t row_of[1] = {0};
+    ASSERT_EQ(mi_moe_gather_f32(x, row_of, 1, 1, 2, int64_t{1} << 60, grouped), MI_OK) << mi_last_error();
+    EXPECT_EQ(grouped[0], 1.0f);
+    EXPECT_EQ(grouped[1], 2.0f);
+    float dx[2] = {};
+    ASSERT_EQ(mi_moe_gather_backward_f32(grouped, row_of, 1, 1, 2, int64_t{1} << 60, dx), MI_OK) << mi_last_error();
+    EXPECT_EQ(dx[1], 2.0f);
+}

@@ -31,12 +31,21 @@ public static class Settings
         get => threads;
         set
         {
-            if (value < 1)
-                throw new ArgumentOutOfRangeException(nameof(value), value, $"Threads must be at least 1, got {value}.");
+            // Checked before anything changes: a rejected count must leave libtorch, the kernels and this setting as they were.
+            CheckThreads(value, nameof(Threads));
+            Runtime.ThreadSettings.Apply(value);
             threads = value;
             threadsChosen = true;
-            Runtime.ThreadSettings.Apply(value);
         }
+    }
+
+    /// <summary>The most threads the setting accepts (the native kernels' pool limit).</summary>
+    public const int MaxThreads = 4096;
+
+    private static void CheckThreads(int value, string what)
+    {
+        if (value < 1 || value > MaxThreads)
+            throw new ArgumentOutOfRangeException(what, value, $"{what} must be in [1, {MaxThreads}], got {value}.");
     }
 
     /// <summary>Whether the thread count was set (in code or by MECHINTERP_THREADS) rather than left at its default.</summary>
@@ -64,6 +73,7 @@ public static class Settings
     internal static T RunOnThreads<T>(int count, Func<T> body)
     {
         if (count == threads) return body();
+        CheckThreads(count, "thread count");
         Runtime.ThreadSettings.Apply(count);
         try { return body(); }
         finally { Runtime.ThreadSettings.Apply(threads); }
@@ -94,8 +104,8 @@ public static class Settings
     {
         string? v = Environment.GetEnvironmentVariable("MECHINTERP_THREADS");
         if (string.IsNullOrEmpty(v)) return Environment.ProcessorCount;
-        if (int.TryParse(v, out int n) && n >= 1) return n;
-        throw new ArgumentException($"MECHINTERP_THREADS must be a positive integer, got '{v}'.");
+        if (int.TryParse(v, out int n) && n >= 1 && n <= MaxThreads) return n;
+        throw new ArgumentException($"MECHINTERP_THREADS must be an integer in [1, {MaxThreads}], got '{v}'.");
     }
 
     private static KernelBackend ReadKernels()

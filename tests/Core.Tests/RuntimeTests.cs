@@ -23,6 +23,20 @@ public class RuntimeTests
     }
 
     [Fact]
+    public void AThreadCountTheKernelsWouldRefuseChangesNothing()
+    {
+        // 5000 used to reach libtorch and the setting before the native library refused it.
+        int before = Settings.Threads, torchBefore = get_num_threads();
+        bool chosen = Settings.ThreadsChosen;
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => Settings.Threads = 5000);
+        Assert.Contains("Threads must be in [1, 4096], got 5000", e.Message);
+        Assert.Equal(before, Settings.Threads);
+        Assert.Equal(torchBefore, get_num_threads());
+        Assert.Equal(chosen, Settings.ThreadsChosen);
+        if (Native.NativeKernels.IsAvailable) Assert.Equal(before, Native.NativeMethods.mi_get_num_threads());
+    }
+
+    [Fact]
     public void ThreadSettingReachesLibtorch()
     {
         Assert.Equal(1, Settings.WithThreads(1, () => get_num_threads()));

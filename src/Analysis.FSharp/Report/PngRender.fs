@@ -100,9 +100,4 @@ let write (path: string) (figure: Figure) =
         canvas.DrawBitmap(bitmap, float32 x, float32 y))
     use image = surface.Snapshot()
     use data = image.Encode(SKEncodedImageFormat.Png, 100)
-    Directory.CreateDirectory(nonNull (Path.GetDirectoryName(Path.GetFullPath path))) |> ignore
-    let temp = path + ".tmp"
-    do
-        use file = File.Create temp
-        data.SaveTo file
-    File.Move(temp, path, true)
+    MechInterp.IO.AtomicFile.Write(path, fun file -> data.SaveTo file)

@@ -6,13 +6,6 @@ open System.Text
 open System.Text.Json
 open System.Text.Json.Nodes
 
-/// Writes text to a temp file and renames it into place: a crash never leaves half a file.
-let writeAtomically (path: string) (text: string) =
-    Directory.CreateDirectory(nonNull (Path.GetDirectoryName(Path.GetFullPath path))) |> ignore
-    let temp = $"{path}.{System.Environment.ProcessId}.tmp"
-    File.WriteAllText(temp, text, UTF8Encoding false)
-    File.Move(temp, path, true)
-
 /// The PNG file name of a figure, unique across the report: "<section id>-<figure id>.png".
 let pngName (section: ReportSection) (figure: Figure) = $"{section.Id}-{figure.Id}.png"
 
@@ -27,7 +20,7 @@ let write (dir: string) (title: string) (sections: ReportSection list) =
         for f in s.Figures do PngRender.write (Path.Combine(dir, pngName s f)) f
     let rendered = sections |> List.map (fun s -> s, Html.section PlotlyRender.figureHtml pngName s)
     let path = Path.Combine(dir, "index.html")
-    writeAtomically path (Html.page title (PlotlyRender.plotlyJs ()) rendered)
+    MechInterp.IO.AtomicFile.WriteAllText(path, Html.page title (PlotlyRender.plotlyJs ()) rendered)
     path
 
 /// The "answer" object every results file carries.
@@ -54,7 +47,7 @@ let writeResults (dir: string) (name: string) (answer: Answer) (results: JsonNod
             fields.Remove key |> ignore
             top.Add(key, value)
     | other -> top.Add("results", other)
-    writeAtomically path (top.ToJsonString(JsonSerializerOptions(WriteIndented = true)))
+    MechInterp.IO.AtomicFile.WriteAllText(path, top.ToJsonString(JsonSerializerOptions(WriteIndented = true)))
     path
 
 /// The section the report opens with: every experiment's question, its answer, the key number, and its runs.

@@ -39,6 +39,11 @@ public sealed class HookPoint(string name, bool hidesInstance = false)
     /// </summary>
     internal static bool CompiledOut;
 
+    /// <summary>The hook point whose hook is running on this thread, if any (to name it in errors).</summary>
+    [ThreadStatic] private static HookPoint? running;
+
+    internal static HookPoint? Running => running;
+
     /// <summary>Runs every attached hook in order; each sees the previous one's result.</summary>
     public Tensor Run(Tensor activation)
     {
@@ -47,16 +52,31 @@ public sealed class HookPoint(string name, bool hidesInstance = false)
         bool replaced = false;
         foreach (var (fn, observer) in hooks.ToArray())
         {
-            var replacement = fn(seen, this);
+            var outer = running;
+            running = this;
+            Tensor? replacement;
+            try { replacement = fn(seen, this); }
+            finally { running = outer; }
             if (replacement is null || observer || ReferenceEquals(replacement, seen)) continue;
-            if (!replacement.shape.SequenceEqual(seen.shape))
-                throw new InvalidOperationException(
-                    $"hook on '{Name}' returned shape [{string.Join(", ", replacement.shape)}] but the activation is [{string.Join(", ", seen.shape)}]");
+            Check(replacement, seen);
             seen = replacement;
             replaced = true;
         }
         if (!replaced) return activation;
         return hidesInstance ? seen.unsqueeze(0) : seen;
+    }
+
+    // Everything after a hook assumes the replacement is the activation's kind: libtorch ops given a mismatched
+    // dtype or device throw c10::Error, and some TorchSharp entry points (matmul) let it escape and abort the process.
+    private void Check(Tensor replacement, Tensor activation)
+    {
+        if (!replacement.shape.SequenceEqual(activation.shape))
+            throw new InvalidOperationException(
+                $"hook on '{Name}' returned shape [{string.Join(", ", replacement.shape)}] but the activation is [{string.Join(", ", activation.shape)}]");
+        if (replacement.dtype != activation.dtype)
+            throw new InvalidOperationException($"hook on '{Name}' returned dtype {replacement.dtype} but the activation is {activation.dtype}");
+        if (replacement.device_type != activation.device_type || replacement.device_index != activation.device_index)
+            throw new InvalidOperationException($"hook on '{Name}' returned a tensor on {replacement.device} but the activation is on {activation.device}");
     }
 
     public override string ToString() => Name;

@@ -22,16 +22,25 @@ public static class Checkpoint
     /// <summary>The most instances a checkpoint may declare, so a corrupt header cannot ask for unbounded memory.</summary>
     public const int MaxInstances = 4096;
 
+    /// <summary>At most this many problems are listed in one error; the rest are counted.</summary>
+    private const int MaxListedProblems = 10;
+
+    /// <summary>
+    /// Reads a checkpoint. Everything is checked before anything is allocated: the header against the file size,
+    /// the config's sizes against what the file's tensors hold, then every parameter's shape (from the model's own
+    /// constructors, with no memory behind them) against the header. Any problem raises
+    /// <see cref="InvalidDataException"/> naming the file and the problem.
+    /// </summary>
     public static HookedTransformer Load(string path)
     {
         var (entries, metadata, _) = SafeTensors.ReadHeader(path);
         if (!metadata.TryGetValue("config", out var json))
-            throw new InvalidDataException($"{path}: no __metadata__[\"config\"]; this is not a MechInterp checkpoint");
+            throw SafeTensors.Corrupt(path, "no __metadata__[\"config\"]; this is not a MechInterp checkpoint");
         DecoderConfig config;
-        try { config = DecoderConfig.FromJson(json); }
-        catch (Exception e) when (e is System.Text.Json.JsonException or ArgumentException)
+        try { config = DecoderConfig.FromJson(json).Validate(); }
+        catch (Exception e) when (e is System.Text.Json.JsonException or ArgumentException or NotSupportedException or InvalidOperationException)
         {
-            throw new InvalidDataException($"{path}: __metadata__[\"config\"] is not a valid config: {e.Message}", e);
+            throw SafeTensors.Corrupt(path, $"__metadata__[\"config\"] is not a valid config: {e.Message}");
         }
 
         int[]? seeds = null;
@@ -40,45 +49,80 @@ public static class Checkpoint
             try { seeds = System.Text.Json.JsonSerializer.Deserialize<int[]>(seedJson); }
             catch (System.Text.Json.JsonException e)
             {
-                throw new InvalidDataException($"{path}: __metadata__[\"{InstanceSeedsKey}\"] is not a list of seeds: {e.Message}", e);
+                throw SafeTensors.Corrupt(path, $"__metadata__[\"{InstanceSeedsKey}\"] is not a list of seeds: {e.Message}");
             }
             if (seeds is null || seeds.Length == 0 || seeds.Length > MaxInstances)
-                throw new InvalidDataException($"{path}: __metadata__[\"{InstanceSeedsKey}\"] must list 1 to {MaxInstances} seeds, got '{seedJson}'");
+                throw SafeTensors.Corrupt(path, $"__metadata__[\"{InstanceSeedsKey}\"] must list 1 to {MaxInstances} seeds, got {SafeTensors.Quote(seedJson)}");
+        }
+
+        CheckSizesAgainstFile(path, config, seeds, entries);
+        var expected = HookedTransformer.ParameterShapes(config, seeds);
+        var found = entries.ToDictionary(e => e.Name);
+        var problems = new List<string>();
+        foreach (var (name, shape) in expected)
+        {
+            if (!found.TryGetValue(name, out var entry))
+                problems.Add($"tensor '{name}' is missing (expected [{string.Join(", ", shape)}])");
+            else if (!entry.Shape.SequenceEqual(shape))
+                problems.Add($"tensor '{name}' has shape [{string.Join(", ", entry.Shape)}], expected [{string.Join(", ", shape)}]");
+            else if (entry.DType != ScalarType.Float32)
+                problems.Add($"tensor '{name}' has dtype {SafeTensors.DTypeName(entry.DType)}, expected F32");
+        }
+        foreach (var name in found.Keys.Where(n => !expected.ContainsKey(n) && !IgnoredSuffixes.Any(n.EndsWith)))
+            problems.Add($"tensor {SafeTensors.Quote(name)} is not a parameter of this config");
+        if (problems.Count > 0)
+        {
+            string more = problems.Count > MaxListedProblems ? $"; and {problems.Count - MaxListedProblems} more problems" : "";
+            throw SafeTensors.Corrupt(path, string.Join("; ", problems.Take(MaxListedProblems)) + more);
         }
 
         var model = HookedTransformer.Create(config, seeds);
-        var expected = model.StateDict();
-        var found = entries.ToDictionary(e => e.Name);
-        var problems = new List<string>();
-        foreach (var (name, parameter) in expected)
-        {
-            if (!found.TryGetValue(name, out var entry))
-                problems.Add($"tensor '{name}' is missing (expected [{string.Join(", ", parameter.shape)}])");
-            else if (!entry.Shape.SequenceEqual(parameter.shape))
-                problems.Add($"tensor '{name}' has shape [{string.Join(", ", entry.Shape)}], expected [{string.Join(", ", parameter.shape)}]");
-            else if (entry.DType != parameter.dtype)
-                problems.Add($"tensor '{name}' has dtype {SafeTensors.DTypeName(entry.DType)}, expected {SafeTensors.DTypeName(parameter.dtype)}");
-        }
-        foreach (var name in found.Keys.Where(n => !expected.ContainsKey(n) && !IgnoredSuffixes.Any(n.EndsWith)))
-            problems.Add($"tensor '{name}' is not a parameter of this config");
-        if (problems.Count > 0)
-        {
-            model.Dispose();
-            throw new InvalidDataException($"{path}: " + string.Join("; ", problems));
-        }
-
+        var parameters = model.StateDict();
         // Everything checked: only now copy, so nothing is ever partially loaded.
-        var (tensors, _) = SafeTensors.Read(path);
         try
         {
-            using var _ = no_grad();
-            foreach (var (name, parameter) in expected)
-                parameter.copy_(tensors[name]);
+            var (tensors, _) = SafeTensors.Read(path);
+            try
+            {
+                using var _ = no_grad();
+                foreach (var (name, parameter) in parameters)
+                    parameter.copy_(tensors[name]);
+            }
+            finally
+            {
+                foreach (var t in tensors.Values) t.Dispose();
+            }
         }
-        finally
+        catch
         {
-            foreach (var t in tensors.Values) t.Dispose();
+            model.Dispose();
+            throw;
         }
         return model;
+    }
+
+    /// <summary>
+    /// Every size of the config is a dimension of some parameter, so none can exceed the number of values all the
+    /// file's tensors hold together, and every layer has tensors of its own: a config asking for more is rejected
+    /// here, by field and value, before even the shapes are built.
+    /// </summary>
+    private static void CheckSizesAgainstFile(string path, DecoderConfig config, int[]? seeds, List<SafeTensors.Entry> entries)
+    {
+        long values = 0;
+        foreach (var e in entries) values += e.Shape.Aggregate(1L, (a, b) => a * b);   // each product fits: checked against the file size
+        var sizes = new List<(string Field, long Value)>
+        {
+            ("d_model", config.d_model), ("d_vocab", config.d_vocab), ("n_heads", config.n_heads), ("d_head", config.DHead),
+        };
+        if (!config.attn_only) sizes.Add(("d_mlp", config.DMlp));
+        if (config.positional_embedding_type == "standard") sizes.Add(("n_ctx", config.n_ctx));
+        if (config.IsMoe) sizes.Add(("n_experts", config.n_experts));
+        if (seeds is not null) sizes.Add(($"the number of {InstanceSeedsKey}", seeds.Length));
+        var problems = sizes.Where(s => s.Value > values)
+            .Select(s => $"{s.Field} ({s.Value}) is more than the {values} values all the file's tensors hold").ToList();
+        if (config.n_layers > entries.Count)
+            problems.Add($"n_layers ({config.n_layers}) is more than the {entries.Count} tensors in the file");
+        if (problems.Count > 0)
+            throw SafeTensors.Corrupt(path, "the config asks for more than the file holds: " + string.Join("; ", problems));
     }
 }

@@ -50,105 +50,165 @@ public static class SafeTensors
         Array.Fill(headerBytes, (byte)' ');
         json.CopyTo(headerBytes, 0);
 
-        string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string temp = $"{full}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
-        try
+        AtomicFile.Write(path, stream =>
         {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
+            Span<byte> length = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)padded);
+            stream.Write(length);
+            stream.Write(headerBytes);
+            foreach (var (_, t) in ordered)
             {
-                Span<byte> length = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)padded);
-                stream.Write(length);
-                stream.Write(headerBytes);
-                foreach (var (_, t) in ordered)
-                {
-                    using var c = t.detach().cpu().contiguous();
-                    stream.Write(NativeTensors.Bytes(c));
-                }
-                stream.Flush(flushToDisk: true);
+                using var c = t.detach().cpu().contiguous();
+                NativeTensors.WriteBytes(c, stream);
             }
-            File.Move(temp, full, overwrite: true);
-        }
-        catch
-        {
-            if (File.Exists(temp)) File.Delete(temp);
-            throw;
-        }
+        });
     }
 
     /// <summary>One tensor's header entry.</summary>
     public sealed record Entry(string Name, ScalarType DType, long[] Shape, long Begin, long End);
 
-    /// <summary>The parsed and checked header of a safetensors file: entries and metadata, no data read.</summary>
+    /// <summary>The largest header we parse: a header is names and shapes, never data.</summary>
+    public const int MaxHeaderBytes = 100_000_000;
+
+    /// <summary>The most dimensions a tensor may have.</summary>
+    public const int MaxRank = 64;
+
+    /// <summary>Messages quote at most this many characters of a name or value taken from the file.</summary>
+    internal const int MaxQuoted = 80;
+
+    /// <summary>No error message is longer than this, whatever the file holds.</summary>
+    public const int MaxMessageChars = 2000;
+
+    /// <summary>
+    /// The parsed and checked header of a safetensors file: entries and metadata, no data read. Every problem with
+    /// the file raises <see cref="InvalidDataException"/> naming the file and the problem (a missing file:
+    /// <see cref="FileNotFoundException"/>).
+    /// </summary>
     public static (List<Entry> Entries, Dictionary<string, string> Metadata, long DataStart) ReadHeader(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"no safetensors file at {path}", path);
-        long fileLength = new FileInfo(path).Length;
-        if (fileLength < 8) throw Corrupt(path, $"the file is {fileLength} bytes, shorter than the 8-byte header length");
         using var stream = File.OpenRead(path);
+        long fileLength = stream.Length;
+        if (fileLength < 8) throw Corrupt(path, $"the file is {fileLength} bytes, shorter than the 8-byte header length");
         Span<byte> lengthBytes = stackalloc byte[8];
         stream.ReadExactly(lengthBytes);
         ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(lengthBytes);
-        if (headerLength > (ulong)(fileLength - 8) || headerLength > 100_000_000)
+        if (headerLength > (ulong)(fileLength - 8))
             throw Corrupt(path, $"the header claims {headerLength} bytes but the file has {fileLength - 8} after the length field (truncated or not safetensors)");
+        if (headerLength > MaxHeaderBytes)
+            throw Corrupt(path, $"the header claims {headerLength} bytes, more than the {MaxHeaderBytes} a header may have");
         var headerBytes = new byte[headerLength];
         stream.ReadExactly(headerBytes);
 
-        JsonObject header;
-        try
+        try { _ = StrictUtf8.GetCharCount(headerBytes); }
+        catch (DecoderFallbackException e)
         {
-            header = JsonNode.Parse(headerBytes)?.AsObject() ?? throw Corrupt(path, "the header is JSON null");
+            throw Corrupt(path, $"the header is not valid UTF-8 (byte {e.Index} of the header)");
         }
-        catch (Exception e) when (e is JsonException or InvalidOperationException)
+        JsonDocument document;
+        try { document = JsonDocument.Parse(headerBytes, new JsonDocumentOptions { MaxDepth = 8 }); }
+        catch (JsonException e)
         {
-            throw Corrupt(path, $"the header is not a JSON object: {e.Message}");
+            throw Corrupt(path, $"the header is not valid JSON: {e.Message}");
+        }
+        using (document)
+        {
+            var header = document.RootElement;
+            if (header.ValueKind != JsonValueKind.Object)
+                throw Corrupt(path, $"the header must be a JSON object, got {header.ValueKind}");
+            var metadata = new Dictionary<string, string>();
+            var entries = new List<Entry>();
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var property in header.EnumerateObject())
+            {
+                string name = property.Name;
+                if (!names.Add(name)) throw Corrupt(path, $"the header names {Quote(name)} twice");
+                if (name == "__metadata__") ReadMetadata(path, property.Value, metadata);
+                else entries.Add(ReadEntry(path, name, property.Value));
+            }
+            long dataStart = 8 + (long)headerLength;
+            long dataLength = fileLength - dataStart;
+            long covered = 0;
+            foreach (var entry in entries.OrderBy(e => e.Begin).ThenBy(e => e.End))
+            {
+                if (entry.Begin != covered)
+                    throw Corrupt(path, $"tensor {Quote(entry.Name)} starts at byte {entry.Begin} of the data but the previous tensor ends at {covered} (holes or overlaps)");
+                covered = entry.End;
+            }
+            if (covered != dataLength)
+                throw Corrupt(path, $"the header describes {covered} bytes of tensor data but the file holds {dataLength} (truncated or padded)");
+            return (entries, metadata, dataStart);
+        }
+    }
+
+    private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    private static void ReadMetadata(string path, JsonElement node, Dictionary<string, string> metadata)
+    {
+        if (node.ValueKind != JsonValueKind.Object)
+            throw Corrupt(path, $"__metadata__ must be an object of strings, got {node.ValueKind}");
+        foreach (var item in node.EnumerateObject())
+        {
+            if (item.Value.ValueKind != JsonValueKind.String)
+                throw Corrupt(path, $"__metadata__[{Quote(item.Name)}] must be a string, got {item.Value.ValueKind}");
+            if (!metadata.TryAdd(item.Name, item.Value.GetString()!))
+                throw Corrupt(path, $"__metadata__ names {Quote(item.Name)} twice");
+        }
+    }
+
+    private static Entry ReadEntry(string path, string name, JsonElement node)
+    {
+        string what = $"tensor {Quote(name)}";
+        if (node.ValueKind != JsonValueKind.Object)
+            throw Corrupt(path, $"{what} must be an object with dtype, shape and data_offsets, got {node.ValueKind}");
+        JsonElement Field(string field, JsonValueKind kind)
+        {
+            if (!node.TryGetProperty(field, out var value)) throw Corrupt(path, $"{what} has no {field}");
+            if (value.ValueKind != kind) throw Corrupt(path, $"{what} has a {field} that is a {value.ValueKind}, not a {kind}");
+            return value;
+        }
+        long[] Integers(string field)
+        {
+            var array = Field(field, JsonValueKind.Array);
+            int count = array.GetArrayLength();
+            if (count > MaxRank) throw Corrupt(path, $"{what} has {count} entries in {field}, more than {MaxRank}");
+            var values = new long[count];
+            int i = 0;
+            foreach (var item in array.EnumerateArray())
+            {
+                if (item.ValueKind != JsonValueKind.Number || !item.TryGetInt64(out long v) || v < 0)
+                    throw Corrupt(path, $"{what} has {field}[{i}] = {Quote(item.GetRawText())}, not a non-negative int64");
+                values[i++] = v;
+            }
+            return values;
         }
 
-        var metadata = new Dictionary<string, string>();
-        var entries = new List<Entry>();
-        foreach (var (name, node) in header)
+        string dtypeName = Field("dtype", JsonValueKind.String).GetString()!;
+        var dtype = DTypes.FirstOrDefault(d => d.Name == dtypeName);
+        if (dtype.Name is null)
+            throw Corrupt(path, $"{what} has unknown dtype {Quote(dtypeName)} (known: {string.Join(", ", DTypes.Select(d => d.Name))})");
+        long[] shape = Integers("shape");
+        long[] offsets = Integers("data_offsets");
+        if (offsets.Length != 2 || offsets[1] < offsets[0])
+            throw Corrupt(path, $"{what} has invalid data_offsets [{string.Join(", ", offsets)}] (want [begin, end] with begin <= end)");
+        long expected;
+        try
         {
-            if (name == "__metadata__")
-            {
-                foreach (var (k, v) in node?.AsObject() ?? [])
-                    metadata[k] = v?.GetValue<string>() ?? "";
-                continue;
-            }
-            try
-            {
-                var o = node!.AsObject();
-                string dtypeName = o["dtype"]!.GetValue<string>();
-                var dtype = DTypes.FirstOrDefault(d => d.Name == dtypeName);
-                if (dtype.Name is null) throw Corrupt(path, $"tensor '{name}' has unknown dtype '{dtypeName}'");
-                long[] shape = o["shape"]!.AsArray().Select(s => s!.GetValue<long>()).ToArray();
-                var offsets = o["data_offsets"]!.AsArray().Select(s => s!.GetValue<long>()).ToArray();
-                if (shape.Any(s => s < 0)) throw Corrupt(path, $"tensor '{name}' has a negative dimension in [{string.Join(", ", shape)}]");
-                if (offsets.Length != 2 || offsets[0] < 0 || offsets[1] < offsets[0])
-                    throw Corrupt(path, $"tensor '{name}' has invalid data_offsets [{string.Join(", ", offsets)}]");
-                long expected = shape.Aggregate(1L, (a, b) => checked(a * b)) * dtype.Size;
-                if (offsets[1] - offsets[0] != expected)
-                    throw Corrupt(path, $"tensor '{name}' ({dtypeName} [{string.Join(", ", shape)}]) needs {expected} bytes but its offsets span {offsets[1] - offsets[0]}");
-                entries.Add(new Entry(name, dtype.Type, shape, offsets[0], offsets[1]));
-            }
-            catch (Exception e) when (e is InvalidOperationException or NullReferenceException or FormatException or OverflowException)
-            {
-                throw Corrupt(path, $"tensor '{name}' has a malformed header entry: {e.Message}");
-            }
+            expected = dtype.Size;
+            foreach (long dim in shape) expected = checked(expected * dim);
         }
-        long dataStart = 8 + (long)headerLength;
-        long dataLength = fileLength - dataStart;
-        long covered = 0;
-        foreach (var entry in entries.OrderBy(e => e.Begin))
+        catch (OverflowException)
         {
-            if (entry.Begin != covered)
-                throw Corrupt(path, $"tensor '{entry.Name}' starts at byte {entry.Begin} of the data but the previous tensor ends at {covered} (holes or overlaps)");
-            covered = entry.End;
+            throw Corrupt(path, $"{what} ({dtypeName} [{string.Join(", ", shape)}]) has more bytes than an int64 counts");
         }
-        if (covered != dataLength)
-            throw Corrupt(path, $"the header describes {covered} bytes of tensor data but the file holds {dataLength} (truncated or padded)");
-        return (entries, metadata, dataStart);
+        if (offsets[1] - offsets[0] != expected)
+            throw Corrupt(path, $"{what} ({dtypeName} [{string.Join(", ", shape)}]) needs {expected} bytes but its offsets span {offsets[1] - offsets[0]}");
+        return new Entry(name, dtype.Type, shape, offsets[0], offsets[1]);
     }
+
+    /// <summary>A name or value from the file, quoted and cut to <see cref="MaxQuoted"/> characters.</summary>
+    internal static string Quote(string text) =>
+        text.Length <= MaxQuoted ? $"'{text}'" : $"'{text[..MaxQuoted]}…' ({text.Length} characters)";
 
     /// <summary>Reads every tensor (on the CPU) and the metadata; nothing is returned unless the whole file checks out.</summary>
     public static (Dictionary<string, Tensor> Tensors, Dictionary<string, string> Metadata) Read(string path)
@@ -163,16 +223,22 @@ public static class SafeTensors
                 var t = empty(entry.Shape, dtype: entry.DType);
                 tensors[entry.Name] = t;
                 stream.Seek(dataStart + entry.Begin, SeekOrigin.Begin);
-                stream.ReadExactly(NativeTensors.Bytes(t));
+                NativeTensors.ReadBytes(stream, t);
             }
         }
-        catch
+        catch (Exception e)
         {
             foreach (var t in tensors.Values) t.Dispose();
+            if (e is EndOfStreamException) throw Corrupt(path, "the file ended before its tensor data (changed while being read)");
             throw;
         }
         return (tensors, metadata);
     }
 
-    private static InvalidDataException Corrupt(string path, string problem) => new($"{path}: {problem}");
+    /// <summary>The one exception a malformed file raises: the file, then the problem, at most <see cref="MaxMessageChars"/> long.</summary>
+    internal static InvalidDataException Corrupt(string path, string problem)
+    {
+        string message = $"{path}: {problem}";
+        return new(message.Length <= MaxMessageChars ? message : message[..(MaxMessageChars - 40)] + $"… ({message.Length - MaxMessageChars + 40} more characters)");
+    }
 }

@@ -31,6 +31,8 @@ public static class Kernel
     {
         TorchRuntime.EnsureLoaded();
         AttentionShapes.Check(q, k, v);
+        if (causal && q.shape[2] > k.shape[2])
+            throw new ArgumentException($"causal attention needs q_len ({q.shape[2]}) <= kv_len ({k.shape[2]}): the first {q.shape[2] - k.shape[2]} queries would see no key");
         rotary?.Check(q, k);
         return UseNative(backend, q)
             ? NativeAttention.Forward(q, k, v, causal, returnPattern, rotary)
@@ -82,6 +84,13 @@ public static class Kernel
                     throw new ArgumentOutOfRangeException(nameof(expertIndex), $"expert index out of range [0, {experts}): found {(min < 0 ? min : max)}");
             }
         }
+        // A token whose weights are all NaN (all-NaN router logits) has no top k: the twins used to pick different experts for it.
+        using (var allNan = weights.isnan().all(2))
+            if (allNan.any().item<bool>())
+            {
+                using var first = allNan.nonzero();
+                throw new ArgumentException($"expert weights are all NaN for token {first[0, 1].item<long>()} of group {first[0, 0].item<long>()} (of {tokens} tokens): no expert can be chosen");
+            }
         return UseNative(backend, weights) && weights.numel() > 0
             ? NativeRouting.Route(weights, k, renormalize, capacity, expertIndex)
             : ManagedRouting.Route(weights, k, renormalize, capacity, expertIndex);
@@ -116,6 +125,7 @@ public sealed record RotaryTables(Tensor Cos, Tensor Sin)
     internal void Check(Tensor q, Tensor k)
     {
         long kv = k.shape[^2], dHead = q.shape[^1];
+        AttentionShapes.SameKind("rotary attention", ("q", q), ("cos", Cos), ("sin", Sin));
         if (Cos.dim() != 2 || !Cos.shape.SequenceEqual(Sin.shape) || Cos.shape[0] < kv)
             throw new ArgumentException($"rotary tables must both be [kv_len = {kv}, rotary_dim] (or longer), got cos {AttentionShapes.Shape(Cos)} and sin {AttentionShapes.Shape(Sin)}");
         if (RotaryDim <= 0 || RotaryDim % 2 != 0 || RotaryDim > dHead)

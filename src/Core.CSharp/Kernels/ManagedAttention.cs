@@ -16,7 +16,13 @@ internal static class ManagedAttention
         // last query must see every key, as Scores masks it, so that case takes the materialized path.
         bool sdpaMaskAgrees = !causal || q.shape[^2] == k.shape[^2];
         if (!returnPattern && sdpaMaskAgrees)
-            return new AttentionResult(nn.functional.scaled_dot_product_attention(q, k, v, is_casual: causal), null, null);
+        {
+            // libtorch's CPU SDPA returns 0 for a query row holding a NaN, where the materialized path and the native
+            // kernel give NaN: adding 0 · Σ q row makes the row NaN there too (and changes nothing, gradient included, elsewhere).
+            using var poison = q.sum(-1, keepdim: true).mul_(0);                              // [batch, head, query, 1]
+            using var fused = nn.functional.scaled_dot_product_attention(q, k, v, is_casual: causal);
+            return new AttentionResult(fused.add(poison), null, null);   // out of place: SDPA's backward keeps its output
+        }
         var scores = Scores(q, k, causal);               // [batch, head, query, key]
         var pattern = scores.softmax(-1);                // [batch, head, query, key]
         var z = pattern.matmul(v);                       // [batch, head, query, d_head]
@@ -47,6 +53,23 @@ internal static class AttentionShapes
             throw new ArgumentException($"q {Shape(q)} and k {Shape(k)} must agree in batch, head and d_head");
         if (!k.shape.SequenceEqual(v.shape))
             throw new ArgumentException($"k {Shape(k)} and v {Shape(v)} must have the same shape");
+        SameKind("attention", ("q", q), ("k", k), ("v", v));
+    }
+
+    /// <summary>
+    /// One dtype and one device for every operand: libtorch's matmul throws c10::Error on a mismatch, and TorchSharp's
+    /// matmul lets that escape the native boundary, which aborts the process.
+    /// </summary>
+    public static void SameKind(string operation, params (string Name, Tensor T)[] operands)
+    {
+        var (firstName, first) = operands[0];
+        foreach (var (name, t) in operands.Skip(1))
+        {
+            if (t.dtype != first.dtype)
+                throw new ArgumentException($"{operation}: {name} is {t.dtype} but {firstName} is {first.dtype}; all must share one dtype");
+            if (t.device_type != first.device_type || t.device_index != first.device_index)
+                throw new ArgumentException($"{operation}: {name} is on {t.device} but {firstName} is on {first.device}; all must share one device");
+        }
     }
 
     public static string Shape(Tensor t) => "[" + string.Join(", ", t.shape) + "]";

@@ -44,7 +44,8 @@ internal static class ExpertShapes
             throw new ArgumentException($"gates {S(gates)} must have the shape of the expert index {S(expertIndex)}");
         if (expertIndex.dtype != ScalarType.Int64)
             throw new ArgumentException($"expert index must be int64, got {expertIndex.dtype}");
-        long e = wIn.shape[0], d = x.shape[1], f = wIn.shape[2];
+        AttentionShapes.SameKind("expert MLP", ("x", x), ("gates", gates), ("W_in", wIn), ("b_in", bIn), ("W_out", wOut), ("b_out", bOut));
+        long e = wIn.shape[0], d = x.shape[1], f = wIn.dim() == 3 ? wIn.shape[2] : 0;
         if (wIn.dim() != 3 || wIn.shape[1] != d)
             throw new ArgumentException($"W_in must be [n_experts, d_model = {d}, d_mlp], got {S(wIn)}");
         if (!bIn.shape.SequenceEqual(new[] { e, f }) || !wOut.shape.SequenceEqual(new[] { e, f, d }) || !bOut.shape.SequenceEqual(new[] { e, d }))

@@ -85,6 +85,17 @@ public sealed record DecoderConfig
         if (d_mlp < 0) problems.Add($"d_mlp must be positive (or 0 for 4 * d_model), got {d_mlp}");
         if (d_head == 0 && n_heads > 0 && d_model > 0 && d_model % n_heads != 0)
             problems.Add($"d_model ({d_model}) must be divisible by n_heads ({n_heads}) when d_head is unset");
+        if (d_mlp == 0 && !attn_only && d_model > int.MaxValue / 4)
+            problems.Add($"d_mlp derived as 4 * d_model ({4L * d_model}) does not fit in int32; set d_mlp");
+        if (d_model > 0 && n_heads > 0 && d_vocab > 0 && n_ctx > 0 && d_head >= 0 && d_mlp >= 0)
+        {
+            // The largest parameters (W_Q, W_E, W_pos, W_in): their element counts must be countable in int64 bytes.
+            Int128 dm = d_model, largest = Int128.Max(Int128.Max(n_heads * dm * DHead, d_vocab * dm), n_ctx * dm);
+            long dMlp = d_mlp > 0 ? d_mlp : 4L * d_model;
+            if (!attn_only) largest = Int128.Max(largest, Math.Max(1, n_experts) * dm * dMlp);
+            if (largest > long.MaxValue / 8)
+                problems.Add($"a parameter would hold {largest} values, more than int64 can count in bytes (d_model {d_model}, n_heads {n_heads}, d_head {DHead}, d_vocab {d_vocab}, n_ctx {n_ctx}, d_mlp {d_mlp})");
+        }
         if (!ActFns.Contains(act_fn)) problems.Add($"act_fn must be one of {string.Join("|", ActFns)}, got '{act_fn}'");
         if (!Norms.Contains(normalization_type)) problems.Add($"normalization_type must be one of {string.Join("|", Norms)}, got '{normalization_type}'");
         if (!Positions.Contains(positional_embedding_type))
@@ -125,7 +136,11 @@ public sealed record DecoderConfig
         if (System.Text.Json.Nodes.JsonNode.Parse(json) is System.Text.Json.Nodes.JsonObject obj
             && obj.TryGetPropertyValue(nameof(residual), out var flag)
             && flag?.GetValueKind() is not (JsonValueKind.True or JsonValueKind.False))
-            throw new ArgumentException($"config field 'residual' must be a boolean (true or false), got {flag?.ToJsonString() ?? "null"}");
+        {
+            string got = flag?.ToJsonString() ?? "null";
+            if (got.Length > 80) got = got[..80] + $"... ({got.Length} characters)";   // a hostile file's value stays out of the message
+            throw new ArgumentException($"config field 'residual' must be a boolean (true or false), got {got}");
+        }
         return JsonSerializer.Deserialize<DecoderConfig>(json, Json) ?? throw new ArgumentException("config JSON is null");
     }
 }

@@ -27,13 +27,13 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
 
     public HookedTransformer(DecoderConfig config) : this(config, null) { }
 
-    private HookedTransformer(DecoderConfig config, int[]? seeds) : base("HookedTransformer")
+    private HookedTransformer(DecoderConfig config, int[]? seeds, bool shapesOnly = false) : base("HookedTransformer")
     {
         TorchRuntime.EnsureLoaded();
         Config = config.Validate();
         this.seeds = seeds;
         hooks = new HookRegistry(batched: seeds is not null);
-        var init = new Init(config, seeds);
+        var init = new Init(config, seeds, shapesOnly);
         embed = new Embed(config, init);
         hook_embed = hooks.Add("hook_embed");
         if (config.positional_embedding_type == "standard")
@@ -135,6 +135,22 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
 
     private Tensor Run(Tensor tokens, IEnumerable<TransformerBlock> path)
     {
+        // A hook that runs the model it is attached to would recurse until the stack overflows, which kills the process.
+        running ??= [];
+        if (running.Contains(this))
+            throw new InvalidOperationException(
+                $"forward was called again while it runs, from the hook on '{HookPoint.Running?.Name ?? "?"}': a hook must not run the model " +
+                "it is attached to (run another model, or cache what the hook needs in a run before this one)");
+        running.Add(this);
+        try { return RunOnce(tokens, path); }
+        finally { running.Remove(this); }
+    }
+
+    /// <summary>The models whose forward is running on this thread.</summary>
+    [ThreadStatic] private static List<HookedTransformer>? running;
+
+    private Tensor RunOnce(Tensor tokens, IEnumerable<TransformerBlock> path)
+    {
         tokens = TokenCheck.Validate(tokens, Config, Instances);              // [instance, batch, pos]
         var resid = hook_embed.Run(embed.forward(tokens));                    // [instance, batch, pos, d_model]
         if (pos_embed is not null)
@@ -234,4 +250,14 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
 
     /// <summary>A model of the same kind (ordinary, or batched with these seeds) and config, freshly initialized.</summary>
     internal static HookedTransformer Create(DecoderConfig config, int[]? seeds) => new(config, seeds);
+
+    /// <summary>
+    /// Every parameter's name and shape for this config (and instances), from the model's own constructors with
+    /// the parameters on the meta device: exact, and nothing allocated.
+    /// </summary>
+    internal static Dictionary<string, long[]> ParameterShapes(DecoderConfig config, int[]? seeds)
+    {
+        using var shapes = new HookedTransformer(config, seeds, shapesOnly: true);
+        return shapes.named_parameters().ToDictionary(p => p.name, p => p.parameter.shape);
+    }
 }

@@ -14,10 +14,16 @@ internal sealed class Init
     private readonly DecoderConfig cfg;
     private readonly Generator[] generators;
 
+    // Shapes only: every parameter on the meta device (a shape, no memory), so a checkpoint's header can be checked
+    // against the model its config describes before anything is allocated.
+    private readonly bool shapesOnly;
+    private static readonly Device Meta = new(TorchSharp.DeviceType.META);
+
     /// <summary>seeds: null for an ordinary model (seed from the config), else one per instance.</summary>
-    public Init(DecoderConfig cfg, IReadOnlyList<int>? seeds)
+    public Init(DecoderConfig cfg, IReadOnlyList<int>? seeds, bool shapesOnly = false)
     {
         this.cfg = cfg;
+        this.shapesOnly = shapesOnly;
         Batched = seeds is not null;
         generators = seeds is null ? [new Generator((ulong)cfg.seed)] : seeds.Select(s => new Generator((ulong)s)).ToArray();
     }
@@ -29,13 +35,14 @@ internal sealed class Init
 
     /// <summary>Normal(0, init_range) weights, as TransformerLens' default init: shape, or [instances, ..shape].</summary>
     public Parameter Normal(params long[] shape) =>
-        Batched
+        shapesOnly ? new(empty(Shape(shape), device: Meta))
+        : Batched
             ? new(stack(generators.Select(g => normal(0.0, cfg.InitRange, shape, generator: g)).ToArray()))
             : new(normal(0.0, cfg.InitRange, shape, generator: generators[0]));
 
-    public Parameter Zeros(params long[] shape) => new(zeros(Shape(shape)));
+    public Parameter Zeros(params long[] shape) => new(shapesOnly ? empty(Shape(shape), device: Meta) : zeros(Shape(shape)));
 
-    public Parameter Ones(params long[] shape) => new(ones(Shape(shape)));
+    public Parameter Ones(params long[] shape) => new(shapesOnly ? empty(Shape(shape), device: Meta) : ones(Shape(shape)));
 
     private long[] Shape(long[] shape) => Batched ? [Instances, .. shape] : shape;
 }

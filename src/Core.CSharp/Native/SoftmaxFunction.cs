@@ -54,14 +54,39 @@ internal static unsafe class NativeTensors
         return dx;
     }
 
-    /// <summary>The raw bytes of a contiguous CPU tensor (any dtype); valid while the tensor lives.</summary>
-    public static Span<byte> Bytes(Tensor t)
+    /// <summary>Bytes per stream call: a span holds at most 2 GiB, and a tensor may hold more.</summary>
+    internal static int ChunkBytes = 1 << 30;
+
+    /// <summary>Writes the raw bytes of a contiguous CPU tensor (any dtype, any size) to <paramref name="stream"/>.</summary>
+    public static void WriteBytes(Tensor t, Stream stream)
     {
-        if (!t.is_contiguous()) throw new ArgumentException("Bytes needs a contiguous tensor");
-        if (t.device_type != DeviceType.CPU) throw new ArgumentException($"Bytes needs a CPU tensor, got {t.device}");
-        long length = t.numel() * t.ElementSize;
-        if (length == 0) return Span<byte>.Empty;
-        return new Span<byte>((void*)NativeMethods.THSTensor_data(t.Handle), checked((int)length));
+        byte* data = Data(t, out long length);
+        for (long done = 0; done < length;)
+        {
+            int n = (int)Math.Min(ChunkBytes, length - done);
+            stream.Write(new ReadOnlySpan<byte>(data + done, n));
+            done += n;
+        }
+    }
+
+    /// <summary>Fills a contiguous CPU tensor (any dtype, any size) with exactly its byte count from <paramref name="stream"/>.</summary>
+    public static void ReadBytes(Stream stream, Tensor t)
+    {
+        byte* data = Data(t, out long length);
+        for (long done = 0; done < length;)
+        {
+            int n = (int)Math.Min(ChunkBytes, length - done);
+            stream.ReadExactly(new Span<byte>(data + done, n));
+            done += n;
+        }
+    }
+
+    private static byte* Data(Tensor t, out long length)
+    {
+        if (!t.is_contiguous()) throw new ArgumentException("raw tensor bytes need a contiguous tensor");
+        if (t.device_type != DeviceType.CPU) throw new ArgumentException($"raw tensor bytes need a CPU tensor, got {t.device}");
+        length = checked(t.numel() * t.ElementSize);
+        return length == 0 ? null : (byte*)NativeMethods.THSTensor_data(t.Handle);
     }
 
     /// <summary>The float data of a contiguous float32 CPU tensor.</summary>

@@ -39,6 +39,8 @@ public static class TorchRuntime
         lock (Gate)
         {
             if (loaded) return;
+            // Before the first tensor: a long run must keep a flat resident set (see Allocator).
+            Native.Allocator.FixMmapThreshold();
             if (OperatingSystem.IsLinux())
                 LoadOnLinux();
             try
@@ -128,10 +130,8 @@ public static class TorchRuntime
         if (!File.Exists(copy))
         {
             ElfVersionNeeds.MarkWeak(image, unmet);
-            // Write then rename: a concurrent or interrupted run never sees half a library.
-            string temp = $"{copy}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
-            File.WriteAllBytes(temp, image);
-            File.Move(temp, copy, overwrite: true);
+            // Atomic: a concurrent or interrupted run never sees half a library.
+            IO.AtomicFile.WriteAllBytes(copy, image);
         }
         return copy;
     }
