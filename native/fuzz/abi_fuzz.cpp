@@ -180,28 +180,31 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
     }
     case 6:
-    case 7: {  // routing and its backward
-        int64_t tokens = c.size(65), experts = c.size(9), k = c.size(9);
-        int32_t gating = int32_t(c.in.byte() % 2);
+    case 7: {  // routing (groups of tokens, experts chosen here or given) and its backward
+        int64_t groups = c.size(4), tokens = c.size(65), experts = c.size(9), k = c.size(9);
+        const int32_t choose = int32_t(c.in.byte() % 2);
+        int32_t renormalize = int32_t(c.in.byte() % 2);
         int64_t capacity = c.in.byte() % 4 == 0 ? 0 : int64_t(c.in.byte() % 40);
         if (c.mode == kOverflow) overflow_pair(tokens, experts);
-        if (c.mode == kBadEnum) gating = c.in.byte() % 2 ? 2 : -1;
-        if (c.mode == kNonPositive) c.nonpositive_slot %= 3, c.size_slot = 0, tokens = c.size(65), experts = c.size(9), k = c.size(9);
+        if (c.mode == kBadEnum) renormalize = c.in.byte() % 2 ? 2 : -1;
+        if (c.mode == kNonPositive)
+            c.nonpositive_slot %= 4, c.size_slot = 0, groups = c.size(4), tokens = c.size(65), experts = c.size(9), k = c.size(9);
         if (c.mode == kSane && k > experts) c.mode = kBadEnum;   // k must be at most experts
-        const int64_t pairs = Call::mul(tokens, k);
+        const int64_t rows = Call::mul(groups, tokens);
+        const int64_t pairs = Call::mul(rows, k);
         if (c.mode == kNull) c.null_slot %= op == 6 ? 6 : 5;
-        float* logits = c.floats(f0, Call::mul(tokens, experts));
+        float* weights = c.floats(f0, Call::mul(rows, experts));
         int64_t* index = c.indices(i0, pairs, experts);
         float* gates = c.floats(f1, pairs);
         if (op == 6) {
-            int64_t* counts = c.indices(i1, experts, 1);
+            int64_t* counts = c.indices(i1, Call::mul(groups, experts), 1);
             uint8_t* kept = c.buffer(u0, pairs, [&] { return c.in.byte(); });
             int64_t dropped_value = 0;
             int64_t* dropped = c.mode == kNull && c.null_slot == 5 ? nullptr : &dropped_value;
-            check(c, mi_moe_route_f32(logits, tokens, experts, k, gating, capacity, index, gates, counts, kept, dropped));
+            check(c, mi_moe_route_f32(weights, groups, tokens, experts, k, choose, renormalize, capacity, index, gates, counts, kept, dropped));
         } else {
             uint8_t* kept = c.buffer(u0, pairs, [&] { return c.in.byte(); });
-            check(c, mi_moe_route_backward_f32(logits, index, kept, gates, tokens, experts, k, gating, c.floats(f2, Call::mul(tokens, experts))));
+            check(c, mi_moe_route_backward_f32(weights, index, kept, gates, rows, experts, k, renormalize, c.floats(f2, Call::mul(rows, experts))));
         }
         break;
     }
