@@ -39,8 +39,6 @@ public static class TorchRuntime
         lock (Gate)
         {
             if (loaded) return;
-            // Before the first tensor: a long run must keep a flat resident set (see Allocator).
-            Native.Allocator.FixMmapThreshold();
             if (OperatingSystem.IsLinux())
                 LoadOnLinux();
             try

@@ -129,6 +129,7 @@ public static class ToyTrainer
             perInstance.sum().backward();
             optimizer.Step();
             stepsRun = step + 1;
+            Native.Allocator.AfterStep(stepsRun);   // a flat resident set over a long run
             var values = perInstance.detach().to(float64).data<double>().ToArray();
             for (int k = 0; k < values.Length; k++)
             {

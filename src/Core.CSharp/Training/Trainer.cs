@@ -164,6 +164,7 @@ public sealed class Trainer
             optimizer.Step();
 
             stepsRun = step;
+            Native.Allocator.AfterStep(step);   // a flat resident set over a long run
             tokensSeen += batch.Tokens.numel();
             for (int i = 0; i < n; i++) histories[i].Add(new LossPoint(step, values[i], lrs[i]));
             if (shared.EvalEvery > 0 && (step % shared.EvalEvery == 0 || step == shared.Steps))
