@@ -199,7 +199,7 @@ type HypothesisTests(_fixture: TorchFixture) =
     member _.``the experiment measures every arm, depth and task, and draws no verdict from runs that did not learn`` () =
         let s =
             { HypothesisSection.quickSettings with
-                DModel = 16; Heads = 2; Depths = [ 1; 2 ]; Seeds = [ 0; 1 ]
+                DModel = 16; Heads = 2; Depths = [ 1; 2 ]; Seeds = [ 0; 1 ]; Tasks = [ Hypothesis.Induction; Hypothesis.Language ]
                 Induction = { HypothesisSection.quickSettings.Induction with Steps = 10; EvalEvery = 5; ConvergenceWindow = 5 }
                 Language = { HypothesisSection.quickSettings.Language with Steps = 10; EvalEvery = 5; ConvergenceWindow = 5 }
                 InductionVocab = 12; MaxRepeat = 4; MinRepeat = 2; LanguageLength = 12; LensBatch = 4; AnalysisBatch = 4
