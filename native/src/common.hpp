@@ -75,4 +75,23 @@ mi_status guard(F&& body) noexcept {
     }
 }
 
+// Routing's arguments, checked the same way by the CPU and the CUDA entry points.
+inline void check_route_flags(int32_t choose, int32_t renormalize, int64_t capacity) {
+    if (choose != 0 && choose != 1)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "choose must be 0 (expert_index given) or 1 (top-k chosen here), got " + std::to_string(choose)};
+    if (renormalize != 0 && renormalize != 1)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "renormalize must be 0 or 1, got " + std::to_string(renormalize)};
+    if (capacity < 0)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "capacity must be 0 (no limit) or positive, got " + std::to_string(capacity)};
+}
+
+inline void check_route_sizes(int64_t tokens, int64_t experts, int64_t k) {
+    mi::require_positive(tokens, "tokens");
+    mi::require_positive(experts, "experts");
+    mi::require_positive(k, "k");
+    if (k > experts)
+        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "k (" + std::to_string(k) + ") must be at most experts (" + std::to_string(experts) + ")"};
+    mi::checked_mul(tokens, experts, "tokens * experts");
+}
+
 }  // namespace mi

@@ -28,24 +28,6 @@ void for_tokens(int64_t tokens, Fn&& fn) {
 // Tokens of one slot per capacity chunk (route.hpp): enough work per task, many tasks for a large batch.
 constexpr int64_t kCapacityChunk = 1024;
 
-void check_route_flags(int32_t choose, int32_t renormalize, int64_t capacity) {
-    if (choose != 0 && choose != 1)
-        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "choose must be 0 (expert_index given) or 1 (top-k chosen here), got " + std::to_string(choose)};
-    if (renormalize != 0 && renormalize != 1)
-        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "renormalize must be 0 or 1, got " + std::to_string(renormalize)};
-    if (capacity < 0)
-        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "capacity must be 0 (no limit) or positive, got " + std::to_string(capacity)};
-}
-
-void check_route_sizes(int64_t tokens, int64_t experts, int64_t k) {
-    mi::require_positive(tokens, "tokens");
-    mi::require_positive(experts, "experts");
-    mi::require_positive(k, "k");
-    if (k > experts)
-        throw mi::Error{MI_ERR_INVALID_ARGUMENT, "k (" + std::to_string(k) + ") must be at most experts (" + std::to_string(experts) + ")"};
-    mi::checked_mul(tokens, experts, "tokens * experts");
-}
-
 // Validates row_of against the grouped buffer: every row in [0, rows) and no two pairs on one row
 // (a shared row would be a write race). Returns the used rows, sorted: scratch sized by the pairs the caller
 // passed, never by the row count it claims (which may be anything up to int64).
@@ -104,8 +86,8 @@ MI_API mi_status mi_moe_route_f32(const float* weights, int64_t groups, int64_t 
         mi::require_positive(groups, "groups");
         mi::require_positive(tokens, "tokens");
         const int64_t rows = mi::checked_mul(groups, tokens, "groups * tokens");
-        check_route_sizes(rows, experts, k);
-        check_route_flags(choose, renormalize, capacity);
+        mi::check_route_sizes(rows, experts, k);
+        mi::check_route_flags(choose, renormalize, capacity);
         if (!choose) {
             std::vector<int64_t> routed(static_cast<size_t>(experts));
             mi::count_experts(expert_index, mi::checked_mul(rows, k, "groups * tokens * k"), k, experts, routed.data());   // validates the given ids
@@ -146,8 +128,8 @@ MI_API mi_status mi_moe_route_backward_f32(const float* weights, const int64_t* 
         mi::require_pointer(kept, "kept");
         mi::require_pointer(dgates, "dgates");
         mi::require_pointer(dweights, "dweights");
-        check_route_sizes(rows, experts, k);
-        check_route_flags(1, renormalize, 0);
+        mi::check_route_sizes(rows, experts, k);
+        mi::check_route_flags(1, renormalize, 0);
         std::vector<int64_t> routed(static_cast<size_t>(experts));
         mi::count_experts(expert_index, mi::checked_mul(rows, k, "rows * k"), k, experts, routed.data());
         for_tokens(rows, [&](int64_t t) {

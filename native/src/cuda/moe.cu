@@ -204,18 +204,9 @@ MI_API mi_status mi_cuda_moe_route_f32(const float* weights, int64_t groups, int
         mi::require_pointer(dropped, "dropped");
         mi::require_positive(groups, "groups");
         mi::require_positive(tokens, "tokens");
-        mi::require_positive(experts, "experts");
-        mi::require_positive(k, "k");
         const int64_t rows = mi::checked_mul(groups, tokens, "groups * tokens");
-        if (k > experts)
-            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "k (" + std::to_string(k) + ") must be at most experts (" + std::to_string(experts) + ")"};
-        mi::checked_mul(rows, experts, "tokens * experts");
-        if (choose != 0 && choose != 1)
-            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "choose must be 0 (expert_index given) or 1 (top-k chosen here), got " + std::to_string(choose)};
-        if (renormalize != 0 && renormalize != 1)
-            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "renormalize must be 0 or 1, got " + std::to_string(renormalize)};
-        if (capacity < 0)
-            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "capacity must be 0 (no limit) or positive, got " + std::to_string(capacity)};
+        mi::check_route_sizes(rows, experts, k);
+        mi::check_route_flags(choose, renormalize, capacity);
         if (!choose) count_on_device(expert_index, rows, k, experts);   // validates the given ids
         const int64_t chunks = mi::route::chunks_per_group(tokens, k, kCapacityChunk);
         DeviceBuffer<int64_t> place(static_cast<size_t>(mi::checked_mul(groups * chunks, experts, "chunks * experts")));
