@@ -16,7 +16,8 @@ let experiments : Experiment list =
       MechInterp.Analysis.Residual.Section.experiment
       MechInterp.Analysis.Residual.HypothesisSection.experiment
       MechInterp.Analysis.Discretization.Section.experiment
-      MechInterp.Analysis.Experts.MoeExperiment.experiment ]
+      MechInterp.Analysis.Experts.MoeExperiment.experiment
+      MechInterp.Analysis.Dictionary.SaeSection.experiment ]
 
 let private parseArgs (argv: string[]) =
     let scale = if argv |> Array.contains "--full" then Full else Quick

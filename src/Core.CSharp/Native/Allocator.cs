@@ -10,7 +10,7 @@ namespace MechInterp.Native;
 /// threshold) kept it at 0.40 GB but made each step 60% slower (fresh pages are faulted in and zeroed every time);
 /// malloc_trim every few steps keeps both the resident set and the speed.
 /// </summary>
-internal static partial class Allocator
+public static partial class Allocator
 {
     /// <summary>Training loops return free memory every this many steps.</summary>
     public const int TrimEverySteps = 10;
