@@ -328,6 +328,13 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
         foreach (var p in hooks.Points.Values) p.Clear();
     }
 
+    /// <summary>
+    /// TransformerLens's process_weights_ as a new model (this one unchanged): fold_ln, center_writing_weights,
+    /// center_unembed, fold_value_biases; see <see cref="WeightProcessing"/> for what each leaves and when it is defined.
+    /// </summary>
+    public HookedTransformer ProcessWeights(bool foldLn = true, bool centerWritingWeights = true, bool centerUnembed = true, bool foldValueBiases = true) =>
+        WeightProcessing.Process(this, foldLn, centerWritingWeights, centerUnembed, foldValueBiases);
+
     /// <summary>Parameters by TransformerLens name ("blocks.0.attn.W_Q" ...).</summary>
     public IReadOnlyDictionary<string, Tensor> StateDict() =>
         named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
