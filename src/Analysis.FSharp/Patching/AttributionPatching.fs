@@ -107,3 +107,7 @@ let compare (worst: int) (exact: PatchingResult) (estimate: PatchingResult) =
     { Component = exact.Component
       Correlation = if sx < 1e-12 || sy < 1e-12 then nan else cov / (sx * sy)
       WorstMisses = places |> List.sortByDescending (fun (_, x, y) -> abs (x - y)) |> List.truncate worst }
+
+/// attributionPatching for C#: AttributionPatching.estimate(model, clean, corrupted, logits => metric).
+let estimate (model: HookedTransformer) (cleanTokens: torch.Tensor) (corruptedTokens: torch.Tensor) (metric: Func<torch.Tensor, torch.Tensor>) =
+    attributionPatching model cleanTokens corruptedTokens metric.Invoke

@@ -1,0 +1,126 @@
+using System.Text;
+using System.Text.RegularExpressions;
+using MechInterp.Analysis.Patching;
+using MechInterp.Hooks;
+using MechInterp.Model;
+using static TorchSharp.torch;
+
+namespace MechInterp.Tests;
+
+/// <summary>
+/// README's examples run: each section's C# block is, line for line, the body of a test here (between its
+/// "README:" and "END README" markers), and its F# blocks run in F# Interactive.
+/// </summary>
+public class ReadmeExampleTests
+{
+    private static readonly string[] Sections = ["Gradients: backward hooks and gradient caches", "Weight processing", "Attribution patching"];
+
+    /// <summary>The code blocks in one language of the README section under this "## " heading.</summary>
+    internal static List<string> Blocks(string heading, string language)
+    {
+        var readme = File.ReadAllText(Path.Combine(ScriptTests.RepoRoot(), "README.md"));
+        int start = readme.IndexOf($"\n## {heading}\n", StringComparison.Ordinal);
+        Assert.True(start >= 0, $"README has no section '## {heading}'");
+        int end = readme.IndexOf("\n## ", start + 4, StringComparison.Ordinal);
+        var section = end < 0 ? readme[start..] : readme[start..end];
+        return Regex.Matches(section, $"```{language}\n(.*?)```", RegexOptions.Singleline).Select(m => m.Groups[1].Value).ToList();
+    }
+
+    private static string[] Lines(string code) => code.Split('\n').Select(l => l.Trim()).Where(l => l.Length > 0).ToArray();
+
+    [Theory]
+    [InlineData("Gradients: backward hooks and gradient caches")]
+    [InlineData("Weight processing")]
+    [InlineData("Attribution patching")]
+    public void EachCSharpExampleIsTheBodyOfATestHere(string heading)
+    {
+        var source = File.ReadAllText(Path.Combine(ScriptTests.RepoRoot(), "tests", "Core.Tests", "ReadmeExampleTests.cs"));
+        var marker = $"// README: {heading}\n";
+        int start = source.IndexOf(marker, StringComparison.Ordinal);
+        Assert.True(start >= 0, $"no test marked '{marker.Trim()}'");
+        start += marker.Length;
+        var region = source[start..source.IndexOf("// END README", start, StringComparison.Ordinal)];
+        Assert.Equal(Lines(Blocks(heading, "csharp").Single()), Lines(region));
+    }
+
+    [Fact]
+    public void TheFSharpExamplesRunInFsi()
+    {
+        var prelude = Path.Combine(ScriptTests.RepoRoot(), "scripts", "Prelude.fsx");
+        var script = new StringBuilder($"#load \"{prelude}\"\n");
+        int n = 0;
+        foreach (var heading in Sections)
+            foreach (var block in Blocks(heading, "fsharp"))
+            {
+                // Each example in a module of its own: they reuse names.
+                script.AppendLine($"module Example{n++} =");
+                foreach (var line in block.Split('\n').Where(l => !l.StartsWith("#load")))
+                    script.AppendLine("    " + line);
+            }
+        Assert.True(n >= 3);
+        var path = Path.Combine(Path.GetTempPath(), $"readme-examples-{Guid.NewGuid():N}.fsx");
+        File.WriteAllText(path, script.ToString());
+        try
+        {
+            var (code, output) = ScriptTests.RunFsi(path, TimeSpan.FromMinutes(5));
+            Assert.True(code == 0, $"README's F# examples exited with {code}:\n{output}\n{script}");
+            Assert.Contains("d metric / d pattern of layer 1", output);
+            Assert.Contains("RMSPre; W_U mean over the vocabulary", output);
+            Assert.Contains("head (attn.hook_z): correlation", output);
+        }
+        finally { File.Delete(path); }
+    }
+
+    [Fact]
+    public void BackwardHooksExample()
+    {
+        using var scope = NewDisposeScope();
+        // README: Gradients: backward hooks and gradient caches
+        // using MechInterp.Hooks; using MechInterp.Model; using static TorchSharp.torch;
+        using var model = new HookedTransformer(new DecoderConfig { d_model = 32, n_layers = 2, n_heads = 4, d_vocab = 20, n_ctx = 10 });
+        var tokens = randint(0, 20, [2, 10]);
+        Tensor LogitDiff(Tensor logits) => (logits.select(1, -1).select(1, 3) - logits.select(1, -1).select(1, 7)).mean();
+        var (value, acts, grads) = model.RunWithCacheAndGradients(tokens, LogitDiff, name => name.EndsWith("hook_resid_post"));
+        using (acts)
+        using (grads)
+            Console.WriteLine($"metric {value.item<float>():F3}; d metric / d resid_post.0: [{string.Join(", ", grads["blocks.0.hook_resid_post"].shape)}]");
+        // A backward hook may replace the gradient: nothing flows back through layer 1's attention output.
+        model.RunWithBackwardHooks(tokens, LogitDiff, [new Hook("blocks.1.hook_attn_out", (grad, _) => zeros_like(grad))]);
+        // END README
+    }
+
+    [Fact]
+    public void WeightProcessingExample()
+    {
+        using var scope = NewDisposeScope();
+        // README: Weight processing
+        // using MechInterp.Model; using static TorchSharp.torch;
+        using var model = new HookedTransformer(new DecoderConfig { d_model = 32, n_layers = 2, n_heads = 4, d_vocab = 20, n_ctx = 10 });
+        using var processed = model.ProcessWeights();          // all four steps
+        Console.WriteLine(processed.Config.normalization_type); // LNPre: the norms' weights are in W_Q, W_K, W_V, W_in, W_U
+        var tokens = randint(0, 20, [2, 10]);
+        using (no_grad())
+        {
+            var change = (model.forward(tokens).log_softmax(-1) - processed.forward(tokens).log_softmax(-1)).abs().max();
+            Console.WriteLine($"max log-prob change {change.item<float>():E1}");
+        }
+        processed.Save(Path.Combine(Path.GetTempPath(), "processed.safetensors"));   // loads as LNPre
+        // END README
+        Assert.Equal("LNPre", HookedTransformer.Load(Path.Combine(Path.GetTempPath(), "processed.safetensors")).Config.normalization_type);
+    }
+
+    [Fact]
+    public void AttributionPatchingExample()
+    {
+        using var scope = NewDisposeScope();
+        // README: Attribution patching
+        // using MechInterp.Analysis.Patching; using MechInterp.Model; using static TorchSharp.torch;
+        using var model = new HookedTransformer(new DecoderConfig { d_model = 32, n_layers = 2, n_heads = 4, attn_only = true, d_vocab = 20, n_ctx = 10 });
+        var (clean, corrupted) = (randint(0, 20, [4, 10]), randint(0, 20, [4, 10]));
+        var estimates = AttributionPatching.estimate(model, clean, corrupted, logits => logits.select(1, -1).select(1, 3).mean());
+        foreach (var e in estimates)
+            Console.WriteLine($"{e.Component}: largest estimated change {e.Values.Cast<double>().Max(v => Math.Abs(v - e.Corrupted)):F3}");
+        // END README
+        Assert.Equal(3, estimates.Length);
+    }
+}
