@@ -13,11 +13,11 @@ public class Gpt2WeightsTests
 {
     private const int Embd = 16, Heads = 4, Layers = 2, Vocab = 50, Positions = 12;
 
-    private static string ConfigJson(string activation = "gelu_new") =>
+    internal static string ConfigJson(string activation = "gelu_new") =>
         $$"""{"model_type": "gpt2", "n_embd": {{Embd}}, "n_head": {{Heads}}, "n_layer": {{Layers}}, "vocab_size": {{Vocab}}, "n_positions": {{Positions}}, "n_inner": null, "activation_function": "{{activation}}", "layer_norm_epsilon": 1e-05, "architectures": ["GPT2LMHeadModel"]}""";
 
     /// <summary>HuggingFace GPT-2 tensors with random values, the attention-mask buffers included.</summary>
-    private static Dictionary<string, Tensor> HfTensors(int seed)
+    internal static Dictionary<string, Tensor> HfTensors(int seed)
     {
         var g = new Generator((ulong)seed);
         Tensor R(params long[] shape) => randn(shape, generator: g).mul(0.3);
@@ -66,7 +66,7 @@ public class Gpt2WeightsTests
         return Ln(x, "ln_f").matmul(w["wte.weight"].t());                                        // tied lm_head
     }
 
-    private static string WriteCheckpoint(Dictionary<string, Tensor> tensors, string config)
+    internal static string WriteCheckpoint(Dictionary<string, Tensor> tensors, string config)
     {
         var dir = Directory.CreateTempSubdirectory("gpt2-").FullName;
         File.WriteAllText(Path.Combine(dir, "config.json"), config);

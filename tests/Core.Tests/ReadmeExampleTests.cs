@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using MechInterp.Analysis.Patching;
 using MechInterp.Hooks;
+using MechInterp.IO;
 using MechInterp.Model;
 using static TorchSharp.torch;
 
@@ -13,7 +14,10 @@ namespace MechInterp.Tests;
 /// </summary>
 public class ReadmeExampleTests
 {
-    private static readonly string[] Sections = ["Gradients: backward hooks and gradient caches", "Weight processing", "Attribution patching"];
+    private static readonly string[] Sections = ["Gradients: backward hooks and gradient caches", "Weight processing", "Attribution patching", "GPT-2 weights"];
+
+    /// <summary>The directory the GPT-2 examples name; the tests put a small GPT-2-shaped checkpoint there.</summary>
+    private const string Gpt2Directory = "path/to/gpt2";
 
     /// <summary>The code blocks in one language of the README section under this "## " heading.</summary>
     internal static List<string> Blocks(string heading, string language)
@@ -32,6 +36,7 @@ public class ReadmeExampleTests
     [InlineData("Gradients: backward hooks and gradient caches")]
     [InlineData("Weight processing")]
     [InlineData("Attribution patching")]
+    [InlineData("GPT-2 weights")]
     public void EachCSharpExampleIsTheBodyOfATestHere(string heading)
     {
         var source = File.ReadAllText(Path.Combine(ScriptTests.RepoRoot(), "tests", "Core.Tests", "ReadmeExampleTests.cs"));
@@ -59,7 +64,9 @@ public class ReadmeExampleTests
             }
         Assert.True(n >= 3);
         var path = Path.Combine(Path.GetTempPath(), $"readme-examples-{Guid.NewGuid():N}.fsx");
-        File.WriteAllText(path, script.ToString());
+        string gpt2;
+        using (NewDisposeScope()) gpt2 = Gpt2WeightsTests.WriteCheckpoint(Gpt2WeightsTests.HfTensors(3), Gpt2WeightsTests.ConfigJson());
+        File.WriteAllText(path, script.ToString().Replace(Gpt2Directory, gpt2));
         try
         {
             var (code, output) = ScriptTests.RunFsi(path, TimeSpan.FromMinutes(5));
@@ -67,8 +74,13 @@ public class ReadmeExampleTests
             Assert.Contains("d metric / d pattern of layer 1", output);
             Assert.Contains("RMSPre; W_U mean over the vocabulary", output);
             Assert.Contains("head (attn.hook_z): correlation", output);
+            Assert.Contains("GPT-2: 2 layers, 4 heads, d_model 16", output);
         }
-        finally { File.Delete(path); }
+        finally
+        {
+            File.Delete(path);
+            Directory.Delete(gpt2, recursive: true);
+        }
     }
 
     [Fact]
@@ -122,5 +134,24 @@ public class ReadmeExampleTests
             Console.WriteLine($"{e.Component}: largest estimated change {e.Values.Cast<double>().Max(v => Math.Abs(v - e.Corrupted)):F3}");
         // END README
         Assert.Equal(3, estimates.Length);
+    }
+
+    [Fact]
+    public void Gpt2WeightsExample()
+    {
+        using var scope = NewDisposeScope();
+        Directory.CreateDirectory(Gpt2Directory);   // relative to the test's working directory, under bin/
+        var written = Gpt2WeightsTests.WriteCheckpoint(Gpt2WeightsTests.HfTensors(4), Gpt2WeightsTests.ConfigJson());
+        foreach (var file in Directory.GetFiles(written))
+            File.Copy(file, Path.Combine(Gpt2Directory, Path.GetFileName(file)), overwrite: true);
+        Directory.Delete(written, recursive: true);
+        // README: GPT-2 weights
+        // using MechInterp.IO; using static TorchSharp.torch;
+        using var gpt2 = Gpt2Weights.Load("path/to/gpt2");            // config.json + model.safetensors
+        Console.WriteLine(gpt2.Config.ToJson());                        // d_model 768, n_heads 12, act_fn gelu_new ... for GPT-2 small
+        var (logits, cache) = gpt2.RunWithCache(tensor(new long[] { 1, 2, 3 }).unsqueeze(0), n => n.EndsWith("hook_pattern"));
+        using (cache) Console.WriteLine(string.Join(", ", cache["blocks.0.attn.hook_pattern"].shape));
+        // END README
+        Assert.Equal(new long[] { 1, 3, 50 }, logits.shape);
     }
 }
