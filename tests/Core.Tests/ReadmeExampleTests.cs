@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.RegularExpressions;
 using MechInterp.Analysis.Patching;
+using MechInterp.Data;
 using MechInterp.Hooks;
 using MechInterp.IO;
 using MechInterp.Model;
@@ -14,7 +15,7 @@ namespace MechInterp.Tests;
 /// </summary>
 public class ReadmeExampleTests
 {
-    private static readonly string[] Sections = ["Gradients: backward hooks and gradient caches", "Weight processing", "Attribution patching", "GPT-2 weights"];
+    private static readonly string[] Sections = ["Gradients: backward hooks and gradient caches", "Weight processing", "Attribution patching", "Tokens, text and generation", "GPT-2 weights"];
 
     /// <summary>The directory the GPT-2 examples name; the tests put a small GPT-2-shaped checkpoint there.</summary>
     private const string Gpt2Directory = "path/to/gpt2";
@@ -37,6 +38,7 @@ public class ReadmeExampleTests
     [InlineData("Weight processing")]
     [InlineData("Attribution patching")]
     [InlineData("GPT-2 weights")]
+    [InlineData("Tokens, text and generation")]
     public void EachCSharpExampleIsTheBodyOfATestHere(string heading)
     {
         var source = File.ReadAllText(Path.Combine(ScriptTests.RepoRoot(), "tests", "Core.Tests", "ReadmeExampleTests.cs"));
@@ -74,6 +76,7 @@ public class ReadmeExampleTests
             Assert.Contains("d metric / d pattern of layer 1", output);
             Assert.Contains("RMSPre; W_U mean over the vocabulary", output);
             Assert.Contains("head (attn.hook_z): correlation", output);
+            Assert.Contains("tokens: [|\"<|endoftext|>\"; \"Hello\"; \" world\"|]", output);
             Assert.Contains("GPT-2: 2 layers, 4 heads, d_model 16", output);
         }
         finally
@@ -153,5 +156,23 @@ public class ReadmeExampleTests
         using (cache) Console.WriteLine(string.Join(", ", cache["blocks.0.attn.hook_pattern"].shape));
         // END README
         Assert.Equal(new long[] { 1, 3, 50 }, logits.shape);
+    }
+
+    [Fact]
+    public void TokensExample()
+    {
+        using var scope = NewDisposeScope();
+        // README: Tokens, text and generation
+        // using MechInterp.Data; using MechInterp.Model;
+        var task = new InductionTask(vocabSize: 64, maxRepeat: 16);
+        using var model = new HookedTransformer(new DecoderConfig { d_model = 64, n_layers = 2, n_heads = 8, attn_only = true,
+            positional_embedding_type = "rotary", d_vocab = task.VocabSize, n_ctx = task.SequenceLength }) { Tokenizer = task };
+        var tokens = model.ToTokens("t5 t2 t9 t5");                            // [1, 5]: BOS first
+        Console.WriteLine(string.Join(" | ", model.ToStrTokens(tokens)));       // BOS | t5 | t2 | t9 | t5
+        Console.WriteLine(model.Generate("t5 t2 t9 t5", 3));                    // greedy: a trained induction model continues t2 t9 ...
+        var sampled = model.Generate(tokens, 3, temperature: 0.8, topK: 5, seed: 1);   // [1, 8], the same for the same seed
+        // END README
+        Assert.Equal(["BOS", "t5", "t2", "t9", "t5"], model.ToStrTokens(tokens));
+        Assert.Equal(new long[] { 1, 8 }, sampled.shape);
     }
 }

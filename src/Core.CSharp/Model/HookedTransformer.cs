@@ -13,7 +13,7 @@ namespace MechInterp.Model;
 /// tensors: every parameter and activation has a leading instance dimension, one forward and backward
 /// serves all, and <see cref="Instance"/> takes one out as an ordinary model.
 /// </summary>
-public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
+public sealed partial class HookedTransformer : nn.Module<Tensor, Tensor>
 {
     public DecoderConfig Config { get; }
     public Embed embed;
