@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.RegularExpressions;
 using MechInterp.Analysis.Patching;
+using MechInterp.Circuits;
 using MechInterp.Data;
 using MechInterp.Hooks;
 using MechInterp.IO;
@@ -15,7 +16,7 @@ namespace MechInterp.Tests;
 /// </summary>
 public class ReadmeExampleTests
 {
-    private static readonly string[] Sections = ["Gradients: backward hooks and gradient caches", "Weight processing", "Attribution patching", "Tokens, text and generation", "GPT-2 weights"];
+    private static readonly string[] Sections = ["Gradients: backward hooks and gradient caches", "Weight processing", "Attribution patching", "Tokens, text and generation", "GPT-2 weights", "Circuits and hook names"];
 
     /// <summary>The directory the GPT-2 examples name; the tests put a small GPT-2-shaped checkpoint there.</summary>
     private const string Gpt2Directory = "path/to/gpt2";
@@ -39,6 +40,7 @@ public class ReadmeExampleTests
     [InlineData("Attribution patching")]
     [InlineData("GPT-2 weights")]
     [InlineData("Tokens, text and generation")]
+    [InlineData("Circuits and hook names")]
     public void EachCSharpExampleIsTheBodyOfATestHere(string heading)
     {
         var source = File.ReadAllText(Path.Combine(ScriptTests.RepoRoot(), "tests", "Core.Tests", "ReadmeExampleTests.cs"));
@@ -77,6 +79,7 @@ public class ReadmeExampleTests
             Assert.Contains("RMSPre; W_U mean over the vocabulary", output);
             Assert.Contains("head (attn.hook_z): correlation", output);
             Assert.Contains("tokens: [|\"<|endoftext|>\"; \"Hello\"; \" world\"|]", output);
+            Assert.Contains("QK of L1H3: [|32L; 32L|]", output);
             Assert.Contains("GPT-2: 2 layers, 4 heads, d_model 16", output);
         }
         finally
@@ -174,5 +177,22 @@ public class ReadmeExampleTests
         // END README
         Assert.Equal(["BOS", "t5", "t2", "t9", "t5"], model.ToStrTokens(tokens));
         Assert.Equal(new long[] { 1, 8 }, sampled.shape);
+    }
+
+    [Fact]
+    public void CircuitsExample()
+    {
+        using var scope = NewDisposeScope();
+        // README: Circuits and hook names
+        // using MechInterp.Circuits; using MechInterp.Hooks; using MechInterp.Model;
+        using var model = new HookedTransformer(new DecoderConfig { d_model = 32, n_layers = 2, n_heads = 4, attn_only = true, d_vocab = 20, n_ctx = 10 });
+        using var processed = model.ProcessWeights();
+        Console.WriteLine($"L1H0 copying score {HeadCircuits.CopyingScore(processed, 1, 0):F2}");
+        var kComposition = HeadCircuits.AllCompositionScores(processed, Composition.K);      // [layer, head, layer, head]
+        Console.WriteLine($"K-composition L0H2 -> L1H0: {kComposition[0, 2, 1, 0]:F3}; OV of L0H2 is [{string.Join(", ", HeadCircuits.OV(processed, 0, 2).Shape)}]");
+        var (logits, cache) = processed.RunWithCache(TorchSharp.torch.randint(0, 20, [1, 10]), name => name == HookNames.Pattern(1));
+        using (cache) Console.WriteLine(string.Join(", ", cache[HookNames.Get("pattern", 1)].shape));
+        // END README
+        Assert.InRange(kComposition[0, 2, 1, 0], 0, 1);
     }
 }
