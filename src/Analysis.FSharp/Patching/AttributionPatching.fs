@@ -24,7 +24,7 @@ let private names (model: HookedTransformer) =
           yield componentHook l "resid_pre"
           yield componentHook l "attn_out"
           if not cfg.attn_only then yield componentHook l "mlp_out"
-          yield $"blocks.{l}.attn.hook_z" ]
+          yield (HookNames.Z l) ]
 
 let private result componentName rows columns (values: float[,]) clean corrupted =
     let span = clean - corrupted
@@ -78,7 +78,7 @@ let attributionPatching (model: HookedTransformer) (cleanTokens: torch.Tensor) (
             let values = Array2D.zeroCreate cfg.n_layers cfg.n_heads
             for l in 0 .. cfg.n_layers - 1 do
                 use _scope = torch.NewDisposeScope()
-                let perHead = (attribution $"blocks.{l}.attn.hook_z").sum([| 0L; 1L; 3L |]).to_type(torch.ScalarType.Float64).data<float>().ToArray()
+                let perHead = (attribution (HookNames.Z l)).sum([| 0L; 1L; 3L |]).to_type(torch.ScalarType.Float64).data<float>().ToArray()
                 perHead |> Array.iteri (fun h v -> values.[l, h] <- baseValue + v)
             result "head (attn.hook_z)" [| for l in 0 .. cfg.n_layers - 1 -> $"L{l}" |]
                 [| for h in 0 .. cfg.n_heads - 1 -> $"H{h}" |] values cleanValue baseValue

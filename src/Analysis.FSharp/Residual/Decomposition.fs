@@ -15,18 +15,18 @@ let private get (cache: ActivationCache) (name: string) = cache.[name]
 
 /// The hook names decomposeResid and accumulatedResid read, to pass as RunWithCache's names filter.
 let residualHookNames (model: HookedTransformer) =
-    [ yield "hook_embed"
-      if not (isNull model.pos_embed) then yield "hook_pos_embed"
+    [ yield HookNames.Embed
+      if not (isNull model.pos_embed) then yield HookNames.PosEmbed
       for l in 0 .. model.Config.n_layers - 1 do
-          yield $"blocks.{l}.hook_resid_pre"
-          yield $"blocks.{l}.hook_attn_out"
+          yield HookNames.ResidPre l
+          yield HookNames.AttnOut l
           if not model.Config.attn_only then
-              yield $"blocks.{l}.hook_mlp_out"
-              yield $"blocks.{l}.hook_resid_mid"
-          yield $"blocks.{l}.hook_resid_post"
-          yield $"blocks.{l}.attn.hook_z"
-          yield $"blocks.{l}.attn.hook_pattern"
-      yield "ln_final.hook_scale" ]
+              yield HookNames.MlpOut l
+              yield HookNames.ResidMid l
+          yield HookNames.ResidPost l
+          yield HookNames.Z l
+          yield HookNames.Pattern l
+      yield HookNames.LnFinalScale ]
     |> Set.ofList
 
 /// A names filter that caches what the residual analyses read.
@@ -39,11 +39,11 @@ let residualFilter (model: HookedTransformer) =
 let decomposeResid (model: HookedTransformer) (cache: ActivationCache) =
     let cfg = model.Config
     let parts =
-        [ yield "embed", get cache "hook_embed"
-          if not (isNull model.pos_embed) then yield "pos_embed", get cache "hook_pos_embed"
+        [ yield "embed", get cache HookNames.Embed
+          if not (isNull model.pos_embed) then yield "pos_embed", get cache HookNames.PosEmbed
           for l in 0 .. cfg.n_layers - 1 do
-              yield $"{l}_attn_out", get cache $"blocks.{l}.hook_attn_out"
-              if not cfg.attn_only then yield $"{l}_mlp_out", get cache $"blocks.{l}.hook_mlp_out" ]
+              yield $"{l}_attn_out", get cache (HookNames.AttnOut l)
+              if not cfg.attn_only then yield $"{l}_mlp_out", get cache (HookNames.MlpOut l) ]
     { Labels = parts |> List.map fst |> Array.ofList
       Stack = torch.stack(parts |> List.map snd) }
 
@@ -53,9 +53,9 @@ let accumulatedResid (model: HookedTransformer) (cache: ActivationCache) (includ
     let cfg = model.Config
     let parts =
         [ for l in 0 .. cfg.n_layers - 1 do
-              yield $"{l}_pre", get cache $"blocks.{l}.hook_resid_pre"
-              if includeMid && not cfg.attn_only then yield $"{l}_mid", get cache $"blocks.{l}.hook_resid_mid"
-          yield "final_post", get cache $"blocks.{cfg.n_layers - 1}.hook_resid_post" ]
+              yield $"{l}_pre", get cache (HookNames.ResidPre l)
+              if includeMid && not cfg.attn_only then yield $"{l}_mid", get cache (HookNames.ResidMid l)
+          yield "final_post", get cache (HookNames.ResidPost (cfg.n_layers - 1)) ]
     { Labels = parts |> List.map fst |> Array.ofList
       Stack = torch.stack(parts |> List.map snd) }
 
@@ -63,23 +63,23 @@ let accumulatedResid (model: HookedTransformer) (cache: ActivationCache) (includ
 /// [batch, pos, head, d_model] for one layer (the same as attn.hook_result, which needs use_attn_result).
 let headResults (model: HookedTransformer) (cache: ActivationCache) (layer: int) =
     use _ = torch.no_grad()
-    model.blocks.[layer].attn.HeadResults(get cache $"blocks.{layer}.attn.hook_z")   // [batch, pos, head, d_model]
+    model.blocks.[layer].attn.HeadResults(get cache (HookNames.Z layer))   // [batch, pos, head, d_model]
 
 /// The stream cut finer than decomposeResid: embed, pos_embed, every head of every layer, each layer's
 /// b_O, each layer's mlp_out. Sums to the same final residual.
 let decomposeResidByHead (model: HookedTransformer) (cache: ActivationCache) =
     let cfg = model.Config
-    let batch, pos = (get cache "hook_embed").shape.[0], (get cache "hook_embed").shape.[1]
+    let batch, pos = (get cache HookNames.Embed).shape.[0], (get cache HookNames.Embed).shape.[1]
     let parts =
-        [ yield "embed", get cache "hook_embed"
-          if not (isNull model.pos_embed) then yield "pos_embed", get cache "hook_pos_embed"
+        [ yield "embed", get cache HookNames.Embed
+          if not (isNull model.pos_embed) then yield "pos_embed", get cache HookNames.PosEmbed
           for l in 0 .. cfg.n_layers - 1 do
               let heads = headResults model cache l
               for h in 0 .. cfg.n_heads - 1 do
                   yield $"L{l}H{h}", heads.select(2, int64 h)
               let bO = model.blocks.[l].attn.b_O.detach()
               yield $"L{l}_b_O", bO.expand(batch, pos, -1L)
-              if not cfg.attn_only then yield $"{l}_mlp_out", get cache $"blocks.{l}.hook_mlp_out" ]
+              if not cfg.attn_only then yield $"{l}_mlp_out", get cache (HookNames.MlpOut l) ]
     { Labels = parts |> List.map fst |> Array.ofList
       Stack = torch.stack(parts |> List.map snd) }
 
@@ -89,4 +89,4 @@ let decomposeResidByHead (model: HookedTransformer) (cache: ActivationCache) =
 let applyLnToStack (model: HookedTransformer) (cache: ActivationCache) (stack: ResidualStack) =
     match model.Config.normalization_type with
     | "none" -> stack
-    | _ -> { stack with Stack = model.ln_final.ApplyFrozenScale(stack.Stack, (get cache "ln_final.hook_scale").unsqueeze(0)) }   // scale [1, batch, pos, 1]
+    | _ -> { stack with Stack = model.ln_final.ApplyFrozenScale(stack.Stack, (get cache HookNames.LnFinalScale).unsqueeze(0)) }   // scale [1, batch, pos, 1]
