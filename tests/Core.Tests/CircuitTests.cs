@@ -95,4 +95,27 @@ public class CircuitTests
         Assert.Contains("unknown hook 'patern'", Assert.Throws<ArgumentException>(() => HookNames.Get("patern", 1)).Message);
         Assert.Throws<ArgumentException>(() => HookNames.Get("resid_post"));
     }
+
+    [Fact]
+    public void CacheHelpersDecomposeTheStreamIntoPartsThatSumToIt()
+    {
+        using var scope = NewDisposeScope();
+        using var model = new HookedTransformer(ModelTests.Tiny());
+        var names = CacheHelpers.ResidualHookNames(model);
+        var (_, cache) = model.RunWithCache(ModelTests.Tokens(2, 6, 11, 1), n => names.Contains(n) || n == HookNames.LnFinalNormalized);
+        using (cache)
+        {
+            var final = cache[HookNames.ResidPost(1)];
+            var parts = cache.DecomposeResid(model);
+            Assert.Equal(["embed", "pos_embed", "0_attn_out", "0_mlp_out", "1_attn_out", "1_mlp_out"], parts.Labels);
+            Assert.True(parts.Stack.sum(0L).allclose(final, rtol: 1e-4, atol: 1e-5));
+            Assert.True(cache.DecomposeResidByHead(model).Stack.sum(0L).allclose(final, rtol: 1e-4, atol: 1e-5));
+            Assert.Equal(["0_pre", "0_mid", "1_pre", "1_mid", "final_post"], cache.AccumulatedResid(model, includeMid: true).Labels);
+            Assert.Equal(new long[] { 2, 2, 6, 16 }, cache.StackActivation(model, "resid_post").shape);
+            // Under the frozen final scale the parts add up to the normalized stream before ln_final's weight and bias.
+            var normalized = cache.ApplyLnToStack(model, parts).Stack.sum(0L);
+            var expected = cache[HookNames.LnFinalNormalized].sub(model.ln_final.b!).div(model.ln_final.w!);
+            Assert.True(normalized.allclose(expected, rtol: 1e-3, atol: 1e-4));
+        }
+    }
 }

@@ -80,6 +80,7 @@ public class ReadmeExampleTests
             Assert.Contains("head (attn.hook_z): correlation", output);
             Assert.Contains("tokens: [|\"<|endoftext|>\"; \"Hello\"; \" world\"|]", output);
             Assert.Contains("QK of L1H3: [|32L; 32L|]", output);
+            Assert.Contains("accumulated resid: [|\"0_pre\"; \"1_pre\"; \"final_post\"|]", output);
             Assert.Contains("GPT-2: 2 layers, 4 heads, d_model 16", output);
         }
         finally
@@ -192,6 +193,8 @@ public class ReadmeExampleTests
         Console.WriteLine($"K-composition L0H2 -> L1H0: {kComposition[0, 2, 1, 0]:F3}; OV of L0H2 is [{string.Join(", ", HeadCircuits.OV(processed, 0, 2).Shape)}]");
         var (logits, cache) = processed.RunWithCache(TorchSharp.torch.randint(0, 20, [1, 10]), name => name == HookNames.Pattern(1));
         using (cache) Console.WriteLine(string.Join(", ", cache[HookNames.Get("pattern", 1)].shape));
+        var (_, residual) = processed.RunWithCache(TorchSharp.torch.randint(0, 20, [1, 10]), CacheHelpers.ResidualHookNames(processed).Contains);
+        using (residual) Console.WriteLine($"{string.Join(", ", residual.DecomposeResid(processed).Labels)}; resid_post stacked [{string.Join(", ", residual.StackActivation(processed, "resid_post").shape)}]");
         // END README
         Assert.InRange(kComposition[0, 2, 1, 0], 0, 1);
     }
