@@ -36,6 +36,10 @@ let printEnd (e: EndAnalysis) =
         printfn "patching %s: clean %.3f, corrupted %.3f; recovered share (rows %s):" p.Component p.Clean p.Corrupted (String.Join(",", p.RowLabels))
         for r in 0 .. Array2D.length1 p.Recovered - 1 do
             printfn "  %s" (String.Join(" ", [ for c in 0 .. Array2D.length2 p.Recovered - 1 -> $"{p.Recovered.[r, c]:F2}" ]))
+    printfn "attribution patching (AtP) %.2f s, exact patching %.1f s" e.AttributionSeconds e.ExactPatchingSeconds
+    for c in e.AttributionVsExact do
+        let misses = String.Join("; ", [ for place, x, y in c.WorstMisses -> $"{place}: exact {x:F3}, AtP {y:F3}" ])
+        printfn "  AtP vs exact, %s: correlation %.3f; worst misses %s" c.Component c.Correlation misses
 
 if File.Exists checkpoint && args |> Array.contains "--checkpoint" then
     // Analyse a saved model: its config must match the task settings (d_vocab, n_ctx).

@@ -44,7 +44,7 @@ let patchHook (hookName: string) (clean: torch.Tensor) (positions: int list opti
 /// The hook name of a per-layer component: resid_pre | resid_mid | resid_post | attn_out | mlp_out.
 let componentHook (layer: int) (componentName: string) =
     match componentName with
-    | "resid_pre" | "resid_mid" | "resid_post" | "attn_out" | "mlp_out" -> $"blocks.{layer}.hook_{componentName}"
+    | "resid_pre" | "resid_mid" | "resid_post" | "attn_out" | "mlp_out" -> HookNames.Get(componentName, layer)
     | other -> invalidArg (nameof componentName) $"unknown component '{other}'; use resid_pre, resid_mid, resid_post, attn_out or mlp_out"
 
 let private scalar (metric: torch.Tensor -> float) (logits: torch.Tensor) = metric logits
@@ -98,13 +98,13 @@ let patchLayerPosition (model: HookedTransformer) (cleanTokens: torch.Tensor) (c
 /// Patches each head's output (attn.hook_z of that head, all positions): Values [layer, head].
 let patchHeads (model: HookedTransformer) (cleanTokens: torch.Tensor) (corruptedTokens: torch.Tensor) (metric: torch.Tensor -> float) =
     let cfg = model.Config
-    let names = [ for l in 0 .. cfg.n_layers - 1 -> $"blocks.{l}.attn.hook_z" ] |> Set.ofList
+    let names = [ for l in 0 .. cfg.n_layers - 1 -> (HookNames.Z l) ] |> Set.ofList
     let clean, corrupted, cache = baseline model cleanTokens corruptedTokens metric names
     use cache = cache
     let values = Array2D.zeroCreate cfg.n_layers cfg.n_heads
     use _ = torch.no_grad()
     for l in 0 .. cfg.n_layers - 1 do
-        let name = $"blocks.{l}.attn.hook_z"
+        let name = (HookNames.Z l)
         for h in 0 .. cfg.n_heads - 1 do
             use _scope = torch.NewDisposeScope()
             let logits = model.RunWithHooks(corruptedTokens, patchHook name cache.[name] None (Some h))

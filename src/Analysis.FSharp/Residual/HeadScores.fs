@@ -62,7 +62,7 @@ let attentionTo (keys: torch.Tensor) (pattern: torch.Tensor) =
 
 /// The names the scores read, for RunWithCache's filter.
 let patternNames (model: HookedTransformer) =
-    [ for l in 0 .. model.Config.n_layers - 1 -> $"blocks.{l}.attn.hook_pattern" ]
+    [ for l in 0 .. model.Config.n_layers - 1 -> (HookNames.Pattern l) ]
 
 let private table (name: string) (cfg: DecoderConfig) (values: float[,]) =
     { Name = name
@@ -75,7 +75,7 @@ let scoreHeads (name: string) (score: torch.Tensor -> torch.Tensor) (model: Hook
     let cfg = model.Config
     let values = Array2D.zeroCreate cfg.n_layers cfg.n_heads
     for l in 0 .. cfg.n_layers - 1 do
-        use s = score cache.[$"blocks.{l}.attn.hook_pattern"]
+        use s = score cache.[(HookNames.Pattern l)]
         let row = s.data<float32>().ToArray()
         for h in 0 .. cfg.n_heads - 1 do values.[l, h] <- float row.[h]
     table name cfg values
@@ -87,7 +87,7 @@ let scoreHeadsByInstance (name: string) (score: torch.Tensor -> torch.Tensor) (m
     let n = model.Instances |> Option.ofNullable |> Option.defaultWith (fun () -> invalidArg (nameof model) "scoreHeadsByInstance reads a batched model's cache")
     let values = Array.init n (fun _ -> Array2D.zeroCreate cfg.n_layers cfg.n_heads)
     for l in 0 .. cfg.n_layers - 1 do
-        use s = score cache.[$"blocks.{l}.attn.hook_pattern"]                             // [instance, head]
+        use s = score cache.[(HookNames.Pattern l)]                             // [instance, head]
         let flat = s.data<float32>().ToArray()
         for i in 0 .. n - 1 do
             for h in 0 .. cfg.n_heads - 1 do values.[i].[l, h] <- float flat.[i * cfg.n_heads + h]

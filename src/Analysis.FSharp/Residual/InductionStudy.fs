@@ -12,6 +12,7 @@ open MechInterp.Analysis.Residual.LogitAttribution
 open MechInterp.Analysis.Residual.HeadScores
 open MechInterp.Analysis.Residual.InductionRun
 open MechInterp.Analysis.Patching.ActivationPatching
+open MechInterp.Analysis.Patching.AttributionPatching
 
 /// A head "has formed" once its score on the evaluation batch reaches this level.
 let headFormedLevel = 0.3
@@ -30,7 +31,14 @@ type EndAnalysis =
       /// max |Σ components − final resid| / max |final resid|.
       DecompositionError: float
       /// Clean: noise, A, A, noise; corrupted: the first copy of A redrawn; metric as the attribution's.
-      Patching: PatchingResult list }
+      Patching: PatchingResult list
+      /// Attribution patching's estimates of the same patches (same order and layout).
+      Attribution: PatchingResult list
+      /// Each estimate against its exact patch: correlation over the places and the worst misses.
+      AttributionVsExact: AttributionComparison list
+      /// Seconds the exact sweeps and the estimates took.
+      ExactPatchingSeconds: float
+      AttributionSeconds: float }
 
 type InductionStudyResult =
     { Run: InductionRunResult
@@ -76,9 +84,15 @@ let analyseEnd (s: InductionSettings) (model: HookedTransformer) (patchBatch: in
     use cleanBatch = patchRows s seed patchBatch
     use gen = new torch.Generator(uint64 (seed + 1))
     let corrupted = (task s).CorruptFirstCopy(cleanBatch, gen)
-    let patchMetric (logits: torch.Tensor) =
-        let m, c = repeatMetric model cleanBatch
-        float ((evaluate m logits).sum().item<float32>()) / c
+    let m, c = repeatMetric model cleanBatch
+    let patchMetricTensor (logits: torch.Tensor) = (evaluate m logits).sum().div(torch.tensor (float32 c))
+    let patchMetric (logits: torch.Tensor) = float ((patchMetricTensor logits).item<float32>())
+    let clock = Diagnostics.Stopwatch.StartNew()
+    let exact = patchEverything model cleanBatch.Tokens corrupted patchMetric
+    let exactSeconds = clock.Elapsed.TotalSeconds
+    clock.Restart()
+    let estimates = attributionPatching model cleanBatch.Tokens corrupted patchMetricTensor
+    let attributionSeconds = clock.Elapsed.TotalSeconds
     { PreviousToken = scoreHeads "previous-token" previousTokenScore model cache
       Induction = scoreHeads "induction" (attentionTo (InductionTask.InductionKeys batch)) model cache
       LookBack = scoreHeads "look-back" lookBackScore model cache
@@ -87,7 +101,11 @@ let analyseEnd (s: InductionSettings) (model: HookedTransformer) (patchBatch: in
       AttributionByLayer = directAttribution model cache parts metric |> meanOver count
       AttributionByHead = directAttribution model cache (decomposeResidByHead model cache) metric |> meanOver count
       DecompositionError = float err
-      Patching = patchEverything model cleanBatch.Tokens corrupted patchMetric }
+      Patching = exact
+      Attribution = estimates
+      AttributionVsExact = List.map2 (compare 3) exact estimates
+      ExactPatchingSeconds = exactSeconds
+      AttributionSeconds = attributionSeconds }
 
 /// Trains until converged or the cap (saving the final model to `checkpoint` when given) and analyses.
 let run (s: InductionSettings) (seed: int) (patchBatch: int) (checkpoint: string option) (log: string -> unit) =
@@ -179,7 +197,14 @@ let toJson (r: InductionStudyResult) : Text.Json.Nodes.JsonNode =
            attribution_by_layer = labelled r.End.AttributionByLayer
            attribution_by_head = labelled r.End.AttributionByHead
            decomposition_error = finite r.End.DecompositionError
-           patching = r.End.Patching |> List.map patchingRecord |> Array.ofList |}
+           patching = r.End.Patching |> List.map patchingRecord |> Array.ofList
+           attribution_patching = r.End.Attribution |> List.map patchingRecord |> Array.ofList
+           attribution_vs_exact =
+            [| for c in r.End.AttributionVsExact ->
+                   {| ``component`` = c.Component; correlation = finite c.Correlation
+                      worst_misses = [| for place, x, y in c.WorstMisses -> {| place = place; exact = finite x; estimate = finite y |} |] |} |]
+           exact_patching_seconds = finite r.End.ExactPatchingSeconds
+           attribution_patching_seconds = finite r.End.AttributionSeconds |}
     match Text.Json.JsonSerializer.SerializeToNode node with
     | null -> invalidOp "the results serialized to null"
     | n -> n

@@ -111,6 +111,13 @@ let private describe (r: InductionStudyResult) =
       let lastPreFirst = sumOver "resid_pre" (layers - 1) 1 h
       let lastAttnRepeat = sumOver "attn_out" (layers - 1) (h + 1) (2 * h)
       $"Patching single heads from the clean into the corrupted run restores the most through L{tl}H{th} ({tv:P0} of the clean metric). Patching by position uses sequences with one layout (L = {h}, BOS then the two copies). Summed over the first copy (positions 1..{h}): L0 attn_out restores {l0First:P0} and L{layers - 1} resid_pre {lastPreFirst:P0}; over the repeat (positions {h + 1}..{2 * h}), L{layers - 1} attn_out restores {lastAttnRepeat:P0}. Information about the first copy reaches the last layer through layer 0's writes at its positions, and the last layer writes the answer at the repeated positions."
+      let correlations = String.Join(", ", e.AttributionVsExact |> List.map (fun c -> $"{c.Component} {c.Correlation:F2}"))
+      let worst =
+          e.AttributionVsExact
+          |> List.collect (fun c -> c.WorstMisses |> List.map (fun (place, x, y) -> c.Component, place, x, y))
+          |> List.sortByDescending (fun (_, _, x, y) -> abs (x - y)) |> List.head
+      let wc, wp, wx, wy = worst
+      $"Attribution patching (AtP: the first-order estimate (a_clean − a_corrupted) · ∂metric/∂a at the corrupted run, from one forward and backward of the corrupted batch and one forward of the clean one) estimates every one of these patches in {e.AttributionSeconds:F2} s against {e.ExactPatchingSeconds:F1} s for the exact sweeps. Its correlation with exact patching over the places of each map: {correlations}. Its worst miss is {wc} at {wp}: exact {wx:F2}, estimated {wy:F2} (metric values; clean {(List.head e.Patching).Clean:F2}, corrupted {(List.head e.Patching).Corrupted:F2}). The estimate is exact where the metric is linear in the patched activation and misses where a patch moves an attention pattern far along its softmax; it ranks where exact patching is worth running."
       let level = headFormedLevel
       if iv >= level && pv >= level && pl < il then
           $"The best previous-token head sits in layer {pl} and the best induction head in layer {il}, both above {level}: the order an induction circuit needs, where a later head keys on what an earlier previous-token head wrote (K-composition)."
@@ -131,12 +138,19 @@ let section (r: InductionStudyResult) =
             { Label = "steepest fall of the repeat loss"; Value = $"step {r.SteepestDropStep}" }
             { Label = "best induction head"; Value = $"L{il}H{ih}, score {iv:F2}" }
             { Label = "best previous-token head"; Value = $"L{pl}H{ph}, score {pv:F2}" }
-            { Label = "decomposition error (relative)"; Value = $"{e.DecompositionError:E1}" } ]
+            { Label = "decomposition error (relative)"; Value = $"{e.DecompositionError:E1}" }
+            { Label = "AtP vs exact patching, correlation"
+              Value = String.Join(", ", e.AttributionVsExact |> List.map (fun c -> $"{c.Component} {c.Correlation:F2}")) } ]
         Figures = [ lossFigure r; headFigure e; lensFigure e; patchingFigure e.Patching ]
         Tables =
           [ { Title = "Direct logit attribution to logit(correct) − mean logit, repeat"
               Header = [ "component"; "mean contribution" ]
-              Rows = [ for l, v in e.AttributionByHead -> [ l; $"{v:F3}" ] ] } ] }
+              Rows = [ for l, v in e.AttributionByHead -> [ l; $"{v:F3}" ] ] }
+            { Title = "Attribution patching (AtP) against exact activation patching: the three worst misses of each map (metric values)"
+              Header = [ "map"; "correlation"; "place"; "exact"; "AtP estimate" ]
+              Rows =
+                [ for c in e.AttributionVsExact do
+                      for place, x, y in c.WorstMisses -> [ c.Component; $"{c.Correlation:F3}"; place; $"{x:F3}"; $"{y:F3}" ] ] } ] }
 
 /// The study's answer: whether the model learned, and which heads carry the circuit.
 let answer (r: InductionStudyResult) : Answer =

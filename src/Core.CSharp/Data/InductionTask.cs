@@ -11,8 +11,22 @@ namespace MechInterp.Data;
 /// (TransformerLens's repeated-tokens evaluation): BOS, r, r, and a head can copy by position alone.
 /// BOS is token 0; random tokens are drawn from [1, vocab).
 /// </summary>
-public sealed class InductionTask : ITokenTask
+public sealed class InductionTask : ITokenTask, ITokenizer
 {
+    private Dictionary<string, int>? byName;
+
+    /// <summary>BOS, the first token of every sequence.</summary>
+    public int? BosToken => Bos;
+
+    /// <summary>A readable name for a token id: "BOS" for 0, "t{id}" for the random tokens.</summary>
+    public string TokenText(int id) =>
+        id == Bos ? "BOS" : id > 0 && id < VocabSize ? $"t{id}" : throw new ArgumentOutOfRangeException(nameof(id), id, $"token id must be in [0, {VocabSize}), got {id}");
+
+    /// <summary>Token names separated by spaces ("BOS t3 t7") → ids.</summary>
+    public IReadOnlyList<int> Encode(string text) => NamedTokens.Encode(text, VocabSize, TokenText, ref byName);
+
+    public string Decode(IEnumerable<int> ids) => NamedTokens.Decode(ids, TokenText);
+
     public const int Bos = 0;
     public const string SegmentFeature = "segment";
     /// <summary>Ids of <see cref="SegmentFeature"/>: noise is random filler, first the segment's first copy.</summary>

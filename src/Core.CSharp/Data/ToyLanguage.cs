@@ -8,8 +8,20 @@ namespace MechInterp.Data;
 /// Features: token_class, number (of nouns and verbs), position_parity, inside_brackets, and
 /// next_rule (which rule fixes the next token: agreement, counting, free choice...).
 /// </summary>
-public sealed class ToyLanguage : ITokenTask
+public sealed class ToyLanguage : ITokenTask, ITokenizer
 {
+    private Dictionary<string, int>? byName;
+
+    /// <summary>BOS, the first token of every sequence.</summary>
+    public int? BosToken => Bos;
+
+    /// <summary>Token names separated by spaces ("BOS N3s V3s ." ) → ids.</summary>
+    public IReadOnlyList<int> Encode(string text) => NamedTokens.Encode(text, Vocab, TokenName, ref byName);
+
+    public string Decode(IEnumerable<int> ids) => NamedTokens.Decode(ids, TokenName);
+
+    public string TokenText(int id) => TokenName(id);
+
     public const int Bos = 0, Open = 1, Close = 2, Period = 3;
     public const int NounsPerNumber = 6, VerbsPerNumber = 6, Adjectives = 8, Digits = 10;
     public const int FirstNoun = 4;                                   // 12 nouns: 6 singular, then 6 plural

@@ -19,7 +19,7 @@ public sealed record DecoderConfig
     public int n_ctx { get; init; } = 64;
     /// <summary>relu | gelu | gelu_new | silu</summary>
     public string act_fn { get; init; } = "gelu";
-    /// <summary>LN | LNPre | RMS | none (TransformerLens' None)</summary>
+    /// <summary>LN | LNPre | RMS | RMSPre | none (TransformerLens' None); the Pre kinds are what folding a norm's weights leaves</summary>
     public string normalization_type { get; init; } = "LN";
     /// <summary>standard | rotary</summary>
     public string positional_embedding_type { get; init; } = "standard";
@@ -65,7 +65,7 @@ public sealed record DecoderConfig
     [JsonIgnore] public bool IsMoe => n_experts > 0;
 
     private static readonly string[] ActFns = ["relu", "gelu", "gelu_new", "silu"];
-    private static readonly string[] Norms = ["LN", "LNPre", "RMS", "none"];
+    private static readonly string[] Norms = ["LN", "LNPre", "RMS", "RMSPre", "none"];
     private static readonly string[] Positions = ["standard", "rotary"];
 
     /// <summary>Throws <see cref="ArgumentException"/> naming every inconsistent field and its value.</summary>

@@ -13,7 +13,7 @@ namespace MechInterp.Model;
 /// tensors: every parameter and activation has a leading instance dimension, one forward and backward
 /// serves all, and <see cref="Instance"/> takes one out as an ordinary model.
 /// </summary>
-public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
+public sealed partial class HookedTransformer : nn.Module<Tensor, Tensor>
 {
     public DecoderConfig Config { get; }
     public Embed embed;
@@ -181,14 +181,7 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
     public (Tensor Logits, ActivationCache Cache) RunWithCache(Tensor tokens, Func<string, bool>? namesFilter = null, params Hook[] fwdHooks)
     {
         var store = new Dictionary<string, Tensor>();
-        var cacheHooks = hooks.Points.Values
-            .Where(p => namesFilter is null || namesFilter(p.Name))
-            .Select(p => new Hook(p.Name, (act, hp) =>
-            {
-                store[hp.Name] = act.detach().DetachFromDisposeScope();
-                return null;
-            }))
-            .ToArray();
+        var cacheHooks = CachingHooks(namesFilter, store);
         // User hooks first, so the cache holds what they produced.
         var attached = Attach(fwdHooks, observer: false);
         attached.AddRange(Attach(cacheHooks, observer: true));
@@ -203,6 +196,106 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
             throw;
         }
         finally { Detach(attached); }
+    }
+
+    /// <summary>
+    /// Runs forward with <paramref name="fwdHooks"/>, takes the scalar <paramref name="metric"/> of the logits and
+    /// backpropagates it with <paramref name="bwdHooks"/> attached (TransformerLens's dir="bwd"): each backward hook
+    /// sees the gradient of the metric with respect to its activation, in the activation's shape, and may return a
+    /// replacement that flows on to earlier activations and the parameters. Every hook is removed when the call
+    /// ends, also when it throws (an exception in a backward hook surfaces here, after the backward pass).
+    /// Returns the metric's value, detached. Parameters' .grad accumulate as after any backward (zero_grad first
+    /// when that matters); activations of integer dtype (expert indices) have no gradient and no backward hook runs there.
+    /// </summary>
+    public Tensor RunWithBackwardHooks(Tensor tokens, Func<Tensor, Tensor> metric, Hook[] bwdHooks, params Hook[] fwdHooks)
+    {
+        ArgumentNullException.ThrowIfNull(metric);
+        ArgumentNullException.ThrowIfNull(bwdHooks);
+        if (!is_grad_enabled())
+            throw new InvalidOperationException("backward hooks need autograd, but gradients are disabled here (called inside no_grad()?)");
+        var run = new BackwardRun();
+        var backward = new List<(HookPoint, HookFn)>();
+        var attached = Attach(fwdHooks, observer: false);
+        try
+        {
+            AttachBackward(bwdHooks, run, backward);
+            var value = metric(forward(tokens));
+            if (value is null || value.numel() != 1 || !value.is_floating_point())
+                throw new ArgumentException(value is null ? "the metric returned null" :
+                    $"the metric must be one floating-point value to backpropagate, got {value.dtype} [{string.Join(", ", value.shape)}]", nameof(metric));
+            if (!value.requires_grad)
+                throw new ArgumentException("the metric does not depend on the logits through autograd (it was detached or computed under no_grad)", nameof(metric));
+            value.backward();
+            if (run.Error is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(run.Error);
+            return value.detach();
+        }
+        finally
+        {
+            run.Ended = true;
+            Detach(attached);
+            foreach (var (point, fn) in backward) point.RemoveBackward(fn);
+        }
+    }
+
+    /// <summary>
+    /// One forward and one backward of the scalar <paramref name="metric"/>: the activations and the gradients of the
+    /// metric with respect to them, for the hook points <paramref name="namesFilter"/> accepts (all when null), as two
+    /// caches with the same keys and shapes (TransformerLens's cache of fwd and bwd hooks, what attribution patching
+    /// needs). Forward hooks (e.g. patching) run first and are what the caches see. Dispose both caches.
+    /// </summary>
+    public (Tensor Metric, ActivationCache Activations, ActivationCache Gradients) RunWithCacheAndGradients(
+        Tensor tokens, Func<Tensor, Tensor> metric, Func<string, bool>? namesFilter = null, params Hook[] fwdHooks)
+    {
+        var activations = new Dictionary<string, Tensor>();
+        var gradients = new Dictionary<string, Tensor>();
+        var gradientHooks = hooks.Points.Values
+            .Where(p => namesFilter is null || namesFilter(p.Name))
+            .Select(p => new Hook(p.Name, (grad, hp) =>
+            {
+                var kept = grad.detach().clone().DetachFromDisposeScope();
+                if (gradients.Remove(hp.Name, out var earlier))
+                {
+                    // A block run twice (ForwardThroughBlocks) reaches its hook points twice: the gradients add.
+                    using (earlier) kept.add_(earlier);
+                }
+                gradients[hp.Name] = kept;
+                return null;
+            }))
+            .ToArray();
+        try
+        {
+            var value = RunWithBackwardHooks(tokens, metric, gradientHooks, [.. fwdHooks, .. CachingHooks(namesFilter, activations)]);
+            return (value, new ActivationCache(activations), new ActivationCache(gradients));
+        }
+        catch
+        {
+            foreach (var t in activations.Values.Concat(gradients.Values)) t.Dispose();
+            throw;
+        }
+    }
+
+    private Hook[] CachingHooks(Func<string, bool>? namesFilter, Dictionary<string, Tensor> store) =>
+        hooks.Points.Values
+            .Where(p => namesFilter is null || namesFilter(p.Name))
+            .Select(p => new Hook(p.Name, (act, hp) =>
+            {
+                store[hp.Name] = act.detach().DetachFromDisposeScope();
+                return null;
+            }))
+            .ToArray();
+
+    private void AttachBackward(IEnumerable<Hook> bwdHooks, BackwardRun run, List<(HookPoint, HookFn)> attached)
+    {
+        foreach (var hook in bwdHooks)
+        {
+            if (hook.ExactName is { } name && !hooks.Points.ContainsKey(name))
+                _ = hooks[name];   // throws, listing the hook names; the caller detaches what was attached
+            foreach (var point in hooks.Points.Values.Where(p => hook.Filter(p.Name)))
+            {
+                point.AddBackward(hook.Fn, run);
+                attached.Add((point, hook.Fn));
+            }
+        }
     }
 
     private List<(HookPoint, HookFn)> Attach(IEnumerable<Hook> fwdHooks, bool observer)
@@ -234,6 +327,13 @@ public sealed class HookedTransformer : nn.Module<Tensor, Tensor>
     {
         foreach (var p in hooks.Points.Values) p.Clear();
     }
+
+    /// <summary>
+    /// TransformerLens's process_weights_ as a new model (this one unchanged): fold_ln, center_writing_weights,
+    /// center_unembed, fold_value_biases; see <see cref="WeightProcessing"/> for what each leaves and when it is defined.
+    /// </summary>
+    public HookedTransformer ProcessWeights(bool foldLn = true, bool centerWritingWeights = true, bool centerUnembed = true, bool foldValueBiases = true) =>
+        WeightProcessing.Process(this, foldLn, centerWritingWeights, centerUnembed, foldValueBiases);
 
     /// <summary>Parameters by TransformerLens name ("blocks.0.attn.W_Q" ...).</summary>
     public IReadOnlyDictionary<string, Tensor> StateDict() =>

@@ -6,11 +6,12 @@ namespace MechInterp.Model;
 
 /// <summary>
 /// LayerNorm in TransformerLens' variants: LN (w, b), LNPre (no weights, folded elsewhere),
-/// RMS (w), none (identity). hook_scale [batch, pos, 1] is the divisor, hook_normalized the output.
+/// RMS (w), RMSPre (no weight, folded elsewhere), none (identity). hook_scale [batch, pos, 1] is the divisor, hook_normalized the output.
 /// </summary>
 public sealed class Norm : nn.Module<Tensor, Tensor>
 {
     private readonly string kind;
+    private readonly bool rms;
     private readonly double eps;
     private readonly long dModel;
     private readonly bool batched;
@@ -22,6 +23,7 @@ public sealed class Norm : nn.Module<Tensor, Tensor>
     internal Norm(string name, string prefix, DecoderConfig cfg, Init init, HookRegistry hooks) : base(name)
     {
         kind = cfg.normalization_type;
+        rms = kind is "RMS" or "RMSPre";
         eps = cfg.eps;
         dModel = cfg.d_model;
         batched = init.Batched;
@@ -38,9 +40,9 @@ public sealed class Norm : nn.Module<Tensor, Tensor>
         if (kind == "none") return x;
         // Nothing reads or replaces the scale: libtorch's fused layer_norm is one op forward and one backward
         // instead of nine and fifteen, which matters in small, overhead-bound models.
-        if (kind != "RMS" && !hook_scale.IsActive)
+        if (!rms && !hook_scale.IsActive)
             return hook_normalized.Run(Affine(nn.functional.layer_norm(x, [x.shape[^1]], eps: eps), x.dim()));
-        if (kind != "RMS") x = x.sub(x.mean([-1L], keepdim: true));
+        if (!rms) x = x.sub(x.mean([-1L], keepdim: true));
         var scale = hook_scale.Run(x.pow(2).mean([-1L], keepdim: true).add(eps).sqrt());   // [instance, batch, pos, 1]
         var normalized = Affine(x.div(scale), x.dim());
         return hook_normalized.Run(normalized);
@@ -61,7 +63,7 @@ public sealed class Norm : nn.Module<Tensor, Tensor>
     {
         RequireOrdinary(x, nameof(Normalize));
         if (kind == "none") return x;
-        if (kind != "RMS") x = x.sub(x.mean([-1L], keepdim: true));
+        if (!rms) x = x.sub(x.mean([-1L], keepdim: true));
         return Affine(x.div(x.pow(2).mean([-1L], keepdim: true).add(eps).sqrt()), x.dim());
     }
 
@@ -74,7 +76,7 @@ public sealed class Norm : nn.Module<Tensor, Tensor>
     {
         RequireOrdinary(x, nameof(ApplyFrozenScale));
         if (kind == "none") return x;
-        return (kind == "RMS" ? x : x.sub(x.mean([-1L], keepdim: true))).div(scale);
+        return (rms ? x : x.sub(x.mean([-1L], keepdim: true))).div(scale);
     }
 
     private void RequireOrdinary(Tensor x, string what)
