@@ -148,7 +148,7 @@ let read (dir: string) (suite: string) (registry: Experiment list) : Result<Merg
             match registry |> List.tryFind (fun e -> e.Name = n) with
             | Some e -> Some e
             | None -> errors.Add $"the shards ran experiment '{n}', which this program does not have"; None)
-    if errors.Count > 0 then Error(List.ofSeq errors) else
+    if experiments.Length <> first.Experiments.Length then Error(List.ofSeq errors) else
     let expected = [ for e in experiments do for u in e.Units scale -> e.Name, u ]
     let owner = expected |> List.mapi (fun k (e, u) -> (e, u.Id), k % count) |> Map.ofList
     let declared = expected |> List.map (fun (e, u) -> (e, u.Id), u) |> Map.ofList
