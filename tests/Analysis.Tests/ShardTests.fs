@@ -151,10 +151,12 @@ let private runner () =
     Assert.True(File.Exists dll, $"{dll} is missing: build Release first (dotnet fsi build.fsx build)")
     dll
 
-let private start (workDir: string) (args: string list) =
+let private startWith (environment: (string * string) list) (workDir: string) (args: string list) =
     let info = ProcessStartInfo("dotnet", runner () :: args, WorkingDirectory = workDir, RedirectStandardOutput = true, RedirectStandardError = true)
     info.Environment.["MECHINTERP_THREADS"] <- "1"
-    for name in [ "SLURM_ARRAY_TASK_ID"; "JOB_COMPLETION_INDEX" ] do info.Environment.Remove name |> ignore
+    for name in [ "SLURM_ARRAY_TASK_ID"; "SLURM_ARRAY_TASK_MIN"; "SLURM_ARRAY_TASK_STEP"; "SLURM_ARRAY_TASK_COUNT"; "JOB_COMPLETION_INDEX"; "MECHINTERP_SHARD_COUNT" ] do
+        info.Environment.Remove name |> ignore
+    for name, value in environment do info.Environment.[name] <- value
     let p = nonNull (Process.Start info)
     let out = p.StandardOutput.ReadToEndAsync()
     let err = p.StandardError.ReadToEndAsync()
@@ -163,6 +165,8 @@ let private start (workDir: string) (args: string list) =
             p.Kill true
             failwith $"""MechInterp.Experiments {String.Join(" ", args)} ran past 4 minutes"""
         p.ExitCode, out.Result + err.Result
+
+let private start = startWith []
 
 /// Largest |a − b| over every number of two results files, skipping wall times; strings and shapes must match.
 let rec private maxDifference (path: string) (a: JsonNode | null) (b: JsonNode | null) : float =
@@ -184,11 +188,17 @@ let rec private maxDifference (path: string) (a: JsonNode | null) (b: JsonNode |
 let ``three shard processes merged equal one process`` () =
     let dir = freshDir ()
     try
-        let shards = [ for i in 0 .. 2 -> start dir [ "--suite"; "smoke"; "--out"; "sharded"; "--shard"; $"{i}/3" ] ]
-        for wait in shards do
+        // Shard 0 from the argument, shard 1 as a Slurm array task (ids 10..12), shard 2 as a Kubernetes Indexed Job pod.
+        let shardArgs = [ "--suite"; "smoke"; "--out"; "sharded" ]
+        let shards =
+            [ start dir (shardArgs @ [ "--shard"; "0/3" ]), "--shard 0/3"
+              startWith [ "SLURM_ARRAY_TASK_ID", "11"; "SLURM_ARRAY_TASK_MIN", "10"; "SLURM_ARRAY_TASK_COUNT", "3" ] dir shardArgs, "Slurm: SLURM_ARRAY_TASK_ID 11"
+              startWith [ "JOB_COMPLETION_INDEX", "2"; "MECHINTERP_SHARD_COUNT", "3" ] dir shardArgs, "Kubernetes: JOB_COMPLETION_INDEX 2" ]
+        for i, (wait, source) in List.indexed shards do
             let code, output = wait ()
             Assert.True((code = 0), $"a shard failed ({code}):\n{output}")
-            Assert.Matches(@"shard \d/3 \(--shard \d/3\): 3 of 9 units", output)
+            Assert.Contains($"shard {i}/3 ({source}", output)
+            Assert.Contains("3 of 9 units", output)
             Assert.Matches(@"\[unit 1/3\] .* 3 remaining including this one", output)
         // A shard missing: merge names it and writes nothing.
         let two = Path.Combine(dir, "sharded", "partials", "shard-2-of-3.json")
