@@ -129,12 +129,7 @@ let private run (o: Options) (registry: Experiment list) =
     match share with
     | None ->
         log $"{all.Length} units in {chosen.Length} experiments"
-        let records = Runner.runUnits log "" all
-        let partials =
-            records |> List.groupBy (fun r -> r.Experiment)
-            |> List.map (fun (e, rs) -> e, rs |> List.map (fun r -> r.Id, r.Partial) |> Map.ofList) |> Map.ofList
-        let outputs = Runner.combine o.Scale chosen partials
-        let report = Runner.write log o.Out outputs
+        let report = Runner.runAll log o.Out o.Scale chosen
         log $"report written to {report}"
         0
     | Some share ->
