@@ -3,6 +3,7 @@
 /// Usage: MechInterp.Experiments [--quick | --full] [--out artifacts] [--only name,name] [--suite main|smoke]
 ///          [--shard i/n | --shard-count n]     run one share of the units, writing <out>/partials/shard-i-of-n.json
 ///        MechInterp.Experiments merge [--out artifacts] [--partials dir] [--suite main|smoke]
+///        MechInterp.Experiments list [--quick | --full] [--shard-count n] [--only ...]   the units, and each one's shard
 /// Without --shard, the share comes from a Slurm job array or a Kubernetes Indexed Job when one sets it.
 module MechInterp.Experiments.Program
 
@@ -42,6 +43,7 @@ let smokeExperiments : Experiment list =
 
 type private Options =
     { Merge: bool
+      List: bool
       Scale: Scale
       Out: string
       Partials: string option
@@ -57,6 +59,7 @@ let private parseArgs (argv: string[]) =
         | Some _ -> failwith $"{flag} needs a value"
         | None -> None
     { Merge = argv |> Array.contains "merge"
+      List = argv |> Array.contains "list"
       Scale = if argv |> Array.contains "--full" then Full else Quick
       Out = valueOf "--out" |> Option.defaultValue "artifacts" |> Path.GetFullPath
       Partials = valueOf "--partials" |> Option.map Path.GetFullPath
@@ -112,6 +115,16 @@ let private merge (o: Options) (registry: Experiment list) =
         log $"report written to {report}"
         0
 
+/// Prints every unit in order with the shard that runs it for the given count: nothing trains.
+let private list (o: Options) (registry: Experiment list) =
+    let all = [ for e in choose registry o.Only do for u in e.Units o.Scale -> e, u ]
+    let count = defaultArg o.ShardCount 1
+    log $"{all.Length} units at {Shards.scaleName o.Scale} scale; shard of {count}:"
+    for k, (e, u) in List.indexed all do
+        let seeds = if u.Seeds.IsEmpty then "" else ", seeds " + String.Join(",", u.Seeds)
+        log $"  {k % count,3}  {e.Name}/{u.Id}  (setting {u.Setting}{seeds})"
+    0
+
 let private run (o: Options) (registry: Experiment list) =
     let share =
         match o.Shard with
@@ -152,7 +165,8 @@ let main argv =
         | "smoke" -> smokeExperiments
         | other -> failwith $"unknown suite '{other}'; suites: main, smoke"
     Runtime.TorchRuntime.EnsureLoaded()
-    if o.Merge then merge o registry
+    if o.List then list o registry
+    elif o.Merge then merge o registry
     else
         printfn "MechInterp experiments, %A scale, %d threads, artifacts in %s" o.Scale Settings.Threads o.Out
         smokeForward ()
