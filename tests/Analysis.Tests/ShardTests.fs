@@ -106,7 +106,7 @@ let ``merge combines complete shards and names what is missing, doubled or of an
         // A shard of another count.
         let other = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "shard-0-of-3.json"))) |> nonNull
         other.["Count"] <- JsonValue.Create 4
-        File.WriteAllText(Path.Combine(dir, "shard-0-of-4.json"), other.ToJsonString())
+        MechInterp.IO.AtomicFile.WriteAllText(Path.Combine(dir, "shard-0-of-4.json"), other.ToJsonString())
         let e = errorsOf dir
         Assert.Contains("disagree on the shard count", e)
         Assert.Contains("shard-0-of-4.json", e)
@@ -123,15 +123,15 @@ let ``merge combines complete shards and names what is missing, doubled or of an
         let units = (node.["Units"] |> nonNull).AsArray()
         let removed = units.[0] |> nonNull
         units.RemoveAt 0
-        File.WriteAllText(one, node.ToJsonString())
+        MechInterp.IO.AtomicFile.WriteAllText(one, node.ToJsonString())
         let e = errorsOf dir
         Assert.Contains($"""unit {removed.["Experiment"]}/{removed.["Id"]} is missing""", e)
         // The same unit twice: in its own shard and in another, so its seeds are trained twice.
         units.Insert(0, removed.DeepClone())
-        File.WriteAllText(one, node.ToJsonString())
+        MechInterp.IO.AtomicFile.WriteAllText(one, node.ToJsonString())
         let zero = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "shard-0-of-3.json"))) |> nonNull
         (zero.["Units"] |> nonNull).AsArray().Add(removed.DeepClone())
-        File.WriteAllText(Path.Combine(dir, "shard-0-of-3.json"), zero.ToJsonString())
+        MechInterp.IO.AtomicFile.WriteAllText(Path.Combine(dir, "shard-0-of-3.json"), zero.ToJsonString())
         let e = errorsOf dir
         Assert.Contains($"""unit {removed.["Experiment"]}/{removed.["Id"]} appears 2 times""", e)
         Assert.Contains("is trained twice", e)
