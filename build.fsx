@@ -2,7 +2,8 @@
 //   (default)  native + build + experiments at quick scale + report (the main job)
 //   build      native library and dotnet build -c Release
 //   native     CMake configure and build of native/
-//   test       ctest and dotnet test; ends with one line "N passed, N failed"
+//   test       ctest, dotnet test, pack and the package consumer check; ends with one line "N passed, N failed"
+//   pack       the NuGet packages MechInterp.Core and MechInterp.Analysis (+ symbols) in artifacts/packages (--version V)
 //   bench      the benchmark program: ratios against libtorch, artifacts/bench/bench.json
 //   sanitize   native/ built with ASan + UBSan (clang-14) and its GoogleTests run: any report fails
 //   fuzz       the libFuzzer target for the native ABI and the safetensors fuzzer, 60 s each (--seconds N): 0 crashes
@@ -114,6 +115,63 @@ let parseDotnetTest (lines: string list) =
         if m.Success then Some(int m.Groups.[2].Value, int m.Groups.[1].Value) else None)
     |> List.fold (fun (p, f) (p', f') -> p + p', f + f') (0, 0)
 
+let packageProjects = [ Path.Combine(root, "src", "Core.CSharp"); Path.Combine(root, "src", "Analysis.FSharp") ]
+
+/// Packs both packages (after buildAll) into `outDir`, replacing earlier MechInterp packages there; returns the
+/// .nupkg files. The version is Package.props' VersionPrefix unless given.
+let packTo (outDir: string) (version: string option) =
+    Directory.CreateDirectory outDir |> ignore
+    for old in Directory.GetFiles(outDir, "MechInterp.*nupkg") do File.Delete old
+    for project in packageProjects do
+        let versionArg = match version with Some v -> [ $"-p:PackageVersion={v}" ] | None -> []
+        runOrFail "dotnet" ([ "pack"; project; "-c"; "Release"; "--no-build"; "-nologo"; "-v"; "minimal"; "-o"; outDir ] @ versionArg) root
+    let packages = Directory.GetFiles(outDir, "MechInterp.*.nupkg") |> Array.sort
+    for p in Array.append packages (Directory.GetFiles(outDir, "MechInterp.*.snupkg") |> Array.sort) do
+        printfn "  %s: %d bytes" (Path.GetFileName p) (FileInfo(p).Length)
+    packages
+
+/// What a package must hold: the native library for linux-x64 in Core, a README and the LICENSE in both.
+let checkPackages (packages: string[]) =
+    let entries (p: string) =
+        use zip = Compression.ZipFile.OpenRead p
+        zip.Entries |> Seq.map (fun e -> e.FullName) |> Set.ofSeq
+    let problems =
+        [ if packages.Length <> 2 then yield $"expected 2 packages, found {packages.Length}"
+          for p in packages do
+              let names = entries p
+              for needed in [ "README.md"; "LICENSE" ] do
+                  if not (names.Contains needed) then yield $"{Path.GetFileName p} has no {needed}"
+              if Path.GetFileName(p).StartsWith "MechInterp.Core." && not (names.Contains "runtimes/linux-x64/native/libmechinterp_native.so") then
+                  yield $"{Path.GetFileName p} lacks runtimes/linux-x64/native/libmechinterp_native.so" ]
+    for problem in problems do eprintfn "pack: %s" problem
+    problems.IsEmpty
+
+let pack () =
+    buildAll ()
+    step "pack: MechInterp.Core and MechInterp.Analysis"
+    let version = args |> Array.tryFindIndex ((=) "--version") |> Option.bind (fun i -> Array.tryItem (i + 1) args)
+    let packages = packTo (Path.Combine(root, "artifacts", "packages")) version
+    if not (checkPackages packages) then fail "the packages are incomplete"
+
+/// Packs with a version no cache has seen into a fresh feed, then has a fresh C# project and F# script outside the
+/// repository use it (tests/Package/consumer_check.fsx). Returns (passed, failed): pack, consumer C#, consumer F#.
+let packageCheck () =
+    step "pack and the package consumer check"
+    let feed = Path.Combine(Path.GetTempPath(), $"mechinterp-feed-{Guid.NewGuid():N}")
+    let version = $"""0.1.0-check.{DateTime.UtcNow.ToString "yyyyMMddHHmmss"}"""
+    try
+        let packed =
+            try checkPackages (packTo feed (Some version))
+            with BuildFailed message -> eprintfn "pack: %s" message; false
+        printfn "pack: %s" (if packed then "passed" else "failed")
+        if not packed then 0, 3
+        else
+            let _, lines = run "dotnet" [ "fsi"; Path.Combine(root, "tests", "Package", "consumer_check.fsx"); "--feed"; feed; "--version"; version ] root []
+            let passed = [ "C#"; "F#" ] |> List.filter (fun name -> lines |> List.contains $"consumer {name}: passed") |> List.length
+            1 + passed, 2 - passed
+    finally
+        if Directory.Exists feed then Directory.Delete(feed, true)
+
 let test () =
     buildAll ()
     step "ctest"
@@ -128,10 +186,12 @@ let test () =
     let dnPassed, dnFailed = parseDotnetTest testLines
     // A crashed test host prints no summary: count it as a failure rather than as nothing.
     let dnFailed = if testCode <> 0 && dnFailed = 0 then dnFailed + 1 else dnFailed
+    let pkgPassed, pkgFailed = packageCheck ()
     printfn ""
     printfn "ctest: %d passed, %d failed" ctestPassed ctestFailed
     printfn "dotnet test: %d passed, %d failed" dnPassed dnFailed
-    let passed, failed = ctestPassed + dnPassed, ctestFailed + dnFailed
+    printfn "packages (pack, consumer C#, consumer F#): %d passed, %d failed" pkgPassed pkgFailed
+    let passed, failed = ctestPassed + dnPassed + pkgPassed, ctestFailed + dnFailed + pkgFailed
     printfn "%d passed, %d failed" passed failed
     if failed > 0 || ctestCode <> 0 || testCode <> 0 then exit 1
 
@@ -229,12 +289,13 @@ try
     | "build" -> buildAll ()
     | "native" -> buildNative ()
     | "test" -> test ()
+    | "pack" -> pack ()
     | "bench" -> bench ()
     | "sanitize" -> sanitize ()
     | "fuzz" -> fuzz ()
     | "rss" -> rss ()
     | "clean" -> clean ()
-    | other -> fail $"unknown target '{other}'; targets: (none), build, native, test, bench, sanitize, fuzz, rss, clean"
+    | other -> fail $"unknown target '{other}'; targets: (none), build, native, test, pack, bench, sanitize, fuzz, rss, clean"
     printfn "\n[%s] done in %.0f s" (stamp ()) (DateTime.Now - started).TotalSeconds
 with BuildFailed message ->
     eprintfn "\nbuild.fsx: %s" message

@@ -1,16 +1,20 @@
 /// The main job's experiment runner: runs every registered experiment at the chosen scale, writes each
 /// one's numbers to <out>/results/<name>.json and all their sections to <out>/report/index.html.
-/// Usage: MechInterp.Experiments [--quick | --full] [--out artifacts] [--only name,name]
+/// Usage: MechInterp.Experiments [--quick | --full] [--out artifacts] [--only name,name] [--suite main|smoke]
+///          [--shard i/n | --shard-count n]     run one share of the units, writing <out>/partials/shard-i-of-n.json
+///        MechInterp.Experiments merge [--out artifacts] [--partials dir] [--suite main|smoke]
+///        MechInterp.Experiments list [--quick | --full] [--shard-count n] [--only ...]   the units, and each one's shard
+/// Without --shard, the share comes from a Slurm job array or a Kubernetes Indexed Job when one sets it.
 module MechInterp.Experiments.Program
 
 open System
-open System.Diagnostics
 open System.IO
 open TorchSharp
 open MechInterp
 open MechInterp.Analysis.Report
 
-/// Every experiment the main job runs, in report order. To add one, append its `Experiment` value.
+/// Every experiment the main job runs, in report order. To add one, append its `Experiment` value
+/// (`Experiment.single name description run` for an experiment that is one unit).
 let experiments : Experiment list =
     [ MechInterp.Analysis.Superposition.Section.experiment
       MechInterp.Analysis.Residual.Section.experiment
@@ -19,15 +23,55 @@ let experiments : Experiment list =
       MechInterp.Analysis.Experts.MoeExperiment.experiment
       MechInterp.Analysis.Dictionary.SaeSection.experiment ]
 
+/// The shard check's suite: the two split experiments at a size that trains in seconds (the same shapes, a few
+/// steps), so three shards, a merge and a single run compare in well under a minute.
+let smokeExperiments : Experiment list =
+    let superposition =
+        let c = MechInterp.Analysis.Superposition.Experiment.config Quick
+        let t = { c.Phase.Training with Steps = 60; BatchSize = 128; ConvergenceWindow = 20; LogEvery = 30 }
+        let shrink (s: MechInterp.Analysis.Superposition.Sweep.SweepSetting) =
+            { s with Densities = [ 1.0; 0.1 ]; Replicates = 2; Training = t }
+        { c with
+            Main = c.Main |> List.map shrink; Plane = shrink c.Plane; Dimensionality = shrink c.Dimensionality
+            Phase = { c.Phase with Importances = [| 0.5; 2.0 |]; Densities = [| 0.1; 1.0 |]; Replicates = 2; Training = t } }
+    let hypothesis =
+        let q = MechInterp.Analysis.Residual.HypothesisSection.quickSettings
+        { q with DModel = 16; Heads = 2; Depths = [ 2; 3 ]; Seeds = [ 0; 1 ]
+                 Language = { q.Language with Steps = 40; EvalEvery = 20; ConvergenceWindow = 20 }
+                 LensBatch = 8; AnalysisBatch = 8; LensFit = { q.LensFit with Steps = 20 } }
+    [ MechInterp.Analysis.Superposition.Section.experimentWith (fun _ -> superposition)
+      MechInterp.Analysis.Residual.HypothesisSection.experimentWith (fun _ -> hypothesis) None ]
+
+type private Options =
+    { Merge: bool
+      List: bool
+      Scale: Scale
+      Out: string
+      Partials: string option
+      Only: Set<string> option
+      Suite: string
+      Shard: string option
+      ShardCount: int option }
+
 let private parseArgs (argv: string[]) =
-    let scale = if argv |> Array.contains "--full" then Full else Quick
     let valueOf flag =
         match argv |> Array.tryFindIndex ((=) flag) with
         | Some i when i + 1 < argv.Length -> Some argv.[i + 1]
-        | _ -> None
-    let out = valueOf "--out" |> Option.defaultValue "artifacts"
-    let only = valueOf "--only" |> Option.map (fun s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) |> Set.ofArray)
-    scale, Path.GetFullPath out, only
+        | Some _ -> failwith $"{flag} needs a value"
+        | None -> None
+    { Merge = argv |> Array.contains "merge"
+      List = argv |> Array.contains "list"
+      Scale = if argv |> Array.contains "--full" then Full else Quick
+      Out = valueOf "--out" |> Option.defaultValue "artifacts" |> Path.GetFullPath
+      Partials = valueOf "--partials" |> Option.map Path.GetFullPath
+      Only = valueOf "--only" |> Option.map (fun s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) |> Set.ofArray)
+      Suite = valueOf "--suite" |> Option.defaultValue "main"
+      Shard = valueOf "--shard"
+      ShardCount =
+        valueOf "--shard-count" |> Option.map (fun v ->
+            match Int32.TryParse v with
+            | true, n when n >= 1 -> n
+            | _ -> failwith $"--shard-count {v}: expected a whole number of at least 1") }
 
 /// A forward pass through a tiny two-layer network with the kernel setting: proves libtorch,
 /// the native library and the managed twin all work in the main job's process.
@@ -44,34 +88,87 @@ let private smokeForward () =
     printfn "smoke forward: logits %A, rows sum to %.6f, native vs managed max diff %g (native kernels: %b)"
         logits.shape (probs.sum(1L).mean().item<float32>()) diff Native.NativeKernels.IsAvailable
 
+let private log (line: string) = Console.Out.WriteLine line; Console.Out.Flush()
+
+let private choose (registry: Experiment list) (only: Set<string> option) =
+    match only with
+    | Some names ->
+        let unknown = names |> Set.filter (fun n -> registry |> List.forall (fun e -> e.Name <> n))
+        if not unknown.IsEmpty then
+            let registered = registry |> List.map (fun e -> e.Name) |> String.concat ", "
+            let unknown = String.Join(", ", unknown)
+            failwith $"unknown experiment(s) {unknown}; registered: {registered}"
+        registry |> List.filter (fun e -> names.Contains e.Name)
+    | None -> registry
+
+let private merge (o: Options) (registry: Experiment list) =
+    let dir = o.Partials |> Option.defaultValue (Path.Combine(o.Out, "partials"))
+    match Shards.read dir o.Suite registry with
+    | Error problems ->
+        eprintfn "merge: nothing written; the partials in %s are incomplete or inconsistent:" dir
+        for p in problems do eprintfn "  - %s" p
+        1
+    | Ok merged ->
+        let units = merged.Partials |> Seq.sumBy (fun kv -> kv.Value.Count)
+        log $"merge: {units} units of {merged.Experiments.Length} experiments from {dir} ({Shards.scaleName merged.Scale} scale)"
+        let outputs = Runner.combine merged.Scale merged.Experiments merged.Partials
+        let report = Runner.write log o.Out outputs
+        log $"report written to {report}"
+        0
+
+/// Prints every unit in order with the shard that runs it for the given count: nothing trains.
+let private list (o: Options) (registry: Experiment list) =
+    let all = [ for e in choose registry o.Only do for u in e.Units o.Scale -> e, u ]
+    let count = defaultArg o.ShardCount 1
+    log $"{all.Length} units at {Shards.scaleName o.Scale} scale; shard of {count}:"
+    for k, (e, u) in List.indexed all do
+        let seeds = if u.Seeds.IsEmpty then "" else ", seeds " + String.Join(",", u.Seeds)
+        log $"  {k % count,3}  {e.Name}/{u.Id}  (setting {u.Setting}{seeds})"
+    0
+
+let private run (o: Options) (registry: Experiment list) =
+    let share =
+        match o.Shard with
+        | Some text ->
+            match Shards.parse text with
+            | Ok s -> Some { s with Count = defaultArg o.ShardCount s.Count }
+            | Error e -> failwith e
+        | None ->
+            let getenv name = match Environment.GetEnvironmentVariable name with null | "" -> None | v -> Some v
+            match Shards.fromEnvironment getenv o.ShardCount with
+            | Ok s -> s
+            | Error e -> failwith e
+    let chosen = choose registry o.Only
+    let all = [ for e in chosen do for u in e.Units o.Scale -> e, u ]
+    match share with
+    | None ->
+        log $"{all.Length} units in {chosen.Length} experiments"
+        let report = Runner.runAll log o.Out o.Scale chosen
+        log $"report written to {report}"
+        0
+    | Some share ->
+        let mine = Shards.assign share all
+        log $"shard {share.Index}/{share.Count} ({share.Source}): {mine.Length} of {all.Length} units"
+        let records = Runner.runUnits log $"shard {share.Index}/{share.Count} " mine
+        let file : Shards.ShardFile =
+            { Format = Shards.format; Suite = o.Suite; Scale = Shards.scaleName o.Scale; Shard = share.Index; Count = share.Count
+              Experiments = chosen |> List.map (fun e -> e.Name); Units = records }
+        let path = Shards.write (o.Partials |> Option.defaultValue (Path.Combine(o.Out, "partials"))) file
+        log $"shard {share.Index}/{share.Count}: partials in {path}; when every shard is done, run `merge --out {o.Out}`"
+        0
+
 [<EntryPoint>]
 let main argv =
-    let scale, out, only = parseArgs argv
+    let o = parseArgs argv
+    let registry =
+        match o.Suite with
+        | "main" -> experiments
+        | "smoke" -> smokeExperiments
+        | other -> failwith $"unknown suite '{other}'; suites: main, smoke"
     Runtime.TorchRuntime.EnsureLoaded()
-    printfn "MechInterp experiments, %A scale, %d threads, artifacts in %s" scale Settings.Threads out
-    smokeForward ()
-    let chosen =
-        match only with
-        | Some names ->
-            let unknown = names |> Set.filter (fun n -> experiments |> List.forall (fun e -> e.Name <> n))
-            if not unknown.IsEmpty then
-                let registered = experiments |> List.map (fun e -> e.Name) |> String.concat ", "
-                let unknown = String.Join(", ", unknown)
-                failwith $"unknown experiment(s) {unknown}; registered: {registered}"
-            experiments |> List.filter (fun e -> names.Contains e.Name)
-        | None -> experiments
-    let outputs =
-        [ for e in chosen do
-              printfn "\n== %s: %s" e.Name e.Description
-              let clock = Stopwatch.StartNew()
-              let output = e.Run scale
-              let results = Report.writeResults (Path.Combine(out, "results")) e.Name output.Answer output.Results
-              printfn "== %s finished in %.1f s; numbers in %s" e.Name clock.Elapsed.TotalSeconds results
-              printfn "   answer: %s" output.Answer.Verdict
-              yield e, output ]
-    let clock = Stopwatch.StartNew()
-    let summary = Report.summarySection [ for e, o in outputs -> e.Name, o.Answer ]
-    let sections = summary :: [ for _, o in outputs do yield! o.Sections ]
-    let report = Report.write (Path.Combine(out, "report")) "MechInterp report" sections
-    printfn "report written to %s in %.1f s" report clock.Elapsed.TotalSeconds
-    0
+    if o.List then list o registry
+    elif o.Merge then merge o registry
+    else
+        printfn "MechInterp experiments, %A scale, %d threads, artifacts in %s" o.Scale Settings.Threads o.Out
+        smokeForward ()
+        run o registry

@@ -263,9 +263,6 @@ let toJson (r: StudyResult) : JsonNode =
           "seconds", Report.number r.Seconds ]
 
 let experiment : Experiment =
-    { Name = "sae"
-      Description = "sparse autoencoders: recover features in superposition, checked against ground truth"
-      Run =
-        fun scale ->
-            let r = SaeStudy.run (fun line -> Console.Out.WriteLine line; Console.Out.Flush()) (settings scale)
-            { Answer = answer r; Sections = [ section r ]; Results = toJson r } }
+    Experiment.single "sae" "sparse autoencoders: recover features in superposition, checked against ground truth" (fun scale ->
+        let r = SaeStudy.run (fun line -> Console.Out.WriteLine line; Console.Out.Flush()) (settings scale)
+        { Answer = answer r; Sections = [ section r ]; Results = toJson r })

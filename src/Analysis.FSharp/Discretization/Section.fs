@@ -220,10 +220,10 @@ let answer (r: Experiment1Result) : Answer =
 
 let settings (scale: Scale) = if scale = Full then fullSettings else quickSettings
 
+/// One unit: every variant and seed train as one batched model, so a split would change what is trained together.
 let experiment : Experiment =
-    { Name = "experiment1"
-      Description = "experiment_1: quantizing the residual stream after every block, with and without a straight-through gradient"
-      Run =
-        fun scale ->
+    Experiment.single "experiment1"
+        "experiment_1: quantizing the residual stream after every block, with and without a straight-through gradient"
+        (fun scale ->
             let r = run (settings scale) (fun line -> Console.Out.WriteLine line; Console.Out.Flush())
-            { Answer = answer r; Sections = [ section r ]; Results = toJson r } }
+            { Answer = answer r; Sections = [ section r ]; Results = toJson r })

@@ -1,4 +1,5 @@
-/// How an experiment plugs into the main job: a name, and a function from scale to its outputs.
+/// How an experiment plugs into the main job: a name, the independent units its work splits into, and how their
+/// partial results combine into its outputs.
 namespace MechInterp.Analysis.Report
 
 open System.Text.Json.Nodes
@@ -29,8 +30,43 @@ type ExperimentOutput =
       Sections: ReportSection list
       Results: JsonNode }
 
+/// One independent share of an experiment's work (a setting and a group of seeds trained as one batch): any
+/// process can run it, and what it returns is all `Combine` needs of it.
+type WorkUnit =
+    { /// Unique within its experiment and the same on every machine: it names the unit in partial files and errors.
+      Id: string
+      /// The setting the unit trains, and its seeds: `merge` refuses a seed trained twice in one setting.
+      Setting: string
+      Seeds: int list
+      /// Trains and measures; the partial result as JSON (`WorkUnit.create` serializes any F# value).
+      Run: unit -> JsonNode }
+
 /// An entry in the main job's experiment list. `Name` names the results file, so keep it a plain word.
+/// `Units` lists the work at a scale (cheap: nothing trains until a unit runs); `Combine` receives every unit's
+/// partial by id, whether they ran in this process or in shards on other machines.
 type Experiment =
     { Name: string
       Description: string
-      Run: Scale -> ExperimentOutput }
+      Units: Scale -> WorkUnit list
+      Combine: Scale -> Map<string, JsonNode> -> ExperimentOutput }
+
+module WorkUnit =
+    /// A unit whose partial is any value `Partial` can write (records, unions, lists, arrays, matrices).
+    let create (id: string) (setting: string) (seeds: int list) (run: unit -> 'T) : WorkUnit =
+        { Id = id; Setting = setting; Seeds = seeds; Run = fun () -> Partial.toNode (run ()) }
+
+module Experiment =
+    /// The id of a single-unit experiment's one unit.
+    [<Literal>]
+    let SingleUnit = "all"
+
+    /// An experiment that is one unit: `run` does all its work and returns its outputs (a shard runs it whole).
+    let single (name: string) (description: string) (run: Scale -> ExperimentOutput) : Experiment =
+        { Name = name
+          Description = description
+          Units = fun scale -> [ WorkUnit.create SingleUnit name [] (fun () -> run scale) ]
+          Combine = fun _ partials -> Partial.ofNode<ExperimentOutput> partials.[SingleUnit] }
+
+    /// Runs every unit in this process and combines them: the whole experiment, as the main job without shards does.
+    let runAll (scale: Scale) (e: Experiment) : ExperimentOutput =
+        e.Units scale |> List.map (fun u -> u.Id, u.Run()) |> Map.ofList |> e.Combine scale

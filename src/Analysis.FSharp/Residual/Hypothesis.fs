@@ -240,19 +240,26 @@ let trainArm (s: Settings) (task: TaskKind) (depth: int) (arm: Arm) (log: string
 
 let checkpointName (task: TaskKind) (arm: Arm) (depth: int) = $"residual_hypothesis-{taskName task}-{armName arm}-depth{depth}.safetensors"
 
+/// Trains and measures one arm at one depth on one task (one batched model of every seed); saves seed 0 to
+/// `checkpointDir` when the depth is the largest, named by task, arm and depth.
+let runArm (s: Settings) (log: string -> unit) (checkpointDir: string option) (task: TaskKind) (depth: int) (arm: Arm) =
+    let result, model = trainArm s task depth arm log
+    use model = model
+    match checkpointDir with
+    | Some dir when depth = List.max s.Depths ->
+        IO.Directory.CreateDirectory dir |> ignore
+        use seed0 = model.Instance 0
+        seed0.Save(IO.Path.Combine(dir, checkpointName task arm depth))
+    | _ -> ()
+    result
+
+/// Every (task, depth, arm) of the comparison, in the order the results list them.
+let cellsOf (s: Settings) =
+    [ for task in s.Tasks do
+          for depth in s.Depths do
+              for arm in [ Residual; Plain ] -> task, depth, arm ]
+
 /// The whole comparison: every task, depth and arm. `checkpointDir` receives seed 0 of each arm at the largest
 /// depth of each task, named by task, arm and depth.
 let run (s: Settings) (log: string -> unit) (checkpointDir: string option) =
-    let deepest = List.max s.Depths
-    [ for task in s.Tasks do
-          for depth in s.Depths do
-              for arm in [ Residual; Plain ] do
-                  let result, model = trainArm s task depth arm log
-                  match checkpointDir with
-                  | Some dir when depth = deepest ->
-                      IO.Directory.CreateDirectory dir |> ignore
-                      use seed0 = model.Instance 0
-                      seed0.Save(IO.Path.Combine(dir, checkpointName task arm depth))
-                  | _ -> ()
-                  model.Dispose()
-                  yield result ]
+    [ for task, depth, arm in cellsOf s -> runArm s log checkpointDir task depth arm ]

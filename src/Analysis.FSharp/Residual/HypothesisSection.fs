@@ -359,12 +359,24 @@ let toJson (s: Settings) (results: ArmResult list) : Text.Json.Nodes.JsonNode =
     | null -> failwith "serializing the residual-hypothesis results produced null"
     | n -> n
 
-let experiment : Experiment =
+/// The id of one arm's unit: "<task>-depth<N>-<arm>".
+let unitId (task: TaskKind) (depth: int) (arm: Arm) = $"{taskName task}-depth{depth}-{armName arm}"
+
+/// The experiment over the settings `settingsOf` gives per scale: one unit per task × depth × arm, each one batched
+/// model of every seed (as the single-process run trains them). Checkpoints go to `checkpointDir` when given.
+let experimentWith (settingsOf: Scale -> Settings) (checkpointDir: string option) : Experiment =
+    let log (line: string) = Console.Out.WriteLine line; Console.Out.Flush()
     { Name = "residual_hypothesis"
       Description = "residual hypothesis: do layers edit one shared stream, or re-encode? residual vs plain decoders"
-      Run =
+      Units =
         fun scale ->
-            let s = settings scale
-            let log (line: string) = Console.Out.WriteLine line; Console.Out.Flush()
-            let results = run s log (Some(IO.Path.Combine("artifacts", "checkpoints")))
+            let s = settingsOf scale
+            [ for task, depth, arm in cellsOf s ->
+                  WorkUnit.create (unitId task depth arm) (unitId task depth arm) s.Seeds (fun () -> runArm s log checkpointDir task depth arm) ]
+      Combine =
+        fun scale partials ->
+            let s = settingsOf scale
+            let results = [ for task, depth, arm in cellsOf s -> Partial.ofNode<ArmResult> partials.[unitId task depth arm] ]
             { Answer = answer s results; Sections = [ section s results ]; Results = toJson s results } }
+
+let experiment : Experiment = experimentWith settings (Some(IO.Path.Combine("artifacts", "checkpoints")))

@@ -181,9 +181,8 @@ let answer (r: InductionStudyResult) : Answer =
 let settings (scale: Scale) = if scale = Full then fullSettings else quickSettings
 
 let experiment : Experiment =
-    { Name = "residual"
-      Description = "the residual stream as shared state: training a 2-layer attention-only model on induction, logit lens, attribution, patching"
-      Run =
-        fun scale ->
+    Experiment.single "residual"
+        "the residual stream as shared state: training a 2-layer attention-only model on induction, logit lens, attribution, patching"
+        (fun scale ->
             let r = run (settings scale) 0 16 (Some checkpointPath) (fun line -> Console.Out.WriteLine line; Console.Out.Flush())
-            { Answer = answer r; Sections = [ section r ]; Results = toJson r } }
+            { Answer = answer r; Sections = [ section r ]; Results = toJson r })

@@ -59,24 +59,33 @@ type SuperpositionResults =
       Dimensionality: SweepResult
       Phase: PhaseDiagramResult }
 
+/// Trains one sweep setting as one batched model (every density × replicate an instance).
+let sweep (log: string -> unit) (s: SweepSetting) : SweepResult =
+    log $"training {s.Name}: {s.Densities.Length} densities × {s.Replicates} replicates, at most {s.Training.Steps} steps, batch {s.Training.BatchSize}"
+    let r = Sweep.run log s
+    log $"  {s.Name} done in {r.Seconds:F1} s ({r.StepsRun} steps)"
+    r
+
+/// Trains the phase diagram as one batched model (every cell × replicate an instance).
+let phaseDiagram (log: string -> unit) (p: PhaseSettings) : PhaseDiagramResult =
+    log $"training phase diagram: {p.Importances.Length * p.Densities.Length} cells × {p.Replicates} replicates, at most {p.Training.Steps} steps"
+    let phase = PhaseDiagram.run log p
+    log $"  phase diagram done in {phase.Seconds:F1} s ({phase.StepsRun} steps)"
+    phase
+
+/// Validates every setting before the first minute of training is spent.
+let validateAll (config: SuperpositionConfig) =
+    for s in config.Main @ [ config.Plane; config.Dimensionality ] do validate s
+
 /// Trains every setting, one batched model after another, each on libtorch's threads (the setting: all cores by
 /// default). One training thread at a time: concurrent TorchSharp training threads let the garbage collector
 /// finalize one thread's scalar arguments while another's native call still reads them.
 let run (log: string -> unit) (config: SuperpositionConfig) : SuperpositionResults =
-    // Validate every setting before the first minute of training is spent.
-    for s in config.Main @ [ config.Plane; config.Dimensionality ] do validate s
-    let sweep (s: SweepSetting) =
-        log $"training {s.Name}: {s.Densities.Length} densities × {s.Replicates} replicates, at most {s.Training.Steps} steps, batch {s.Training.BatchSize}"
-        let r = Sweep.run log s
-        log $"  {s.Name} done in {r.Seconds:F1} s ({r.StepsRun} steps)"
-        r
-    let main = config.Main |> List.map sweep
-    let plane = sweep config.Plane
-    let dims = sweep config.Dimensionality
-    let p = config.Phase
-    log $"training phase diagram: {p.Importances.Length * p.Densities.Length} cells × {p.Replicates} replicates, at most {p.Training.Steps} steps"
-    let phase = PhaseDiagram.run log p
-    log $"  phase diagram done in {phase.Seconds:F1} s ({phase.StepsRun} steps)"
+    validateAll config
+    let main = config.Main |> List.map (sweep log)
+    let plane = sweep log config.Plane
+    let dims = sweep log config.Dimensionality
+    let phase = phaseDiagram log config.Phase
     { Config = config; Main = main; Plane = plane; Dimensionality = dims; Phase = phase }
 
 let private activationKey = function ToyActivation.Relu -> "relu" | _ -> "linear"

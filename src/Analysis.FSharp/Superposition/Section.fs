@@ -282,11 +282,33 @@ let answer (r: SuperpositionResults) : Answer =
       Runs = runs
       Converged = converged }
 
-/// The main job's entry: trains at the given scale, returns the section and the results file's contents.
-let experiment : Experiment =
+/// The id of the phase diagram's unit; each sweep's unit is named by its setting.
+let phaseUnit = "phase-diagram"
+
+/// The experiment over the settings `configOf` gives per scale: one unit per sweep setting and one for the phase
+/// diagram, each a batched model of its own (as the single-process run trains them).
+let experimentWith (configOf: Scale -> SuperpositionConfig) : Experiment =
+    let log = printfn "%s"
     { Name = "superposition"
       Description = "Toy models of superposition: n = 20/m = 5 sweeps, n = 5/m = 2 geometry, n = 80/m = 20 dimensionality, n = 2/m = 1 phase diagram"
-      Run =
+      Units =
         fun scale ->
-            let results = run (printfn "%s") (config scale)
+            let c = configOf scale
+            validateAll c
+            [ for s in c.Main @ [ c.Plane; c.Dimensionality ] do
+                  yield WorkUnit.create s.Name s.Name [ int s.Seed ] (fun () -> sweep log s)
+              yield WorkUnit.create phaseUnit phaseUnit [ int c.Phase.Seed ] (fun () -> phaseDiagram log c.Phase) ]
+      Combine =
+        fun scale partials ->
+            let c = configOf scale
+            let sweepOf (s: SweepSetting) = Partial.ofNode<SweepResult> partials.[s.Name]
+            let results =
+                { Config = c
+                  Main = c.Main |> List.map sweepOf
+                  Plane = sweepOf c.Plane
+                  Dimensionality = sweepOf c.Dimensionality
+                  Phase = Partial.ofNode<PhaseDiagram.PhaseDiagramResult> partials.[phaseUnit] }
             { Answer = answer results; Sections = [ section results ]; Results = toJson results } }
+
+/// The main job's entry: trains at the given scale, returns the section and the results file's contents.
+let experiment : Experiment = experimentWith config

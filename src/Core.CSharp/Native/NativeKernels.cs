@@ -11,6 +11,9 @@ public static class NativeKernels
     /// <summary>True when libmechinterp_native loaded and its ABI version matches.</summary>
     public static bool IsAvailable => unavailableReason.Value is null;
 
+    /// <summary>The file libmechinterp_native.so was loaded from (null until a kernel asked for it, or when missing).</summary>
+    public static string? LoadedFrom => IsAvailable ? NativeLibraryResolver.LoadedFrom : null;
+
     /// <summary>Why the native library cannot be used, or null when it can.</summary>
     public static string? UnavailableReason => unavailableReason.Value;
 
