@@ -32,13 +32,14 @@ foreach (var (rows, cols) in Wanted("softmax") ? new[] { (8L * 8 * 256, 256L), (
     results.Add(new BenchResult($"softmax rows {rows}x{cols}", ours, "torch.softmax", baseline));
 }
 
-// `dotnet run -- train` (or attn, moe, softmax, hooks, batched) runs one group only, for quick iteration.
+// `dotnet run -- train` (or attn, moe, softmax, hooks, batched, sae) runs one group only, for quick iteration.
 bool Wanted(string group) => args.Length == 0 || args.Contains(group);   // "profile" adds where the training step's time goes
 if (Wanted("attn")) results.AddRange(AttentionCases.Run());
 if (Wanted("moe")) results.AddRange(MoeCases.Run());
 if (Wanted("train")) results.AddRange(TrainingStep.Run(profile: args.Contains("profile")));
 if (Wanted("hooks")) results.AddRange(HookedModelCases.Run());
 if (Wanted("batched")) results.AddRange(BatchedTrainingCases.Run());
+if (Wanted("sae")) results.AddRange(SaeCases.Run());
 
 Console.WriteLine();
 Console.WriteLine($"{"case",-48} {"ours ms",10} {"baseline",-16} {"base ms",10} {"speedup",8}");

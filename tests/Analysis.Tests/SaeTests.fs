@@ -159,6 +159,18 @@ type SaeTests(_fixture: TorchFixture) =
             if Directory.Exists dir then Directory.Delete(dir, true)
 
     [<Fact>]
+    member _.``an SAE trains from a store's sampler, also when the caller holds no_grad`` () =
+        use store = new ActivationStore(4, "h", StoreSettings.inMemory)
+        use rows = torch.randn(100L, 4L)
+        store.Add rows
+        use _noGrad = torch.no_grad()
+        // The sampler keeps its shuffled chunk across the training loop's dispose scopes.
+        let trained = SaeTraining.train ignore { SaeTraining.defaults with Steps = 30; BatchSize = 16; LogEvery = 30 } (SaeConfig.create TopK 4 8 2 "h" "m") (store.Sampler 3)
+        use sae = trained.Sae
+        Assert.Equal(480L, trained.Samples)
+        Assert.True(sae.W_dec.isfinite().all().item<bool>(), "the decoder must be finite after training")
+
+    [<Fact>]
     member _.``splicing a perfect SAE recovers all of the CE loss and KL, and the error term keeps the logits`` () =
         let config = DecoderConfig(d_model = 8, n_layers = 1, n_heads = 2, d_mlp = 16, d_vocab = 11, n_ctx = 6, seed = 4)
         use model = new HookedTransformer(config)

@@ -82,7 +82,7 @@ type ActivationStore(dIn: int, hookName: string, settings: StoreSettings) =
             let disk = [ for path, _ in shards -> fun () -> (let struct (tensors, _) = MechInterp.IO.SafeTensors.Read path in tensors.["activations"]) ]
             (memory @ disk) |> List.sortBy (fun _ -> rng.Next())
         let mutable queue : (unit -> torch.Tensor) list = []
-        let mutable current : torch.Tensor = torch.empty(0L, int64 dIn)
+        let mutable current : torch.Tensor = torch.empty(0L, int64 dIn).DetachFromDisposeScope()
         let mutable offset = 0L
         fun batch ->
             if batch < 1 then invalidArg (nameof batch) $"batch size ({batch}) must be at least 1"
@@ -96,7 +96,8 @@ type ActivationStore(dIn: int, hookName: string, settings: StoreSettings) =
                     current.Dispose()
                     use rows = load ()
                     use perm = torch.randperm(rows.shape.[0], generator = generator)
-                    current <- rows.index_select(0L, perm)
+                    // Kept across calls, so out of whatever dispose scope the caller runs in; disposed when replaced.
+                    current <- rows.index_select(0L, perm).DetachFromDisposeScope()
                     offset <- 0L
                 let take = min need (current.shape.[0] - offset)
                 parts.Add(current.narrow(0L, offset, take).clone())

@@ -20,18 +20,21 @@ let settings (scale: Scale) : Settings =
     let quick = scale = Quick
     let superposition = MechInterp.Analysis.Superposition.Experiment.config scale
     let training steps lr = { SaeTraining.defaults with Steps = steps; LearningRate = lr; LogEvery = max 1 (steps / 10) }
+    // Penalties found by trial on these benchmarks (inputs scaled to E‖x‖ = √d_in): JumpReLU at λ 3 reached MMCS 0.95
+    // on the synthetic dictionary where λ 1 left L0 at 5.8 and MMCS 0.90; the standard SAE at λ 10 collapsed (explained
+    // variance 0.30), at λ 5 reached MMCS 0.57 (explained variance 0.65) and at λ 3 0.88 in 600 steps.
     { Architectures = Architecture.all
       Toy =
-        { Setting = { superposition.Main.Head with Name = "relu-20-5"; Densities = [ 0.3; 0.1; 0.03; 0.01 ]; Replicates = 3; Seed = 10L }
-          Sae = { DSae = 20; K = 1; StandardLambda = 1.0; JumpReluLambda = 1.0; Training = training (if quick then 2000 else 5000) 3e-3 } }
+        { Setting = { superposition.Main.Head with Name = "relu-20-5"; Densities = [ 0.1; 0.03; 0.01 ]; Replicates = 3; Seed = 10L }
+          Sae = { DSae = 20; K = 1; StandardLambda = 3.0; JumpReluLambda = 3.0; Training = training (if quick then 800 else 5000) 3e-3 } }
       Synthetic =
         { Dim = 256; Features = 512; MeanActive = 5.0; Decay = 10.0
-          Sae = { DSae = (if quick then 1024 else 1024); K = 5; StandardLambda = 1.0; JumpReluLambda = 1.0
-                  Training = training (if quick then 1000 else 4000) 2e-3 } }
+          Sae = { DSae = (if quick then 512 else 1024); K = 5; StandardLambda = 2.0; JumpReluLambda = 3.0
+                  Training = training (if quick then 500 else 4000) 3e-3 } }
       Language =
         { HookName = "blocks.1.hook_resid_mid"; Layer = 1
           TrainSequences = (if quick then 4096 else 16384); HeldOutSequences = 256; Seed = 20
-          Sae = { DSae = 512; K = 8; StandardLambda = 1.0; JumpReluLambda = 1.0; Training = training (if quick then 1500 else 6000) 2e-3 } }
+          Sae = { DSae = 512; K = 8; StandardLambda = 3.0; JumpReluLambda = 3.0; Training = training (if quick then 1000 else 6000) 3e-3 } }
       MoeCheckpoint = Path.Combine("artifacts", "checkpoints", "moe.safetensors")
       CheckpointDir = Some(Path.Combine("artifacts", "checkpoints")) }
 

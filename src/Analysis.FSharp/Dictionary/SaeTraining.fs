@@ -35,7 +35,7 @@ type TrainSettings =
 /// Defaults that train every architecture on the three benchmarks here.
 let defaults =
     { Steps = 2000; BatchSize = 1024; LearningRate = 1e-3; WarmupFraction = 0.05; DecayFraction = 0.2
-      SparsityCoefficient = 1.0; SparsityWarmupFraction = 0.05; Bandwidth = 0.2; InitialThreshold = 0.5
+      SparsityCoefficient = 1.0; SparsityWarmupFraction = 0.05; Bandwidth = 0.5; InitialThreshold = 1.0
       DeadWindow = 200; AuxK = 0; AuxCoefficient = 1.0 / 32.0; Seed = 0L; LogEvery = 500 }
 
 /// One logged step: reconstruction error and sparsity on that step's batch, in the scaled units.
@@ -80,13 +80,14 @@ let train (log: string -> unit) (settings: TrainSettings) (config: SaeConfig) (n
             invalidArg (nameof next) $"""the SAE for {config.HookName} reads [batch, {config.DIn}], but got a batch of shape [{String.Join(", ", x.shape)}]"""
         x
     let scale = inputScale draw settings.BatchSize config.DIn
+    // Training needs gradients even when the caller evaluates under no_grad.
+    use _grad = torch.enable_grad()
     let sae = Sae.Init(config, settings.Seed, settings.InitialThreshold)
-    use _init = torch.no_grad()
     do
         use _scope = torch.NewDisposeScope()
+        use _noGrad = torch.no_grad()
         // b_dec starts at the data mean (SAELens's "mean" init), so the encoder first sees centred inputs.
         sae.b_dec.copy_((draw settings.BatchSize).mul(sc scale).mean([| 0L |])) |> ignore
-    _init.Dispose()
     let optimizer = torch.optim.Adam(sae.Parameters, lr = settings.LearningRate)
     let unitNorm = Architecture.unitNormDecoder config.Architecture
     let auxK = if settings.AuxK > 0 then settings.AuxK else max 1 (config.DIn / 2)
