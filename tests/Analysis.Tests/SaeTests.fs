@@ -161,8 +161,10 @@ type SaeTests(_fixture: TorchFixture) =
     [<Fact>]
     member _.``an SAE trains from a store's sampler, also when the caller holds no_grad`` () =
         use store = new ActivationStore(4, "h", StoreSettings.inMemory)
-        use rows = torch.randn(100L, 4L)
-        store.Add rows
+        do
+            // Added inside a dispose scope, as Collect does per batch: the store must keep its rows.
+            use _scope = torch.NewDisposeScope()
+            store.Add(torch.randn(100L, 4L))
         use _noGrad = torch.no_grad()
         // The sampler keeps its shuffled chunk across the training loop's dispose scopes.
         let trained = SaeTraining.train ignore { SaeTraining.defaults with Steps = 30; BatchSize = 16; LogEvery = 30 } (SaeConfig.create TopK 4 8 2 "h" "m") (store.Sampler 3)

@@ -58,7 +58,8 @@ type ActivationStore(dIn: int, hookName: string, settings: StoreSettings) =
         if not (finite.all().item<bool>()) then
             let bad = finite.logical_not().sum().item<int64>()
             invalidArg (nameof activations) $"the activations of {hookName} (shape {shape}) contain {bad} NaN or infinite values"
-        let rows = activations.detach().reshape(-1L, int64 dIn).to_type(torch.float32).clone()
+        // The store owns its rows: out of the caller's dispose scope (Collect adds inside one per batch).
+        let rows = activations.detach().reshape(-1L, int64 dIn).to_type(torch.float32).clone().DetachFromDisposeScope()
         let n = rows.shape.[0]
         if settings.SpillDirectory.IsNone && total + n > int64 settings.MaxRowsInMemory then
             rows.Dispose()
