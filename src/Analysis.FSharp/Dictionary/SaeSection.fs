@@ -33,8 +33,8 @@ let settings (scale: Scale) : Settings =
                   Training = training (if quick then 500 else 4000) 3e-3 } }
       Language =
         { HookName = "blocks.1.hook_resid_mid"; Layer = 1
-          TrainSequences = (if quick then 4096 else 16384); HeldOutSequences = 256; Seed = 20
-          Sae = { DSae = 512; K = 8; StandardLambda = 3.0; JumpReluLambda = 3.0; Training = training (if quick then 1000 else 6000) 3e-3 } }
+          TrainSequences = (if quick then 2048 else 16384); HeldOutSequences = 256; Seed = 20
+          Sae = { DSae = 512; K = 8; StandardLambda = 3.0; JumpReluLambda = 3.0; Training = training (if quick then 600 else 6000) 3e-3 } }
       MoeCheckpoint = Path.Combine("artifacts", "checkpoints", "moe.safetensors")
       CheckpointDir = Some(Path.Combine("artifacts", "checkpoints")) }
 
@@ -56,6 +56,7 @@ let answer (r: StudyResult) : Answer =
     let lang = r.Language.Runs |> List.maxBy (fun run -> meanBestF1 "sae" (probesOf r run.Architecture))
     let probes = probesOf r lang.Architecture
     let saeF1, randomF1, coordF1 = meanBestF1 "sae" probes, meanBestF1 "random directions" probes, meanBestF1 "residual coordinates" probes
+    let saeThresholdF1 = meanBestF1 "sae, best threshold" probes
     let worstToy = toy |> List.minBy (fun (_, _, run) -> run.Mmcs)
     let d, _, w = worstToy
     let runs = r.Toy |> List.sumBy (fun p -> p.Runs.Length) |> fun n -> n + r.Synthetic.Length + r.Language.Runs.Length
@@ -65,11 +66,11 @@ let answer (r: StudyResult) : Answer =
     { Question = "Do sparse autoencoders recover the features a model packs in superposition, checked against ground truth?"
       Verdict =
         (if goals then "Yes" else "Partly") +
-        $": MMCS ≥ {mmcsGoal} at {toyMet} of {toy.Length} toy-model sparsities (best architecture each) and {f3 syn.Mmcs} on the synthetic dictionary ({Architecture.name syn.Architecture}); on the toy language the best latents reach mean F1 {f3 saeF1} against {f3 randomF1} for random directions"
+        $": MMCS ≥ {mmcsGoal} at {toyMet} of {toy.Length} toy-model sparsities (best architecture each) and {f3 syn.Mmcs} on the synthetic dictionary ({Architecture.name syn.Architecture}); on the toy language the best latents reach mean F1 {f3 saeF1} firing ({f3 saeThresholdF1} at their best threshold) against {f3 randomF1} for random directions at theirs"
       Evidence =
         $"Toy model n = 20, m = 5: lowest best-architecture MMCS {f3 w.Mmcs} at 1 − S = {d} ({Architecture.name w.Architecture}, {w.TrueFeatures} represented features). "
         + $"Synthetic dictionary (512 features in 256 dimensions, true L0 {syn.TrueL0:F2}): MMCS {f3 syn.Mmcs}, Hungarian-matched mean |cos| {f3 syn.Matched}, L0 {syn.Metrics.L0:F2}. "
-        + $"Toy language ({Architecture.name lang.Architecture}, {r.Language.HeldOutTokens} held-out tokens): mean best-latent F1 {f3 saeF1}; random directions {f3 randomF1}, residual coordinates {f3 coordF1} (both at their best threshold); CE loss recovered {f3 (match lang.Splice with Some s -> s.CeLossRecovered | None -> nan)}."
+        + $"Toy language ({Architecture.name lang.Architecture}, {r.Language.HeldOutTokens} held-out tokens): mean best-latent F1 {f3 saeF1} (firing) and {f3 saeThresholdF1} (best threshold); random directions {f3 randomF1}, residual coordinates {f3 coordF1} (both at their best threshold); CE loss recovered {f3 (match lang.Splice with Some s -> s.CeLossRecovered | None -> nan)}."
       KeyNumber = $"synthetic-dictionary MMCS {f3 syn.Mmcs} ({Architecture.name syn.Architecture}; one SAE seed per architecture, no interval)"
       Seeds = 1
       Runs = runs
@@ -128,13 +129,14 @@ let private probingFigure (r: StudyResult) (a: Architecture) =
     let familyLine name color =
         Line(name, xs, rows |> List.map (fun row -> row.Best |> List.find (fun (n, _) -> n = name) |> snd |> Option.map (fun d -> d.F1) |> Option.defaultValue nan) |> Array.ofList, color, true)
     Figure.create "probing" $"Single latents against the toy language's labels ({Architecture.name a})"
-        ("Best F1 at predicting each labelled feature value from one candidate: an SAE latent (fires where positive), a random direction, a residual-stream coordinate or an expert's router weight (each at its best threshold and sign). Values in order: "
+        ("Best F1 at predicting each labelled feature value from one candidate: an SAE latent (fires where positive, and at its best threshold), a random direction, a residual-stream coordinate or an expert's router weight (each at its best threshold and sign). Values in order: "
          + String.Join(", ", rows |> List.map (fun row -> $"{row.Feature}={row.Value}")) + ".")
         1
         [ { Panel.empty "Best single-candidate F1 per feature value" with
               XLabel = "feature value (index)"; YLabel = "F1"; ShowLegend = true
               Series =
                 [ familyLine "sae" palette.[0]
+                  familyLine "sae, best threshold" palette.[4]
                   familyLine "random directions" palette.[1]
                   familyLine "residual coordinates" palette.[2]
                   familyLine "expert weights" palette.[3] ] } ]
@@ -172,7 +174,7 @@ let section (r: StudyResult) : ReportSection =
           [ $"""Four SAE architectures with SAELens's definitions (standard ReLU with the L1 term weighted by decoder-row norms, Anthropic's April 2024 update; TopK; BatchTopK; JumpReLU with a straight-through threshold) are trained at the same width and budget on each benchmark: Adam with warm-up and a final decay, inputs scaled to E‖x‖ = √d_in (folded back into the weights), unit-norm decoder rows except for the standard SAE, and the aux-k loss for latents silent for {t.Sae.Training.DeadWindow} steps. One seed per SAE; the numbers below carry no interval."""
             $"""a. Toy model of superposition ({t.Setting.Name}, importance 0.7^i, {t.Setting.Replicates} replicates per density, the lowest-loss one kept): an SAE of width {t.Sae.DSae} on h = W x, {t.Sae.Training.Steps} steps of {t.Sae.Training.BatchSize}; k = ⌈(1 − S) × represented⌉. MMCS is over the features with ‖W_i‖ > 0.5. Best architecture per density: {String.Join("; ", toy |> List.map (fun (d, n, run) -> $"1 − S = {d}: {f3 run.Mmcs} ({Architecture.name run.Architecture}, {n} represented)"))}."""
             $"""b. Synthetic dictionary (Sharkey et al.): {s.Features} random unit features in {s.Dim} dimensions, on average {s.MeanActive} active, firing probabilities decaying {s.Decay}-fold from the first feature to the last, magnitudes uniform on [0, 1]; width {s.Sae.DSae}, {s.Sae.Training.Steps} steps of {s.Sae.Training.BatchSize} ({float s.Sae.Training.Steps * float s.Sae.Training.BatchSize / 1e6:F2}M samples), k = {s.Sae.K}. Best: {Architecture.name syn.Architecture}, MMCS {f3 syn.Mmcs}, matched |cos| {f3 syn.Matched}."""
-            $"""c. Toy language: {l.HookName} of the MoE decoder ({r.Language.ModelSource}), {l.TrainSequences} training sequences, width {l.Sae.DSae}, {l.Sae.Training.Steps} steps; scored on {r.Language.HeldOutTokens} held-out tokens. The SAE with the best mean F1 is {Architecture.name lang.Architecture}: {f3 (meanBestF1 "sae" probes)} against random directions {f3 (meanBestF1 "random directions" probes)}, residual coordinates {f3 (meanBestF1 "residual coordinates" probes)} and expert weights {f3 (meanBestF1 "expert weights" probes)}."""
+            $"""c. Toy language: {l.HookName} of the MoE decoder ({r.Language.ModelSource}), {l.TrainSequences} training sequences, width {l.Sae.DSae}, {l.Sae.Training.Steps} steps; scored on {r.Language.HeldOutTokens} held-out tokens. The SAE with the best mean F1 is {Architecture.name lang.Architecture}: {f3 (meanBestF1 "sae" probes)} ({f3 (meanBestF1 "sae, best threshold" probes)} at each latent's best threshold) against random directions {f3 (meanBestF1 "random directions" probes)}, residual coordinates {f3 (meanBestF1 "residual coordinates" probes)} and expert weights {f3 (meanBestF1 "expert weights" probes)}."""
             (match absorption with
              | Some(parent, children, total) ->
                  let worst = children |> List.sortBy (fun (_, _, recall, _) -> recall) |> List.truncate 3
@@ -187,7 +189,7 @@ let section (r: StudyResult) : ReportSection =
         Tables =
           [ metricsTable "Every SAE, every benchmark" ([ for p in r.Toy do yield! p.Runs ] @ r.Synthetic @ r.Language.Runs)
             { Title = $"Toy language: the best single candidate per feature value ({Architecture.name lang.Architecture})"
-              Header = [ "feature"; "value"; "positives"; "SAE latent"; "SAE F1"; "SAE AUROC"; "random F1"; "random AUROC"; "residual coord. F1"; "expert weight F1" ]
+              Header = [ "feature"; "value"; "positives"; "SAE latent"; "SAE F1"; "SAE AUROC"; "SAE F1, best threshold"; "random F1"; "random AUROC"; "residual coord. F1"; "expert weight F1" ]
               Rows =
                 [ for row in probes ->
                       let get name = row.Best |> List.find (fun (n, _) -> n = name) |> snd
@@ -195,6 +197,7 @@ let section (r: StudyResult) : ReportSection =
                       [ row.Feature; row.Value; string row.Positives
                         (match sae with Some d -> string d.Candidate | None -> "")
                         (match sae with Some d -> f3 d.F1 | None -> ""); (match sae with Some d -> f3 d.Auroc | None -> "")
+                        (match get "sae, best threshold" with Some d -> f3 d.F1 | None -> "")
                         (match get "random directions" with Some d -> f3 d.F1 | None -> ""); (match get "random directions" with Some d -> f3 d.Auroc | None -> "")
                         (match get "residual coordinates" with Some d -> f3 d.F1 | None -> "")
                         (match get "expert weights" with Some d -> f3 d.F1 | None -> "") ] ] } ] }

@@ -230,7 +230,10 @@ let runLanguage (log: string -> unit) (archs: Architecture list) (s: LanguageSet
               let metrics = SaeMetrics.evaluate trained.Sae x
               let splice = Splice.scores model trained.Sae heldOut.Tokens heldOut.LossMask
               let latents = columns (trained.Sae.Encode x)
-              let probes = Probing.probe ({ Probing.Name = "sae"; Probing.Scores = latents; Probing.Fires = true } :: baselines) labels values 20
+              // The latents twice: as SAE latents (firing where positive) and, on the baselines' terms, at their best threshold.
+              let probes =
+                  Probing.probe ({ Probing.Name = "sae"; Probing.Scores = latents; Probing.Fires = true }
+                                 :: { Probing.Name = "sae, best threshold"; Probing.Scores = latents; Probing.Fires = false } :: baselines) labels values 20
               let absorption = Probing.absorption latents nounLabel nounChildren
               let shares = Probing.expertShares (Random(s.Seed + 3)) 20 latents chosen experts (max 20 (tokens / 200))
               let meanF1 family =
