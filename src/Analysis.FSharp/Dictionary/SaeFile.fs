@@ -34,6 +34,7 @@ let private configJson (c: SaeConfig) =
 /// Writes the SAE into `dir` (created if needed), each file atomically.
 let save (dir: string) (sae: Sae) =
     Directory.CreateDirectory dir |> ignore
+    use _scope = torch.NewDisposeScope()
     use _noGrad = torch.no_grad()
     let tensors =
         readOnlyDict

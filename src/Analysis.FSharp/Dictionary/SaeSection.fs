@@ -25,15 +25,18 @@ let settings (scale: Scale) : Settings =
     // variance 0.30), at λ 5 reached MMCS 0.57 (explained variance 0.65) and at λ 3 0.88 in 600 steps.
     { Architectures = Architecture.all
       Toy =
-        { Setting = { superposition.Main.Head with Name = "relu-20-5"; Densities = [ 0.1; 0.03; 0.01 ]; Replicates = 3; Seed = 10L }
+        { Setting =
+            { superposition.Main.Head with
+                Name = "relu-20-5"; Densities = [ 0.1; 0.03; 0.01 ]; Replicates = 3; Seed = 10L
+                Training = { superposition.Main.Head.Training with Steps = (if quick then 2000 else 10_000) } }
           Sae = { DSae = 20; K = 1; StandardLambda = 3.0; JumpReluLambda = 3.0; Training = training (if quick then 800 else 5000) 3e-3 } }
       Synthetic =
         { Dim = 256; Features = 512; MeanActive = 5.0; Decay = 10.0
           Sae = { DSae = (if quick then 512 else 1024); K = 5; StandardLambda = 2.0; JumpReluLambda = 3.0
-                  Training = training (if quick then 500 else 4000) 3e-3 } }
+                  Training = training (if quick then 400 else 4000) 3e-3 } }
       Language =
         { HookName = "blocks.1.hook_resid_mid"; Layer = 1
-          TrainSequences = (if quick then 2048 else 16384); HeldOutSequences = 256; Seed = 20
+          TrainSequences = (if quick then 2048 else 16384); HeldOutSequences = (if quick then 128 else 512); Seed = 20
           Sae = { DSae = 512; K = 8; StandardLambda = 3.0; JumpReluLambda = 3.0; Training = training (if quick then 600 else 6000) 3e-3 } }
       MoeCheckpoint = Path.Combine("artifacts", "checkpoints", "moe.safetensors")
       CheckpointDir = Some(Path.Combine("artifacts", "checkpoints")) }
