@@ -131,7 +131,9 @@ let private probingFigure (r: StudyResult) (a: Architecture) =
     let xs = rows |> List.mapi (fun i _ -> float i) |> Array.ofList
     let familyLine name color =
         Line(name, xs, rows |> List.map (fun row -> row.Best |> List.find (fun (n, _) -> n = name) |> snd |> Option.map (fun d -> d.F1) |> Option.defaultValue nan) |> Array.ofList, color, true)
-    Figure.create "probing" $"Single latents against the toy language's labels ({Architecture.name a})"
+    // One wide panel: twenty-odd feature values side by side.
+    fun figure -> { figure with PanelWidth = 900; PanelHeight = 340 }
+    <| Figure.create "probing" $"Single latents against the toy language's labels ({Architecture.name a})"
         ("Best F1 at predicting each labelled feature value from one candidate: an SAE latent (fires where positive, and at its best threshold), a random direction, a residual-stream coordinate or an expert's router weight (each at its best threshold and sign). Values in order: "
          + String.Join(", ", rows |> List.map (fun row -> $"{row.Feature}={row.Value}")) + ".")
         1
@@ -148,7 +150,8 @@ let private expertFigure (r: StudyResult) (a: Architecture) =
     let shares = r.Language.Experts |> List.find (fun (b, _) -> b = a) |> snd
     let top = shares |> List.sortByDescending (fun (_, fires, _, _, _) -> fires) |> List.truncate 40
     let xs = top |> List.mapi (fun i _ -> float i) |> Array.ofList
-    Figure.create "experts" $"Latents and experts ({Architecture.name a})"
+    fun figure -> { figure with PanelWidth = 900; PanelHeight = 340 }
+    <| Figure.create "experts" $"Latents and experts ({Architecture.name a})"
         $"For the {top.Length} most frequent latents (of {shares.Length} firing on enough tokens), the share of their firings routed to their most common layer-{r.Settings.Language.Layer} expert (bars, coloured by that expert), and the same share for as many random tokens (line): a latent above the line routes to one expert more than chance."
         1
         [ { Panel.empty "Top-expert share per latent" with
