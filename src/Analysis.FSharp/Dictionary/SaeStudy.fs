@@ -191,6 +191,12 @@ let private columns (t: Tensor) : float32[][] =
     let n = int c.shape.[1]
     Array.init (int c.shape.[0]) (fun j -> Array.sub flat (j * n) n)
 
+/// The mean best-latent F1 over the probed feature values, for a family of one probing table.
+let meanBestF1 (family: string) (rows: Probing.ProbeRow list) =
+    rows |> List.choose (fun r -> r.Best |> List.tryFind (fun (n, _) -> n = family) |> Option.bind snd |> Option.map (fun d -> d.F1)) |> function
+    | [] -> nan
+    | xs -> List.average xs
+
 /// c and d on the toy-language MoE's residual stream.
 let runLanguage (log: string -> unit) (archs: Architecture list) (s: LanguageSettings) (checkpoint: string) : LanguageResult =
     let model, source = languageModel log checkpoint
@@ -236,11 +242,9 @@ let runLanguage (log: string -> unit) (archs: Architecture list) (s: LanguageSet
                                  :: { Probing.Name = "sae, best threshold"; Probing.Scores = latents; Probing.Fires = false } :: baselines) labels values 20
               let absorption = Probing.absorption latents nounLabel nounChildren
               let shares = Probing.expertShares (Random(s.Seed + 3)) 20 latents chosen experts (max 20 (tokens / 200))
-              let meanF1 family =
-                  probes |> List.choose (fun r -> r.Best |> List.find (fun (n, _) -> n = family) |> snd |> Option.map (fun d -> d.F1)) |> List.average
               log (sprintf "  toy language %-9s: L0 %.2f, EV %.3f, CE recovered %.3f, KL recovered %.3f, dead %d; mean best F1 %.3f (random directions %.3f) (%.1f s)"
                        (Architecture.name a) metrics.L0 metrics.ExplainedVariance splice.CeLossRecovered splice.KlRecovered metrics.Dead
-                       (meanF1 "sae") (meanF1 "random directions") trained.Seconds)
+                       (meanBestF1 "sae" probes) (meanBestF1 "random directions" probes) trained.Seconds)
               { Benchmark = "toy_language"; Architecture = a; Sae = trained.Sae; Metrics = metrics; Mmcs = nan; Matched = nan
                 TrueFeatures = 0; TrueL0 = nan; Splice = Some splice; DeadAtEnd = trained.DeadAtEnd; Seconds = trained.Seconds
                 Samples = trained.Samples },
@@ -252,12 +256,6 @@ let runLanguage (log: string -> unit) (archs: Architecture list) (s: LanguageSet
       Experts' = experts
       HeldOutTokens = tokens
       ModelSource = source }
-
-/// The mean best-latent F1 over the probed feature values, for a family of one probing table.
-let meanBestF1 (family: string) (rows: Probing.ProbeRow list) =
-    rows |> List.choose (fun r -> r.Best |> List.tryFind (fun (n, _) -> n = family) |> Option.bind snd |> Option.map (fun d -> d.F1)) |> function
-    | [] -> nan
-    | xs -> List.average xs
 
 /// Saves the toy SAE (best MMCS at the density with the most represented features, ties to the sparser) with the
 /// toy model's W [m, n] beside it, and the toy-language SAE with the best mean F1.
