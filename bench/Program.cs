@@ -19,6 +19,11 @@ MechInterp.Runtime.ThreadSettings.Apply(Settings.Threads);
 Console.WriteLine($"threads: {Settings.Threads} (libtorch {get_num_threads()}), AVX2: {NativeKernels.CpuHasAvx2}");
 
 var results = new List<BenchResult>();
+if (args is ["train", "spin", var kind, var arm, var seconds])
+{
+    TrainingStep.Spin(kind == "moe", Enum.Parse<KernelBackend>(arm, ignoreCase: true), double.Parse(seconds));
+    return 0;
+}
 
 foreach (var (rows, cols) in Wanted("softmax") ? new[] { (8L * 8 * 256, 256L), (4096L, 1024L) } : [])
 {

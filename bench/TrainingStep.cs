@@ -48,6 +48,23 @@ internal static class TrainingStep
         finally { Settings.Kernels = previous; }
     }
 
+    /// <summary>
+    /// Steps one arm for <paramref name="seconds"/> and nothing else, for a sampling profiler:
+    /// `perf record -g dotnet bench/bin/Release/net10.0/Bench.dll train spin moe native 20`.
+    /// </summary>
+    public static void Spin(bool moe, KernelBackend backend, double seconds)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(5);
+        var tokens = randint(0, Vocab, new long[] { Batch, Pos }, dtype: ScalarType.Int64);   // [batch, pos]
+        var mask = ones(Batch, Pos - 1, dtype: ScalarType.Bool);                            // [batch, pos − 1]
+        using var stepper = new Stepper(Config(moe), tokens, mask, backend);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        int steps = 0;
+        for (; clock.Elapsed.TotalSeconds < seconds; steps++) stepper.Step();
+        Console.WriteLine($"  {steps} steps in {clock.Elapsed.TotalSeconds:F1} s: {clock.Elapsed.TotalMilliseconds / steps:F1} ms a step");
+    }
+
     /// <summary>A model, its optimizer and the kernels it runs on; Step is one training step as the Trainer takes it.</summary>
     private sealed class Stepper : IDisposable
     {
@@ -72,6 +89,7 @@ internal static class TrainingStep
             var times = new Dictionary<string, List<double>>();
             for (int i = 0; i < 11; i++) Phases(times);
             Console.WriteLine($"    {backend,-8} " + string.Join(", ", times.Select(kv => $"{kv.Key} {kv.Value.Order().ElementAt(kv.Value.Count / 2):F2}")));
+            foreach (var (phase, ms) in Layers()) Console.WriteLine($"      {phase} {ms:F2} ms");
             foreach (var (phase, ms) in MoeLayer()) Console.WriteLine($"      {phase} {ms:F2} ms");
         }
 
@@ -97,6 +115,28 @@ internal static class TrainingStep
             optimizer.ClipGradNorms([1.0]);
             optimizer.Step();
             Mark("optimizer");
+        }
+
+        /// <summary>The first block's attention and MLP (or MoE) modules alone, forward and backward, in the step's shapes.</summary>
+        private IEnumerable<(string, double)> Layers()
+        {
+            Settings.Kernels = backend;
+            using var scope = NewDisposeScope();
+            var x = randn(1, Batch, Pos, DModel).requires_grad_(true);                 // [instance, batch, pos, d_model]
+            var dy = randn(1, Batch, Pos, DModel);
+            var block = model.blocks[0];
+            foreach (var (name, layer) in new (string, Func<Tensor, Tensor>)[] { ("attention layer fwd+bwd", block.attn.forward), ("mlp layer fwd+bwd", block.mlp.forward) })
+            {
+                var ms = new List<double>();
+                for (int i = 0; i < 13; i++)
+                {
+                    using var inner = NewDisposeScope();
+                    var c = System.Diagnostics.Stopwatch.StartNew();
+                    layer(x).backward([dy]);
+                    ms.Add(c.Elapsed.TotalMilliseconds);
+                }
+                yield return (name, ms.Order().ElementAt(6));
+            }
         }
 
         /// <summary>For an MoE model: the first MoE layer's forward split into routing and dispatch, forward only.</summary>
