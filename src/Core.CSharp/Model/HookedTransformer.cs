@@ -35,13 +35,13 @@ public sealed partial class HookedTransformer : nn.Module<Tensor, Tensor>
         hooks = new HookRegistry(batched: seeds is not null);
         var init = new Init(config, seeds, shapesOnly);
         embed = new Embed(config, init);
-        hook_embed = hooks.Add("hook_embed");
+        hook_embed = hooks.Add(HookNames.Embed);
         if (config.positional_embedding_type == "standard")
         {
             pos_embed = new PosEmbed(config, init);
-            hook_pos_embed = hooks.Add("hook_pos_embed");
+            hook_pos_embed = hooks.Add(HookNames.PosEmbed);
         }
-        else hook_pos_embed = hooks.Inactive("hook_pos_embed");
+        else hook_pos_embed = hooks.Inactive(HookNames.PosEmbed);
         blocks = new ModuleList<TransformerBlock>(Enumerable.Range(0, config.n_layers)
             .Select(layer => new TransformerBlock(layer, config, init, hooks)).ToArray());
         ln_final = new Norm("ln_final", "ln_final", config, init, hooks);
