@@ -12,6 +12,7 @@ open System.Buffers.Binary
 open System.IO
 open System.Text
 open System.Text.Json.Nodes
+open MechInterp.Hooks
 open MechInterp.IO
 open MechInterp.Model
 
@@ -43,7 +44,7 @@ let dense = checkpointOf tiny
 let moe = checkpointOf (DecoderConfig(d_model = 8, n_layers = 1, n_heads = 2, d_vocab = 5, n_ctx = 4, d_mlp = 8, n_experts = 3,
                                       experts_per_token = 2, positional_embedding_type = "rotary"))
 let batched = fileOf (fun p -> use m = HookedTransformer.Batched(tiny, [| 1; 2 |]) in m.Save p)
-let cache = fileOf (fun p -> SafeTensors.Write(p, readOnlyDict [ ("blocks.0.hook_resid_post", TorchSharp.torch.ones(2L, 3L)) ], readOnlyDict [ ("kind", "activation_cache") ]))
+let cache = fileOf (fun p -> SafeTensors.Write(p, readOnlyDict [ (HookNames.ResidPost 0, TorchSharp.torch.ones(2L, 3L)) ], readOnlyDict [ ("kind", "activation_cache") ]))
 
 /// The header of a file as JSON, the data after it.
 let split (bytes: byte[]) =
