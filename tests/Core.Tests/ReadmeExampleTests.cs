@@ -79,6 +79,7 @@ public class ReadmeExampleTests
             Assert.Contains("RMSPre; W_U mean over the vocabulary", output);
             Assert.Contains("head (attn.hook_z): correlation", output);
             Assert.Contains("tokens: [|\"<|endoftext|>\"; \"Hello\"; \" world\"|]", output);
+            Assert.Contains("after load: [|\"<|endoftext|>\"; \"Hello\"; \" world\"|]", output);
             Assert.Contains("QK of L1H3: [|32L; 32L|]", output);
             Assert.Contains("accumulated resid: [|\"0_pre\"; \"1_pre\"; \"final_post\"|]", output);
             Assert.Contains("GPT-2: 2 layers, 4 heads, d_model 16", output);
@@ -175,9 +176,13 @@ public class ReadmeExampleTests
         Console.WriteLine(string.Join(" | ", model.ToStrTokens(tokens)));       // BOS | t5 | t2 | t9 | t5
         Console.WriteLine(model.Generate("t5 t2 t9 t5", 3));                    // greedy: a trained induction model continues t2 t9 ...
         var sampled = model.Generate(tokens, 3, temperature: 0.8, topK: 5, seed: 1);   // [1, 8], the same for the same seed
+        model.Save(Path.Combine(Path.GetTempPath(), "tokenized.safetensors"));  // the checkpoint records the tokenizer
+        using var loaded = HookedTransformer.Load(Path.Combine(Path.GetTempPath(), "tokenized.safetensors"));
+        Console.WriteLine(string.Join(" | ", loaded.ToStrTokens("t5 t2")));     // BOS | t5 | t2: the task came back with the model
         // END README
         Assert.Equal(["BOS", "t5", "t2", "t9", "t5"], model.ToStrTokens(tokens));
         Assert.Equal(new long[] { 1, 8 }, sampled.shape);
+        Assert.Equal(["BOS", "t5", "t2"], loaded.ToStrTokens("t5 t2"));
     }
 
     [Fact]
