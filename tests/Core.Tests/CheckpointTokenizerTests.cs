@@ -81,6 +81,23 @@ public sealed class CheckpointTokenizerTests : IDisposable
     }
 
     [Fact]
+    public void AnInstanceAndAProcessedModelKeepTheTokenizerAndSaveIt()
+    {
+        using var scope = NewDisposeScope();
+        var toy = new ToyLanguage(12);
+        using var batched = HookedTransformer.Batched(ModelTests.Tiny() with { d_vocab = ToyLanguage.Vocab }, [1, 2]);
+        batched.Tokenizer = toy;
+        using var single = batched.Instance(1);
+        using var processed = single.ProcessWeights();
+        Assert.Same(toy, single.Tokenizer);
+        Assert.Same(toy, processed.Tokenizer);
+        string path = PathOf("processed.safetensors");
+        processed.Save(path);
+        using var loaded = HookedTransformer.Load(path);
+        Assert.Equal(["BOS", "N3s", "V3s", "."], loaded.ToStrTokens("N3s V3s ."));
+    }
+
+    [Fact]
     public void AModelWithoutATokenizerSavesAndLoadsWithout()
     {
         using var scope = NewDisposeScope();
