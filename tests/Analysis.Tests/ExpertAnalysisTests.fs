@@ -5,6 +5,7 @@ open System
 open Xunit
 open FsCheck.Xunit
 open TorchSharp
+open MechInterp.Hooks
 open MechInterp.Model
 open MechInterp.Analysis.Experts
 open MechInterp.Analysis.Experts.Specialization
@@ -92,16 +93,16 @@ type HashRouterTests(_fixture: TorchFixture) =
         let table = router.Table(1).data<int64>().ToArray() |> Array.chunkBySize 2
         Assert.All(table, fun row -> Assert.NotEqual(row.[0], row.[1]))
         let tokens = torch.tensor([| 3L; 7L; 3L; 0L; 9L; 7L |]).view(1L, 6L)
-        let names = set [ "blocks.1.mlp.hook_expert_indices"; "blocks.1.mlp.hook_expert_weights" ]
+        let names = set [ HookNames.ExpertIndices(1); HookNames.ExpertWeights(1) ]
         let struct (_, cache) = model.RunWithCache(tokens, (fun n -> names.Contains n), router.Hooks tokens)
         use cache = cache
-        let indices = cache.["blocks.1.mlp.hook_expert_indices"]                                    // [batch, pos, k]
+        let indices = cache.[HookNames.ExpertIndices(1)]                                    // [batch, pos, k]
         let index = indices.reshape(-1L, 2L).data<int64>().ToArray() |> Array.chunkBySize 2
         Assert.Equal<int64[]>(table.[3], index.[0])
         Assert.Equal<int64[]>(index.[0], index.[2])          // same token, same experts
         Assert.Equal<int64[]>(table.[9], index.[4])
         // Its expert weights are a distribution: 1/k on the token's experts (its gates), 0 elsewhere.
-        let weights = cache.["blocks.1.mlp.hook_expert_weights"]                                    // [batch, pos, E]
+        let weights = cache.[HookNames.ExpertWeights(1)]                                    // [batch, pos, E]
         Assert.All(weights.gather(-1L, indices).reshape(-1L).data<float32>().ToArray(), fun g -> Assert.Equal(0.5f, g))
         Assert.All(weights.sum(-1L).reshape(-1L).data<float32>().ToArray(), fun s -> Assert.Equal(1.0f, s))
 

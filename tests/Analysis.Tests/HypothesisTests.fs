@@ -65,10 +65,10 @@ type HypothesisTests(_fixture: TorchFixture) =
         use cache = cache
         [ 0 .. c.Config.n_layers - 1 ]
         |> List.forall (fun l ->
-            let last = if c.Config.attn_only then $"blocks.{l}.hook_attn_out" else $"blocks.{l}.hook_mlp_out"
-            same cache.[$"blocks.{l}.hook_resid_post"] cache.[last]
-            && (c.Config.attn_only || same cache.[$"blocks.{l}.hook_resid_mid"] cache.[$"blocks.{l}.hook_attn_out"])
-            && (l = 0 || same cache.[$"blocks.{l}.hook_resid_pre"] cache.[$"blocks.{l - 1}.hook_resid_post"]))
+            let last = if c.Config.attn_only then HookNames.AttnOut(l) else HookNames.MlpOut(l)
+            same cache.[HookNames.ResidPost(l)] cache.[last]
+            && (c.Config.attn_only || same cache.[HookNames.ResidMid(l)] cache.[HookNames.AttnOut(l)])
+            && (l = 0 || same cache.[HookNames.ResidPre(l)] cache.[HookNames.ResidPost(l - 1)]))
 
     [<Fact>]
     member _.``residual and plain decoders of one config have the same parameters, and differ in their logits`` () =
@@ -122,7 +122,7 @@ type HypothesisTests(_fixture: TorchFixture) =
         let t = tokens ()
         let zero = HookFn(fun act _ -> torch.zeros_like act)
         let deleted = model.ForwardThroughBlocks(t, [| 0; 2 |])
-        let ablated = model.RunWithHooks(t, Hook("blocks.1.hook_attn_out", zero), Hook("blocks.1.hook_mlp_out", zero))
+        let ablated = model.RunWithHooks(t, Hook(HookNames.AttnOut(1), zero), Hook(HookNames.MlpOut(1), zero))
         Assert.True(maxDiff deleted ablated < 1e-5, $"max diff {maxDiff deleted ablated}")
         // A swap is not a deletion: it changes the logits.
         Assert.True(maxDiff (model.ForwardThroughBlocks(t, [| 1; 0; 2 |])) (model.forward t) > 1e-4)

@@ -46,13 +46,13 @@ type DecoderProperties(_fixture: TorchFixture) =
         use model = new HookedTransformer(c.Config)
         let tokens = tokensFor c
         let layer = c.TokenSeed % c.Config.n_layers
-        let out = $"blocks.{layer}.hook_attn_out"
-        let post = $"blocks.{layer}.hook_resid_post"
+        let out = HookNames.AttnOut(layer)
+        let post = HookNames.ResidPost(layer)
         let struct (_, clean) = model.RunWithCache(tokens, (fun n -> n = out || n = post))
         use clean = clean
         // With the MLP after it, resid_post also changes through the MLP; compare on attention-only layers
         // by also freezing the MLP output to its clean value.
-        let mlpOut = $"blocks.{layer}.hook_mlp_out"
+        let mlpOut = HookNames.MlpOut(layer)
         let struct (_, cleanMlp) = model.RunWithCache(tokens, (fun n -> n = mlpOut))
         use cleanMlp = cleanMlp
         let hooks =

@@ -53,15 +53,15 @@ let private runHandWith (backend: KernelBackend) (capacityFactor: float) (renorm
         let model, moe = handModel capacityFactor renormalize
         use model = model
         let x = torch.tensor(handInput |> Array.concat |> Array.map float32).view(1L, 4L, 4L)
-        let replace = Hook("blocks.0.ln2.hook_normalized", HookFn(fun _ _ -> x))
-        let names = set [ "blocks.0.mlp.hook_expert_indices"; "blocks.0.mlp.hook_expert_weights"; "blocks.0.hook_mlp_out" ]
+        let replace = Hook(HookNames.LnNormalized(0, 2), HookFn(fun _ _ -> x))
+        let names = set [ HookNames.ExpertIndices(0); HookNames.ExpertWeights(0); HookNames.MlpOut(0) ]
         let struct (_, cache) = model.RunWithCache(torch.zeros([| 1L; 4L |], dtype = torch.int64), (fun n -> names.Contains n), replace)
         use cache = cache
-        let index = cache.["blocks.0.mlp.hook_expert_indices"].reshape(-1L).data<int64>().ToArray()
-        let weights = cache.["blocks.0.mlp.hook_expert_weights"].reshape(4L, 2L).to_type(torch.float64).data<float>().ToArray() |> Array.chunkBySize 2
+        let index = cache.[HookNames.ExpertIndices(0)].reshape(-1L).data<int64>().ToArray()
+        let weights = cache.[HookNames.ExpertWeights(0)].reshape(4L, 2L).to_type(torch.float64).data<float>().ToArray() |> Array.chunkBySize 2
         let routing = nonNull moe.LastRouting
         let gates = routing.Gates.reshape(-1L).to_type(torch.float64).data<float>().ToArray()
-        let out = cache.["blocks.0.hook_mlp_out"].reshape(4L, 4L).to_type(torch.float64).data<float>().ToArray() |> Array.chunkBySize 4
+        let out = cache.[HookNames.MlpOut(0)].reshape(4L, 4L).to_type(torch.float64).data<float>().ToArray() |> Array.chunkBySize 4
         index, gates, out, weights, routing)
 
 let private runHand backend capacityFactor =
@@ -143,13 +143,13 @@ type MoeRoutingTests(_fixture: TorchFixture) =
                 let first = torch.zeros_like(index.narrow(-1L, 0L, 1L))
                 let second = index.narrow(-1L, 1L, 1L).where(index.narrow(-1L, 1L, 1L).ne(0L.ToScalar()), torch.ones_like(first))
                 torch.cat([| first; second |], -1L)
-            let names = set [ "blocks.0.mlp.hook_expert_weights"; "blocks.0.mlp.hook_expert_indices"; "blocks.0.ln2.hook_normalized"; "blocks.0.hook_mlp_out" ]
-            let hook = Hook("blocks.0.mlp.hook_expert_indices", HookFn(fun index _ -> force index))
+            let names = set [ HookNames.ExpertWeights(0); HookNames.ExpertIndices(0); HookNames.LnNormalized(0, 2); HookNames.MlpOut(0) ]
+            let hook = Hook(HookNames.ExpertIndices(0), HookFn(fun index _ -> force index))
             let struct (_, cache) = model.RunWithCache(tokens, (fun n -> names.Contains n), hook)
             use cache = cache
             let routing = nonNull (model.blocks.[0].mlp :?> Moe).LastRouting
-            let weights = cache.["blocks.0.mlp.hook_expert_weights"].reshape(1L, 30L, int64 experts)
-            let forced = (force cache.["blocks.0.mlp.hook_expert_indices"]).reshape(1L, 30L, int64 k)
+            let weights = cache.[HookNames.ExpertWeights(0)].reshape(1L, 30L, int64 experts)
+            let forced = (force cache.[HookNames.ExpertIndices(0)]).reshape(1L, 30L, int64 k)
             let capacity = ExpertRouting.CapacityOf(0.75, 30L, k, experts)
             let reference = Kernel.Route(weights, k, capacity = capacity, expertIndex = forced, backend = Nullable backend)
             Assert.True(routing.ExpertIndex.eq(forced).all().item<bool>(), "the model routed to the hook's experts")
@@ -159,12 +159,12 @@ type MoeRoutingTests(_fixture: TorchFixture) =
             Assert.Equal(reference.Dropped, routing.Dropped)
             Assert.True(routing.Counts.[0] = capacity && routing.Dropped >= 30L - capacity, $"expert 0 keeps {routing.Counts.[0]} of 30 first choices, capacity {capacity}")
             // The layer's output is the kept pairs' gate-weighted expert outputs.
-            let x = cache.["blocks.0.ln2.hook_normalized"].reshape(-1L, 8L)
+            let x = cache.[HookNames.LnNormalized(0, 2)].reshape(-1L, 8L)
             let all = (model.blocks.[0].mlp :?> Moe).ExpertOutputs(x)                             // [E, tokens, d]
             let tokenIds = torch.arange(30L).unsqueeze(1).expand(-1L, int64 k)                     // [tokens, k]
             let picked = all.index([| torch.TensorIndex.Tensor(forced.reshape(30L, int64 k)); torch.TensorIndex.Tensor tokenIds |])   // [tokens, k, d]
             let expected = picked.mul(reference.Gates.reshape(30L, int64 k).unsqueeze(-1L)).sum(1L)
-            Assert.True(expected.allclose(cache.["blocks.0.hook_mlp_out"].reshape(-1L, 8L), rtol = 1e-4, atol = 1e-5), "mlp out"))
+            Assert.True(expected.allclose(cache.[HookNames.MlpOut(0)].reshape(-1L, 8L), rtol = 1e-4, atol = 1e-5), "mlp out"))
 
     [<Fact>]
     member _.``a negative capacity factor is rejected by name and value``() =
@@ -182,11 +182,11 @@ type MoeRoutingTests(_fixture: TorchFixture) =
         use model = new HookedTransformer(cfg)
         use g = new torch.Generator(2UL)
         let tokens = torch.randint(0L, 7L, [| 3L; 9L |], generator = g)
-        let names = set [ "blocks.0.mlp.hook_router_logits"; "blocks.0.mlp.hook_expert_indices" ]
+        let names = set [ HookNames.RouterLogits(0); HookNames.ExpertIndices(0) ]
         let struct (_, cache) = model.RunWithCache(tokens, fun n -> names.Contains n)
         use cache = cache
-        let logits = cache.["blocks.0.mlp.hook_router_logits"].reshape(-1L, int64 experts).to_type(torch.float64).data<float>().ToArray() |> Array.chunkBySize experts
-        let index = cache.["blocks.0.mlp.hook_expert_indices"].reshape(-1L).data<int64>().ToArray()
+        let logits = cache.[HookNames.RouterLogits(0)].reshape(-1L, int64 experts).to_type(torch.float64).data<float>().ToArray() |> Array.chunkBySize experts
+        let index = cache.[HookNames.ExpertIndices(0)].reshape(-1L).data<int64>().ToArray()
         let softmax (row: float[]) = let m = Array.max row in let z = row |> Array.sumBy (fun v -> exp (v - m)) in row |> Array.map (fun v -> exp (v - m) / z)
         let probs = logits |> Array.map softmax
         let f = Array.init experts (fun e -> float (index |> Array.filter ((=) (int64 e)) |> Array.length) / float index.Length)
@@ -256,16 +256,16 @@ type MoeDispatchProperties(_fixture: TorchFixture) =
         use model = new HookedTransformer(cfg)
         use g = new torch.Generator(uint64 seed)
         let tokens = torch.randint(0L, 9L, [| 2L; 6L |], generator = g)
-        let names = set [ "blocks.0.ln2.hook_normalized"; "blocks.0.mlp.hook_expert_weights"; "blocks.0.mlp.hook_expert_indices"; "blocks.0.hook_mlp_out" ]
+        let names = set [ HookNames.LnNormalized(0, 2); HookNames.ExpertWeights(0); HookNames.ExpertIndices(0); HookNames.MlpOut(0) ]
         let struct (_, cache) = model.RunWithCache(tokens, fun n -> names.Contains n)
         use cache = cache
-        let x = cache.["blocks.0.ln2.hook_normalized"].reshape(-1L, 8L)
+        let x = cache.[HookNames.LnNormalized(0, 2)].reshape(-1L, 8L)
         let all = (model.blocks.[0].mlp :?> Moe).ExpertOutputs(x)                               // [E, tokens, d]
-        let index = cache.["blocks.0.mlp.hook_expert_indices"].reshape(-1L, 2L)                // [tokens, k]
+        let index = cache.[HookNames.ExpertIndices(0)].reshape(-1L, 2L)                // [tokens, k]
         // Gates by TransformerLens's meaning of the hooks: the weights (softmax over all experts) at the chosen ones.
-        let chosen = cache.["blocks.0.mlp.hook_expert_weights"].reshape(-1L, 3L).gather(-1L, index)   // [tokens, k]
+        let chosen = cache.[HookNames.ExpertWeights(0)].reshape(-1L, 3L).gather(-1L, index)   // [tokens, k]
         let gates = if renormalize then chosen.div(chosen.sum(-1L, keepdim = true)) else chosen
         let tokenIds = torch.arange(x.shape.[0]).unsqueeze(1).expand(-1L, 2L)                  // [tokens, k]
         let picked = all.index([| torch.TensorIndex.Tensor index; torch.TensorIndex.Tensor tokenIds |])   // [tokens, k, d]
         let expected = picked.mul(gates.unsqueeze(-1L)).sum(1L)
-        expected.allclose(cache.["blocks.0.hook_mlp_out"].reshape(-1L, 8L), rtol = 1e-4, atol = 1e-5)
+        expected.allclose(cache.[HookNames.MlpOut(0)].reshape(-1L, 8L), rtol = 1e-4, atol = 1e-5)

@@ -4,6 +4,7 @@ module MechInterp.Analysis.Tests.PatchingTests
 open System
 open Xunit
 open TorchSharp
+open MechInterp.Hooks
 open MechInterp.Model
 open MechInterp.Analysis.Patching.Ablation
 open MechInterp.Analysis.Patching.ActivationPatching
@@ -59,7 +60,7 @@ type HandBuiltModelTests(_fixture: TorchFixture) =
         use _scope = torch.NewDisposeScope()
         let model = averagingModel ()
         let input = tokens [ [ 0L; 0L; 0L ]; [ 1L; 1L; 1L ] ]
-        let name = "blocks.0.hook_attn_out"
+        let name = HookNames.AttnOut(0)
         let near expected (actual: float[]) = Array.forall2 (fun (e: float) a -> abs (e - a) < 1e-5) expected actual
         // zero: logits are the embeddings
         let zero = runAblated model input Zero name None
@@ -72,10 +73,10 @@ type HandBuiltModelTests(_fixture: TorchFixture) =
         let resampled = runAblated model input (Resample 0) name None
         Assert.True(near [| 1.0; 1.0 |] (vec resampled.[0L, 1L]))
         // head 0 is the only head: ablating it is ablating the whole layer
-        let zeroHead = runAblated model input Zero "blocks.0.attn.hook_z" (Some 0)
+        let zeroHead = runAblated model input Zero (HookNames.Z 0) (Some 0)
         Assert.True(near [| 1.0; 0.0 |] (vec zeroHead.[0L, 2L]))
         Assert.Contains("head 1 is out of range", (Assert.Throws<ArgumentException>(fun () ->
-            runAblated model input Zero "blocks.0.attn.hook_z" (Some 1) |> ignore)).Message)
+            runAblated model input Zero (HookNames.Z 0) (Some 1) |> ignore)).Message)
         Assert.Contains("at least 2", (Assert.Throws<ArgumentException>(fun () ->
             runAblated model (tokens [ [ 0L; 0L; 0L ] ]) (Resample 0) name None |> ignore)).Message)
 

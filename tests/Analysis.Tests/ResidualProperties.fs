@@ -35,7 +35,7 @@ type ResidualProperties(_fixture: TorchFixture) =
         use model = new MechInterp.Model.HookedTransformer(c.Config)
         let struct (_, cache) = model.RunWithCache(ModelProperties.tokensFor c, all)
         use cache = cache
-        let final = cache.[$"blocks.{c.Config.n_layers - 1}.hook_resid_post"]
+        let final = cache.[HookNames.ResidPost(c.Config.n_layers - 1)]
         let parts = decomposeResid model cache
         let heads = decomposeResidByHead model cache
         let acc = accumulatedResid model cache true
@@ -65,7 +65,7 @@ type ResidualProperties(_fixture: TorchFixture) =
         use _scope = torch.NewDisposeScope()
         use _ = torch.no_grad()
         let model, clean, corrupted = build spec
-        let names = set [ for l in 0 .. spec.Layers - 1 -> $"blocks.{l}.hook_resid_pre" ]
+        let names = set [ for l in 0 .. spec.Layers - 1 -> HookNames.ResidPre(l) ]
         let struct (cleanLogits, cache) = model.RunWithCache(clean, Func<string, bool>(names.Contains))
         use cache = cache
         let positions = Some [ 0 .. spec.Positions - 1 ]
@@ -73,7 +73,7 @@ type ResidualProperties(_fixture: TorchFixture) =
         let selfPatched = model.RunWithHooks(clean, patchAll)
         let restored = model.RunWithHooks(corrupted, patchAll)
         // One position of the last layer only, into the clean run: still the clean logits.
-        let last = $"blocks.{spec.Layers - 1}.hook_resid_pre"
+        let last = HookNames.ResidPre(spec.Layers - 1)
         let onePosition = model.RunWithHooks(clean, patchHook last cache.[last] (Some [ spec.Positions - 1 ]) None)
         close 0.0 selfPatched cleanLogits
         && close 0.0 restored cleanLogits
@@ -92,7 +92,7 @@ type ResidualProperties(_fixture: TorchFixture) =
             | 2 when spec.Batch >= 2 -> Resample 3
             | 2 -> Zero
             | _ -> ResampleFrom(torch.randn(int64 spec.Batch, int64 spec.Positions, int64 spec.DModel))
-        let target = $"blocks.{layer}.hook_attn_out"
+        let target = HookNames.AttnOut(layer)
         let order = model.Hooks.Names |> Array.ofSeq
         let struct (_, before) = model.RunWithCache(tokens, all)
         use before = before
@@ -104,7 +104,7 @@ type ResidualProperties(_fixture: TorchFixture) =
         let unchangedUpstream = upstream |> Array.forall (fun n -> same after.[n] before.[n])
         let downstreamMoved =
             // Something after the ablated hook must see it, or the test would pass vacuously.
-            (kind = Mean || kind = Resample 3) && spec.Batch = 1 || not (same after.[$"blocks.{spec.Layers - 1}.hook_resid_post"] before.[$"blocks.{spec.Layers - 1}.hook_resid_post"])
+            (kind = Mean || kind = Resample 3) && spec.Batch = 1 || not (same after.[HookNames.ResidPost(spec.Layers - 1)] before.[HookNames.ResidPost(spec.Layers - 1)])
         // ... and the ablated activation really is what the ablation says.
         let expected = replacement kind before.[target]
         unchangedUpstream && downstreamMoved && close 1e-6 after.[target] expected

@@ -7,6 +7,7 @@ open System
 open System.IO
 open Xunit
 open TorchSharp
+open MechInterp.Hooks
 open MechInterp.Model
 open MechInterp.Analysis.Dictionary
 
@@ -102,7 +103,7 @@ type SaeTests(_fixture: TorchFixture) =
     member _.``bad configs and inputs are refused, naming the value`` () =
         let e = Assert.Throws<ArgumentException>(fun () -> SaeConfig.validate (SaeConfig.create TopK 8 16 17 "x" "m"))
         Assert.Contains("k (17) must not exceed d_sae (16)", e.Message)
-        use sae = perfect 3 "blocks.0.hook_resid_post"
+        use sae = perfect 3 (HookNames.ResidPost 0)
         use wrong = torch.zeros(2L, 5L)
         let e = Assert.Throws<ArgumentException>(fun () -> sae.Encode wrong |> ignore)
         Assert.Contains("d_in = 3", e.Message)
@@ -118,7 +119,7 @@ type SaeTests(_fixture: TorchFixture) =
     member _.``an SAE round-trips through SAELens's layout, and a missing tensor is named`` () =
         let dir = Path.Combine(Path.GetTempPath(), $"sae-test-{Guid.NewGuid():N}")
         try
-            let config = SaeConfig.create JumpRelu 4 6 0 "blocks.1.hook_resid_mid" "tiny"
+            let config = SaeConfig.create JumpRelu 4 6 0 (HookNames.ResidMid 1) "tiny"
             use sae = Sae.Init(config, 3L, 0.25)
             SaeFile.save dir sae
             use back = SaeFile.load dir
@@ -176,7 +177,7 @@ type SaeTests(_fixture: TorchFixture) =
     member _.``splicing a perfect SAE recovers all of the CE loss and KL, and the error term keeps the logits`` () =
         let config = DecoderConfig(d_model = 8, n_layers = 1, n_heads = 2, d_mlp = 16, d_vocab = 11, n_ctx = 6, seed = 4)
         use model = new HookedTransformer(config)
-        use sae = perfect 8 "blocks.0.hook_resid_mid"
+        use sae = perfect 8 (HookNames.ResidMid 0)
         use tokens = torch.randint(11L, [| 4L; 6L |], dtype = torch.int64)
         use mask = torch.ones([| 4L; 5L |], dtype = torch.ScalarType.Bool)
         let s = Splice.scores model sae tokens mask
@@ -186,7 +187,7 @@ type SaeTests(_fixture: TorchFixture) =
         Assert.True(abs (s.CeZero - s.CeClean) > 1e-3, $"zero-ablating the stream should change the loss: {s.CeZero} vs {s.CeClean}")
         use _g = torch.no_grad()
         // A random SAE is far from perfect, but with the error term added back the logits are the clean ones.
-        use bad = Sae.Init(SaeConfig.create TopK 8 16 2 "blocks.0.hook_resid_mid" "tiny", 1L, 0.0)
+        use bad = Sae.Init(SaeConfig.create TopK 8 16 2 (HookNames.ResidMid 0) "tiny", 1L, 0.0)
         use clean = model.Forward tokens
         use kept = Splice.run model bad true tokens
         use lost = Splice.run model bad false tokens

@@ -26,9 +26,9 @@ public class BackwardHookTests(ITestOutputHelper output)
         using var model = new HookedTransformer(Config(norm));
         model.to(ScalarType.Float64);
         var tokens = ModelTests.Tokens(2, 6, 7, 1);
-        string[] names = ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.ln1.hook_scale", "blocks.0.attn.hook_v",
-            "blocks.1.attn.hook_pattern", "blocks.1.attn.hook_attn_scores", "blocks.0.hook_resid_mid", "blocks.1.mlp.hook_post",
-            "blocks.1.hook_mlp_out", "ln_final.hook_normalized"];
+        string[] names = [HookNames.Embed, HookNames.PosEmbed, HookNames.ResidPre(0), HookNames.LnScale(0, 1), HookNames.V(0),
+            HookNames.Pattern(1), HookNames.AttnScores(1), HookNames.ResidMid(0), HookNames.MlpPost(1),
+            HookNames.MlpOut(1), HookNames.LnFinalNormalized];
         var (value, acts, grads) = model.RunWithCacheAndGradients(tokens, Metric, names.Contains);
         using (acts)
         using (grads)
@@ -73,7 +73,7 @@ public class BackwardHookTests(ITestOutputHelper output)
         using var model = new HookedTransformer(Config());
         var tokens = ModelTests.Tokens(2, 6, 7, 2);
         Tensor? embedGrad = null;
-        var record = new Hook("hook_embed", (g, _) => { embedGrad = g.clone(); return null; });
+        var record = new Hook(HookNames.Embed, (g, _) => { embedGrad = g.clone(); return null; });
 
         model.zero_grad();
         model.RunWithBackwardHooks(tokens, Metric, [record]);
@@ -82,13 +82,13 @@ public class BackwardHookTests(ITestOutputHelper output)
         Assert.True(plain.abs().max().item<float>() > 0);
 
         model.zero_grad();
-        model.RunWithBackwardHooks(tokens, Metric, [new Hook("blocks.0.hook_resid_post", (g, _) => g.mul(2)), record]);
+        model.RunWithBackwardHooks(tokens, Metric, [new Hook(HookNames.ResidPost(0), (g, _) => g.mul(2)), record]);
         Assert.True(embedGrad!.allclose(plain.mul(2), rtol: 1e-5, atol: 1e-7));
         Assert.True(model.embed.W_E.grad!.allclose(plainWE.mul(2), rtol: 1e-5, atol: 1e-7));
 
         // Every path from the embedding to the logits passes through layer 0's resid_post.
         model.zero_grad();
-        model.RunWithBackwardHooks(tokens, Metric, [new Hook("blocks.0.hook_resid_post", (g, _) => zeros_like(g)), record]);
+        model.RunWithBackwardHooks(tokens, Metric, [new Hook(HookNames.ResidPost(0), (g, _) => zeros_like(g)), record]);
         Assert.Equal(0f, embedGrad!.abs().max().item<float>());
         Assert.Equal(0f, model.embed.W_E.grad!.abs().max().item<float>());
         Assert.DoesNotContain(model.Hooks.Points.Values, p => p.IsActive);
@@ -107,12 +107,12 @@ public class BackwardHookTests(ITestOutputHelper output)
         Assert.DoesNotContain(model.Hooks.Points.Values, p => p.IsActive);
 
         var e = Assert.Throws<InvalidOperationException>(() => model.RunWithBackwardHooks(tokens, Metric,
-            [new Hook("blocks.1.hook_attn_out", (_, _) => throw new InvalidOperationException("boom"))]));
+            [new Hook(HookNames.AttnOut(1), (_, _) => throw new InvalidOperationException("boom"))]));
         Assert.Equal("boom", e.Message);
         Assert.DoesNotContain(model.Hooks.Points.Values, p => p.IsActive);
 
         var shape = Assert.Throws<InvalidOperationException>(() => model.RunWithBackwardHooks(tokens, Metric,
-            [new Hook("blocks.0.hook_mlp_out", (g, _) => g.sum(-1))]));
+            [new Hook(HookNames.MlpOut(0), (g, _) => g.sum(-1))]));
         Assert.Contains("backward hook on 'blocks.0.hook_mlp_out' returned shape [1, 6] but the gradient is [1, 6, 8]", shape.Message);
 
         Assert.Throws<KeyNotFoundException>(() => model.RunWithBackwardHooks(tokens, Metric, [every, new Hook("blocks.0.hook_resid_psot", (g, _) => null)]));
@@ -120,7 +120,7 @@ public class BackwardHookTests(ITestOutputHelper output)
 
         // A hook runs once for each use of its activation.
         int calls = 0;
-        model.RunWithBackwardHooks(tokens, Metric, [new Hook("hook_embed", (g, _) => { calls++; return null; })]);
+        model.RunWithBackwardHooks(tokens, Metric, [new Hook(HookNames.Embed, (g, _) => { calls++; return null; })]);
         Assert.Equal(1, calls);
     }
 
@@ -150,7 +150,7 @@ public class BackwardHookTests(ITestOutputHelper output)
         using (grads)
         {
             Assert.Equal(2, grads.Count);
-            Assert.True(grads["blocks.0.hook_resid_post"].abs().max().item<float>() > 0);
+            Assert.True(grads[HookNames.ResidPost(0)].abs().max().item<float>() > 0);
         }
     }
 }

@@ -125,7 +125,7 @@ public class BatchedModelTests
         var clean = batched.forward(tokens);
         long[]? seen = null;
         // Zero instance 1's residual stream after block 0; the others must not move.
-        var hook = new Hook("blocks.0.hook_resid_post", (act, _) =>
+        var hook = new Hook(HookNames.ResidPost(0), (act, _) =>
         {
             seen = act.shape;
             return act.index_fill(0, tensor(1L), 0.0);
@@ -135,8 +135,8 @@ public class BatchedModelTests
         Assert.Equal(0.0, MaxDiff(clean[0], patched[0]));
         Assert.Equal(0.0, MaxDiff(clean[2], patched[2]));
         Assert.True(MaxDiff(clean[1], patched[1]) > 1e-3);
-        var (_, cache) = batched.RunWithCache(tokens, n => n == "blocks.1.attn.hook_pattern");
-        using (cache) Assert.Equal(new long[] { 3, 2, 4, 6, 6 }, cache["blocks.1.attn.hook_pattern"].shape);
+        var (_, cache) = batched.RunWithCache(tokens, n => n == HookNames.Pattern(1));
+        using (cache) Assert.Equal(new long[] { 3, 2, 4, 6, 6 }, cache[HookNames.Pattern(1)].shape);
     }
 
     [Fact]

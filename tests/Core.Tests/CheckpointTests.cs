@@ -132,7 +132,7 @@ public sealed class CheckpointTests : IDisposable
             cache.Save(path);
             using var back = ActivationCache.Load(path);
             Assert.Equal(cache.Keys.ToHashSet(), back.Keys.ToHashSet());
-            Assert.True(cache["blocks.1.hook_resid_post"].equal(back["blocks.1.hook_resid_post"]).all().item<bool>());
+            Assert.True(cache[HookNames.ResidPost(1)].equal(back[HookNames.ResidPost(1)]).all().item<bool>());
         }
     }
 }

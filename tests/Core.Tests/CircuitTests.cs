@@ -97,6 +97,23 @@ public class CircuitTests
     }
 
     [Fact]
+    public void HookNamesCoverMoeAndRotaryHooks()
+    {
+        using var model = new HookedTransformer(ModelTests.Tiny(experts: 4, pos: "rotary"));
+        string[] names =
+        [
+            HookNames.RouterLogits(1), HookNames.ExpertWeights(0), HookNames.ExpertIndices(1), HookNames.RotQ(0), HookNames.RotK(1),
+            HookNames.Get("router_logits", 0), HookNames.Get("expert_indices", 1), HookNames.Get("rot_k", 0),
+        ];
+        foreach (var name in names) Assert.True(model.Hooks.Points.ContainsKey(name), $"'{name}' is not a hook of the model");
+        Assert.Equal("blocks.3.mlp.hook_expert_indices", HookNames.ExpertIndices(3));
+        Assert.Equal("blocks.0.mlp.hook_router_logits", HookNames.RouterLogits(0));
+        Assert.Equal("blocks.2.attn.hook_rot_q", HookNames.RotQ(2));
+        Assert.Equal(HookNames.Get("expert_weights", 4), HookNames.ExpertWeights(4));
+        Assert.Throws<ArgumentOutOfRangeException>(() => HookNames.ExpertWeights(-1));
+    }
+
+    [Fact]
     public void CacheHelpersDecomposeTheStreamIntoPartsThatSumToIt()
     {
         using var scope = NewDisposeScope();

@@ -12,11 +12,11 @@ public class HookTests
         using var scope = NewDisposeScope();
         using var model = new HookedTransformer(ModelTests.Tiny());
         var tokens = ModelTests.Tokens(1, 5, 11, 4);
-        model.RunWithHooks(tokens, new Hook("blocks.0.hook_resid_post", (a, _) => a.mul(0)));
+        model.RunWithHooks(tokens, new Hook(HookNames.ResidPost(0), (a, _) => a.mul(0)));
         Assert.DoesNotContain(model.Hooks.Points.Values, p => p.IsActive);
 
         Assert.Throws<InvalidOperationException>(() =>
-            model.RunWithHooks(tokens, new Hook("blocks.1.hook_attn_out", (_, _) => throw new InvalidOperationException("boom"))));
+            model.RunWithHooks(tokens, new Hook(HookNames.AttnOut(1), (_, _) => throw new InvalidOperationException("boom"))));
         Assert.DoesNotContain(model.Hooks.Points.Values, p => p.IsActive);
     }
 
@@ -26,7 +26,7 @@ public class HookTests
         using var scope = NewDisposeScope();
         using var model = new HookedTransformer(ModelTests.Tiny());
         var e = Assert.Throws<InvalidOperationException>(() =>
-            model.RunWithHooks(ModelTests.Tokens(1, 5, 11, 4), new Hook("blocks.0.hook_mlp_out", (a, _) => a.sum(-1))));
+            model.RunWithHooks(ModelTests.Tokens(1, 5, 11, 4), new Hook(HookNames.MlpOut(0), (a, _) => a.sum(-1))));
         Assert.Contains("hook on 'blocks.0.hook_mlp_out' returned shape [1, 5]", e.Message);
     }
 
@@ -49,11 +49,11 @@ public class HookTests
         var clean = model.Forward(tokens);
         // Attend only to position 0: a pattern no trained head computes.
         HookFn firstToken = (a, _) => zeros_like(a).index_fill(-1, tensor(0L), 1.0);
-        var (patched, cache) = model.RunWithCache(tokens, n => n.Contains("hook_pattern"), new Hook("blocks.0.attn.hook_pattern", firstToken));
+        var (patched, cache) = model.RunWithCache(tokens, n => n.Contains("hook_pattern"), new Hook(HookNames.Pattern(0), firstToken));
         using (cache)
         {
             Assert.False(patched.allclose(clean, atol: 1e-4));
-            Assert.Equal(1f, cache["blocks.0.attn.hook_pattern"][.., .., .., 0].min().item<float>());
+            Assert.Equal(1f, cache[HookNames.Pattern(0)][.., .., .., 0].min().item<float>());
             // An observer-only run keeps the fused path and must match the plain forward.
             var (again, cache2) = model.RunWithCache(tokens);
             using (cache2) Assert.True(again.allclose(clean, atol: 1e-6));
@@ -67,6 +67,6 @@ public class HookTests
         using var model = new HookedTransformer(ModelTests.Tiny());
         var seen = new List<string>();
         model.RunWithHooks(ModelTests.Tokens(1, 3, 11, 1), new Hook(n => n.EndsWith("hook_resid_pre"), (_, hp) => { seen.Add(hp.Name); return null; }));
-        Assert.Equal(["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"], seen);
+        Assert.Equal([HookNames.ResidPre(0), HookNames.ResidPre(1)], seen);
     }
 }

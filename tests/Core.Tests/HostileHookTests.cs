@@ -19,7 +19,7 @@ public class HostileHookTests
         using var model = new HookedTransformer(ModelTests.Tiny(experts: 4) with { use_attn_result = true });
         var tokens = ModelTests.Tokens(2, 5, 11, 4);
         var names = model.Hooks.Points.Keys.ToList();
-        Assert.Contains("blocks.0.attn.hook_pattern", names);
+        Assert.Contains(HookNames.Pattern(0), names);
         foreach (string name in names)
         {
             using var inner = NewDisposeScope();
@@ -38,11 +38,11 @@ public class HostileHookTests
         using var model = new HookedTransformer(ModelTests.Tiny());
         var tokens = ModelTests.Tokens(1, 5, 11, 4);
         var e = Assert.Throws<InvalidOperationException>(() =>
-            model.RunWithHooks(tokens, new Hook("blocks.1.hook_resid_pre", (a, _) => { model.Forward(tokens); return a; })));
+            model.RunWithHooks(tokens, new Hook(HookNames.ResidPre(1), (a, _) => { model.Forward(tokens); return a; })));
         Assert.Contains("forward was called again while it runs, from the hook on 'blocks.1.hook_resid_pre'", e.Message);
         // The model is usable afterwards, and a hook may still run a different model.
         using var other = new HookedTransformer(ModelTests.Tiny() with { seed = 9 });
-        var logits = model.RunWithHooks(tokens, new Hook("blocks.1.hook_resid_pre", (a, _) => { other.Forward(tokens); return a; }));
+        var logits = model.RunWithHooks(tokens, new Hook(HookNames.ResidPre(1), (a, _) => { other.Forward(tokens); return a; }));
         Assert.True(logits.equal(model.Forward(tokens)).all().item<bool>());
     }
 

@@ -51,12 +51,12 @@ public class ModelTests
         using (cache)
         {
             Assert.Equal(model.Hooks.Names.ToHashSet(), cache.Keys.ToHashSet());
-            Assert.Equal(new long[] { 2, 5, 4, 4 }, cache["blocks.0.attn.hook_q"].shape);
-            Assert.Equal(new long[] { 2, 4, 5, 5 }, cache["blocks.1.attn.hook_pattern"].shape);
-            Assert.Equal(new long[] { 2, 5, 4, 16 }, cache["blocks.1.attn.hook_result"].shape);
-            Assert.Equal(new long[] { 2, 5, 24 }, cache["blocks.0.mlp.hook_post"].shape);
-            Assert.Equal(new long[] { 2, 5, 1 }, cache["ln_final.hook_scale"].shape);
-            Assert.Equal(new long[] { 2, 5, 16 }, cache["hook_pos_embed"].shape);
+            Assert.Equal(new long[] { 2, 5, 4, 4 }, cache[HookNames.Q(0)].shape);
+            Assert.Equal(new long[] { 2, 4, 5, 5 }, cache[HookNames.Pattern(1)].shape);
+            Assert.Equal(new long[] { 2, 5, 4, 16 }, cache[HookNames.Result(1)].shape);
+            Assert.Equal(new long[] { 2, 5, 24 }, cache[HookNames.MlpPost(0)].shape);
+            Assert.Equal(new long[] { 2, 5, 1 }, cache[HookNames.LnFinalScale].shape);
+            Assert.Equal(new long[] { 2, 5, 16 }, cache[HookNames.PosEmbed].shape);
         }
     }
 
@@ -75,19 +75,19 @@ public class ModelTests
             model.ln_final.w?.copy_(randn(16).add(1));
             model.ln_final.b?.copy_(randn(16));
         }
-        var (_, cache) = model.RunWithCache(Tokens(2, 5, 11, 4), n => n.StartsWith("ln_final") || n == "blocks.1.hook_resid_post");
+        var (_, cache) = model.RunWithCache(Tokens(2, 5, 11, 4), n => n.StartsWith("ln_final") || n == HookNames.ResidPost(1));
         using (cache)
         {
-            var resid = cache["blocks.1.hook_resid_post"];                                 // [batch, pos, d_model]
+            var resid = cache[HookNames.ResidPost(1)];                                 // [batch, pos, d_model]
             if (norm == "none")
             {
                 Assert.True(model.ln_final.Normalize(resid).eq(resid).all().item<bool>(), "no norm leaves the stream as it is");
                 return;
             }
-            var normalized = cache["ln_final.hook_normalized"];
+            var normalized = cache[HookNames.LnFinalNormalized];
             Assert.True(model.ln_final.Normalize(resid).allclose(normalized, rtol: 1e-5, atol: 1e-5), "Normalize");
             // With the cached scale held: the stream centred and scaled, then the weight and bias, is the output.
-            var frozen = model.ln_final.ApplyFrozenScale(resid, cache["ln_final.hook_scale"]);
+            var frozen = model.ln_final.ApplyFrozenScale(resid, cache[HookNames.LnFinalScale]);
             var affine = model.ln_final.w is { } w ? frozen.mul(w) : frozen;
             if (model.ln_final.b is { } b) affine = affine.add(b);
             Assert.True(affine.allclose(normalized, rtol: 1e-5, atol: 1e-5), "ApplyFrozenScale");
@@ -101,13 +101,13 @@ public class ModelTests
     {
         using var scope = NewDisposeScope();
         using var model = new HookedTransformer(Tiny() with { use_attn_result = true });
-        var (_, cache) = model.RunWithCache(Tokens(2, 5, 11, 5), n => n.StartsWith("blocks.1.attn.hook_") || n == "blocks.1.hook_attn_out");
+        var (_, cache) = model.RunWithCache(Tokens(2, 5, 11, 5), n => n.StartsWith("blocks.1.attn.hook_") || n == HookNames.AttnOut(1));
         using (cache)
         {
             var attn = model.blocks[1].attn;
-            var heads = attn.HeadResults(cache["blocks.1.attn.hook_z"]);                  // [batch, pos, head, d_model]
-            Assert.True(heads.allclose(cache["blocks.1.attn.hook_result"], rtol: 1e-5, atol: 1e-6), "hook_result");
-            Assert.True(heads.sum(2).add(attn.b_O).allclose(cache["blocks.1.hook_attn_out"], rtol: 1e-5, atol: 1e-5), "attn_out");
+            var heads = attn.HeadResults(cache[HookNames.Z(1)]);                  // [batch, pos, head, d_model]
+            Assert.True(heads.allclose(cache[HookNames.Result(1)], rtol: 1e-5, atol: 1e-6), "hook_result");
+            Assert.True(heads.sum(2).add(attn.b_O).allclose(cache[HookNames.AttnOut(1)], rtol: 1e-5, atol: 1e-5), "attn_out");
         }
     }
 
@@ -118,7 +118,7 @@ public class ModelTests
         using var model = new HookedTransformer(Tiny());
         var (_, cache) = model.RunWithCache(Tokens(1, 4, 11, 2), name => name.EndsWith("hook_resid_post"));
         using (cache)
-            Assert.Equal(["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], cache.Keys.ToArray());
+            Assert.Equal([HookNames.ResidPost(0), HookNames.ResidPost(1)], cache.Keys.ToArray());
     }
 
     [Fact]
@@ -134,7 +134,7 @@ public class ModelTests
         var fusedGrad = model.blocks[0].attn.W_Q.grad!.clone();
         model.zero_grad();
         var seen = 0;
-        var observer = new Hook("blocks.0.attn.hook_rot_q", (q, _) => { seen++; return null; });
+        var observer = new Hook(HookNames.RotQ(0), (q, _) => { seen++; return null; });
         var unfused = model.RunWithHooks(tokens, observer);
         unfused.pow(2).sum().backward();
         Assert.Equal(1, seen);

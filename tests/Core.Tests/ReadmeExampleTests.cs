@@ -79,6 +79,7 @@ public class ReadmeExampleTests
             Assert.Contains("RMSPre; W_U mean over the vocabulary", output);
             Assert.Contains("head (attn.hook_z): correlation", output);
             Assert.Contains("tokens: [|\"<|endoftext|>\"; \"Hello\"; \" world\"|]", output);
+            Assert.Contains("after load: [|\"<|endoftext|>\"; \"Hello\"; \" world\"|]", output);
             Assert.Contains("QK of L1H3: [|32L; 32L|]", output);
             Assert.Contains("accumulated resid: [|\"0_pre\"; \"1_pre\"; \"final_post\"|]", output);
             Assert.Contains("GPT-2: 2 layers, 4 heads, d_model 16", output);
@@ -102,9 +103,9 @@ public class ReadmeExampleTests
         var (value, acts, grads) = model.RunWithCacheAndGradients(tokens, LogitDiff, name => name.EndsWith("hook_resid_post"));
         using (acts)
         using (grads)
-            Console.WriteLine($"metric {value.item<float>():F3}; d metric / d resid_post.0: [{string.Join(", ", grads["blocks.0.hook_resid_post"].shape)}]");
+            Console.WriteLine($"metric {value.item<float>():F3}; d metric / d resid_post.0: [{string.Join(", ", grads[HookNames.ResidPost(0)].shape)}]");
         // A backward hook may replace the gradient: nothing flows back through layer 1's attention output.
-        model.RunWithBackwardHooks(tokens, LogitDiff, [new Hook("blocks.1.hook_attn_out", (grad, _) => zeros_like(grad))]);
+        model.RunWithBackwardHooks(tokens, LogitDiff, [new Hook(HookNames.AttnOut(1), (grad, _) => zeros_like(grad))]);
         // END README
     }
 
@@ -153,11 +154,11 @@ public class ReadmeExampleTests
             File.Copy(file, Path.Combine(Gpt2Directory, Path.GetFileName(file)), overwrite: true);
         Directory.Delete(written, recursive: true);
         // README: GPT-2 weights
-        // using MechInterp.IO; using static TorchSharp.torch;
+        // using MechInterp.Hooks; using MechInterp.IO; using static TorchSharp.torch;
         using var gpt2 = Gpt2Weights.Load("path/to/gpt2");            // config.json + model.safetensors
         Console.WriteLine(gpt2.Config.ToJson());                        // d_model 768, n_heads 12, act_fn gelu_new ... for GPT-2 small
         var (logits, cache) = gpt2.RunWithCache(tensor(new long[] { 1, 2, 3 }).unsqueeze(0), n => n.EndsWith("hook_pattern"));
-        using (cache) Console.WriteLine(string.Join(", ", cache["blocks.0.attn.hook_pattern"].shape));
+        using (cache) Console.WriteLine(string.Join(", ", cache[HookNames.Pattern(0)].shape));
         // END README
         Assert.Equal(new long[] { 1, 3, 50 }, logits.shape);
     }
@@ -175,9 +176,13 @@ public class ReadmeExampleTests
         Console.WriteLine(string.Join(" | ", model.ToStrTokens(tokens)));       // BOS | t5 | t2 | t9 | t5
         Console.WriteLine(model.Generate("t5 t2 t9 t5", 3));                    // greedy: a trained induction model continues t2 t9 ...
         var sampled = model.Generate(tokens, 3, temperature: 0.8, topK: 5, seed: 1);   // [1, 8], the same for the same seed
+        model.Save(Path.Combine(Path.GetTempPath(), "tokenized.safetensors"));  // the checkpoint records the tokenizer
+        using var loaded = HookedTransformer.Load(Path.Combine(Path.GetTempPath(), "tokenized.safetensors"));
+        Console.WriteLine(string.Join(" | ", loaded.ToStrTokens("t5 t2")));     // BOS | t5 | t2: the task came back with the model
         // END README
         Assert.Equal(["BOS", "t5", "t2", "t9", "t5"], model.ToStrTokens(tokens));
         Assert.Equal(new long[] { 1, 8 }, sampled.shape);
+        Assert.Equal(["BOS", "t5", "t2"], loaded.ToStrTokens("t5 t2"));
     }
 
     [Fact]

@@ -12,6 +12,7 @@ open System.Buffers.Binary
 open System.IO
 open System.Text
 open System.Text.Json.Nodes
+open MechInterp.Hooks
 open MechInterp.IO
 open MechInterp.Model
 
@@ -43,7 +44,8 @@ let dense = checkpointOf tiny
 let moe = checkpointOf (DecoderConfig(d_model = 8, n_layers = 1, n_heads = 2, d_vocab = 5, n_ctx = 4, d_mlp = 8, n_experts = 3,
                                       experts_per_token = 2, positional_embedding_type = "rotary"))
 let batched = fileOf (fun p -> use m = HookedTransformer.Batched(tiny, [| 1; 2 |]) in m.Save p)
-let cache = fileOf (fun p -> SafeTensors.Write(p, readOnlyDict [ ("blocks.0.hook_resid_post", TorchSharp.torch.ones(2L, 3L)) ], readOnlyDict [ ("kind", "activation_cache") ]))
+let tokenized = fileOf (fun p -> use m = new HookedTransformer(tiny) in m.Tokenizer <- MechInterp.Data.InductionTask(5, 2); m.Save p)
+let cache = fileOf (fun p -> SafeTensors.Write(p, readOnlyDict [ (HookNames.ResidPost 0, TorchSharp.torch.ones(2L, 3L)) ], readOnlyDict [ ("kind", "activation_cache") ]))
 
 /// The header of a file as JSON, the data after it.
 let split (bytes: byte[]) =
@@ -68,7 +70,7 @@ let withConfig (bytes: byte[]) (edit: JsonObject -> unit) =
 let raw (header: string) (dataBytes: int) = join (Encoding.UTF8.GetBytes header) (Array.zeroCreate dataBytes)
 
 let corpus =
-    [| dense; moe; batched; cache
+    [| dense; moe; batched; cache; tokenized
        withConfig dense (fun c -> c.["d_model"] <- JsonValue.Create 536870913)
        withConfig dense (fun c -> c.["d_vocab"] <- JsonValue.Create 20000000)
        withConfig dense (fun c -> c.["n_layers"] <- JsonValue.Create 20000)
@@ -87,7 +89,7 @@ let interestingBytes = "\"{}[],:-09.e\\ "B |> Array.append [| 0uy; 0xFFuy; 0x80u
 let interestingNumbers =
     [| "0"; "-1"; "1"; "2147483648"; "4294967297"; "4611686018427388160"; "9223372036854775807"; "18446744073709551615"
        "1e400"; "1.5"; "-0"; "536870913"; "20000"; "1e-400" |]
-let interestingStrings = [| "F64"; "BOOL"; "U8"; "C64"; "__metadata__"; "config"; "instance_seeds"; "embed.W_E"; "dtype"; "shape"; "data_offsets"; "" |]
+let interestingStrings = [| "F64"; "BOOL"; "U8"; "C64"; "__metadata__"; "config"; "instance_seeds"; "tokenizer"; "version"; "kind"; "induction"; "toy_language"; "vocab_size"; "max_repeat"; "embed.W_E"; "dtype"; "shape"; "data_offsets"; "" |]
 
 let mutate (input: byte[]) : byte[] =
     let b = ResizeArray input

@@ -60,6 +60,7 @@ let csproj =
 
 let program =
     """using MechInterp.Data;
+using MechInterp.Hooks;
 using MechInterp.Model;
 using MechInterp.Native;
 using MechInterp.Runtime;
@@ -79,7 +80,7 @@ using var batch = task.Sample(2, new Random(0));
 var (logits, cache) = loaded.RunWithCache(batch.Tokens, name => name.EndsWith("hook_pattern"));
 using (cache)
 {
-    Console.WriteLine($"pattern {string.Join(",", cache["blocks.1.attn.hook_pattern"].shape)}");
+    Console.WriteLine($"pattern {string.Join(",", cache[HookNames.Pattern(1)].shape)}");
 }
 using var original = model.Forward(batch.Tokens);
 Console.WriteLine($"reload max diff {(original - logits).abs().max().item<float>()}");
@@ -92,6 +93,7 @@ let script =
 #r "nuget: MechInterp.Analysis, {{version}}"
 open System
 open MechInterp.Data
+open MechInterp.Hooks
 open MechInterp.Model
 open MechInterp.Training
 open MechInterp.Analysis.Residual
@@ -106,7 +108,7 @@ let loaded = HookedTransformer.Load path
 let batch = task.Sample(2, Random 0)
 let names = Lens.streamNames loaded |> Set.ofList
 let struct (logits, cache) = loaded.RunWithCache(batch.Tokens, Func<string, bool>(fun n -> names.Contains n || n.EndsWith "hook_pattern"))
-printfn "pattern %s" (String.Join(",", cache.["blocks.1.attn.hook_pattern"].shape))
+printfn "pattern %s" (String.Join(",", cache.[HookNames.Pattern 1].shape))
 printfn "streams %s" (String.Join(",", (Lens.streams loaded cache).shape))
 printfn "reload max diff %g" ((model.Forward(batch.Tokens) - logits).abs().max().item<float32>())
 printfn "native kernels: %b from %s" MechInterp.Native.NativeKernels.IsAvailable (MechInterp.Native.NativeKernels.LoadedFrom |> Option.ofObj |> Option.defaultValue "nowhere")

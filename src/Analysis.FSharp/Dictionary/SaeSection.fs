@@ -5,6 +5,7 @@ module MechInterp.Analysis.Dictionary.SaeSection
 open System
 open System.IO
 open System.Text.Json.Nodes
+open MechInterp.Hooks
 open MechInterp.ToyModels
 open MechInterp.Analysis.Report
 open MechInterp.Analysis.Dictionary.SaeStudy
@@ -35,7 +36,7 @@ let settings (scale: Scale) : Settings =
           Sae = { DSae = (if quick then 512 else 1024); K = 5; StandardLambda = 2.0; JumpReluLambda = 3.0
                   Training = training (if quick then 400 else 4000) 3e-3 } }
       Language =
-        { HookName = "blocks.1.hook_resid_mid"; Layer = 1
+        { HookName = HookNames.ResidMid 1; Layer = 1
           TrainSequences = (if quick then 2048 else 16384); HeldOutSequences = (if quick then 128 else 512); Seed = 20
           Sae = { DSae = 512; K = 8; StandardLambda = 3.0; JumpReluLambda = 3.0; Training = training (if quick then 600 else 6000) 3e-3 } }
       MoeCheckpoint = Path.Combine("artifacts", "checkpoints", "moe.safetensors")

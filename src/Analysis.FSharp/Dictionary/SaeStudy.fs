@@ -10,6 +10,7 @@ open System.Diagnostics
 open System.IO
 open TorchSharp
 open MechInterp.Data
+open MechInterp.Hooks
 open MechInterp.Model
 open MechInterp.ToyModels
 open MechInterp.Analysis.Superposition
@@ -209,13 +210,13 @@ let runLanguage (log: string -> unit) (archs: Architecture list) (s: LanguageSet
     log (sprintf "  toy language: %d activations of %s collected (d_in %d) from %s" store.Rows s.HookName store.DIn source)
     use heldOut = task.Sample(s.HeldOutSequences, Random(s.Seed + 1))
     use _noGrad = torch.no_grad()
-    let prefix = $"blocks.{s.Layer}.mlp"
-    let struct (_, cache) = model.RunWithCache(heldOut.Tokens, (fun n -> n = s.HookName || n = $"{prefix}.hook_expert_weights" || n = $"{prefix}.hook_expert_indices"))
+    let weightsName, indicesName = HookNames.ExpertWeights s.Layer, HookNames.ExpertIndices s.Layer
+    let struct (_, cache) = model.RunWithCache(heldOut.Tokens, (fun n -> n = s.HookName || n = weightsName || n = indicesName))
     use cache = cache
     let x = cache.[s.HookName].reshape(-1L, int64 store.DIn)                       // [tokens, d_model]
     let tokens = int x.shape.[0]
-    let expertWeights = cache.[$"{prefix}.hook_expert_weights"].reshape(int64 tokens, -1L)   // [tokens, E]
-    let chosen = cache.[$"{prefix}.hook_expert_indices"].select(-1L, 0L).reshape(-1L).to_type(torch.int64).data<int64>().ToArray() |> Array.map int
+    let expertWeights = cache.[weightsName].reshape(int64 tokens, -1L)   // [tokens, E]
+    let chosen = cache.[indicesName].select(-1L, 0L).reshape(-1L).to_type(torch.int64).data<int64>().ToArray() |> Array.map int
     let experts = int expertWeights.shape.[1]
     let labels = heldOut.Labels |> Seq.map (fun kv -> kv.Key, kv.Value.reshape(-1L).data<int64>().ToArray() |> Array.map int) |> Map.ofSeq
     let values = task.Features |> Seq.map (fun kv -> kv.Key, kv.Value) |> Map.ofSeq

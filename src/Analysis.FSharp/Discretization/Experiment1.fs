@@ -168,7 +168,7 @@ let analyse (s: InductionSettings) (hooks: Hook[]) (codebooks: (string * VectorQ
     let struct (_, cache) = model.RunWithCache(batch.Tokens, Decomposition.residualFilter model, hooks)
     use cache = cache
     let parts = Decomposition.decomposeResid model cache
-    let final = cache.[$"blocks.{s.Layers - 1}.hook_resid_post"]
+    let final = cache.[HookNames.ResidPost(s.Layers - 1)]
     let err = (parts.Stack.sum(0L) - final).abs().max().item<float32>() / final.abs().max().item<float32>()
     let repeated = MechInterp.Data.InductionTask.RepeatMask batch
     { DecompositionError = float err

@@ -41,7 +41,7 @@ let quantize (q: Quantizer) (x: torch.Tensor) =
 
 /// The hook names a quantized model rewrites: every block's resid_post.
 let quantizedHookNames (model: HookedTransformer) =
-    [ for l in 0 .. model.Config.n_layers - 1 -> $"blocks.{l}.hook_resid_post" ]
+    [ for l in 0 .. model.Config.n_layers - 1 -> HookNames.ResidPost l ]
 
 /// Hooks that quantize the residual stream after every block.
 let quantizeHooks (q: Quantizer) (model: HookedTransformer) =

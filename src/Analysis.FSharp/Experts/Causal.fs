@@ -52,10 +52,10 @@ let private meanWhere (values: float[]) (take: int -> bool) =
 let private ablationHooks (subject: Subject) (layer: int) (index: torch.Tensor) (unit: int) : Hook[] =
     match subject.Units with
     | Routed ->
-        [| Hook($"blocks.{layer}.mlp.hook_expert_weights", HookFn(fun weights _ -> weights.index_fill(-1L, torch.tensor([| int64 unit |]), (0.0).ToScalar())))
-           Hook($"blocks.{layer}.mlp.hook_expert_indices", HookFn(fun _ _ -> index)) |]
+        [| Hook(HookNames.ExpertWeights layer, HookFn(fun weights _ -> weights.index_fill(-1L, torch.tensor([| int64 unit |]), (0.0).ToScalar())))
+           Hook(HookNames.ExpertIndices layer, HookFn(fun _ _ -> index)) |]
     | NeuronGroups groups ->
-        [| Hook($"blocks.{layer}.mlp.hook_post", HookFn(fun post _ ->
+        [| Hook(HookNames.MlpPost layer, HookFn(fun post _ ->
             let width = post.shape.[2] / int64 groups
             let keep = torch.ones(post.shape.[2], dtype = post.dtype)
             keep.narrow(0L, int64 unit * width, width).zero_() |> ignore
@@ -126,10 +126,10 @@ type Forcing =
 /// own hooks). shift: [batch, pos]; clean: the clean expert index [batch, pos, k].
 let private forceHooks (layer: int) (experts: int) (shift: torch.Tensor) (clean: torch.Tensor) =
     let e = (int64 experts).ToScalar()
-    [| Hook($"blocks.{layer}.mlp.hook_expert_weights", HookFn(fun weights _ ->
+    [| Hook(HookNames.ExpertWeights layer, HookFn(fun weights _ ->
            let source = torch.arange(int64 experts).sub(shift.unsqueeze(-1L)).remainder(e)   // [batch, pos, E]: where each weight comes from
            weights.gather(-1L, source)))
-       Hook($"blocks.{layer}.mlp.hook_expert_indices", HookFn(fun _ _ -> clean.add(shift.unsqueeze(-1L)).remainder(e))) |]
+       Hook(HookNames.ExpertIndices layer, HookFn(fun _ _ -> clean.add(shift.unsqueeze(-1L)).remainder(e))) |]
 
 let force (rng: Random) (subject: Subject) (features: Map<string, string[]>) (batch: TokenBatch) (sample: RoutingSample) =
     match subject.Units with
@@ -172,8 +172,8 @@ let steer (alphas: float[]) (subject: Subject) (features: Map<string, string[]>)
         use _scope = torch.NewDisposeScope()
         use _noGrad = torch.no_grad()
         let layer = sample.Layer
-        let residName = $"blocks.{layer}.hook_resid_mid"
-        let indexName = $"blocks.{layer}.mlp.hook_expert_indices"
+        let residName = HookNames.ResidMid layer
+        let indexName = HookNames.ExpertIndices layer
         let struct (_, cache) = subject.Model.RunWithCache(batch.Tokens, (fun n -> n = residName), subject.HooksFor batch.Tokens)
         use cache = cache
         let d = cache.[residName].shape.[2]

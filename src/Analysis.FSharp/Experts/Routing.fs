@@ -4,6 +4,7 @@ module MechInterp.Analysis.Experts.Routing
 
 open TorchSharp
 open MechInterp.Data
+open MechInterp.Hooks
 open MechInterp.Analysis.Experts.Subjects
 
 /// Per-token routing of one layer over a batch, flattened in (sequence, position) order.
@@ -32,17 +33,16 @@ let collect (subject: Subject) (layer: int) (batch: TokenBatch) : RoutingSample 
     use _scope = torch.NewDisposeScope()
     use _noGrad = torch.no_grad()
     let b, p = int batch.Tokens.shape.[0], int batch.Tokens.shape.[1]
-    let prefix = $"blocks.{layer}.mlp"
     let wanted =
         match subject.Units with
-        | Routed -> set [ $"{prefix}.hook_expert_indices"; $"{prefix}.hook_router_logits" ]
-        | NeuronGroups _ -> set [ $"{prefix}.hook_post" ]
+        | Routed -> set [ HookNames.ExpertIndices layer; HookNames.RouterLogits layer ]
+        | NeuronGroups _ -> set [ HookNames.MlpPost layer ]
     let struct (_, cache) = subject.Model.RunWithCache(batch.Tokens, (fun n -> wanted.Contains n), subject.HooksFor batch.Tokens)
     use cache = cache
     let experts, slots, entropy =
         match subject.Units with
         | Routed ->
-            let index = cache.[$"{prefix}.hook_expert_indices"]                  // [batch, pos, k]
+            let index = cache.[HookNames.ExpertIndices layer]                  // [batch, pos, k]
             let k = int index.shape.[2]
             let flat = flatInts index
             let slots = Array.init (b * p) (fun t -> Array.sub flat (t * k) k)
@@ -50,11 +50,11 @@ let collect (subject: Subject) (layer: int) (batch: TokenBatch) : RoutingSample 
                 match subject.Kind with
                 | HashRouter -> None
                 | _ ->
-                    let logp = cache.[$"{prefix}.hook_router_logits"].log_softmax(-1L)   // [batch, pos, E]
+                    let logp = cache.[HookNames.RouterLogits layer].log_softmax(-1L)   // [batch, pos, E]
                     Some(logp.exp().mul(logp).sum(-1L).neg().mean().item<float32>() |> float)
             subject.Model.Config.n_experts, slots, entropy
         | NeuronGroups groups ->
-            let post = cache.[$"{prefix}.hook_post"]                            // [batch, pos, d_mlp]
+            let post = cache.[HookNames.MlpPost layer]                            // [batch, pos, d_mlp]
             let dMlp = post.shape.[2]
             if dMlp % int64 groups <> 0L then
                 invalidArg (nameof subject) $"dense d_mlp ({dMlp}) must split into {groups} equal neuron groups"

@@ -103,9 +103,9 @@ type HashRouting(config: DecoderConfig, seed: int) =
     /// Hooks forcing every MoE layer's routing for these tokens [batch, pos].
     member this.Hooks(tokens: Tensor) : Hook[] =
         [| for layer in 0 .. config.n_layers - 1 do
-               yield Hook($"blocks.{layer}.mlp.hook_expert_weights",
+               yield Hook(HookNames.ExpertWeights layer,
                           HookFn(fun weights _ -> HashRouting.WeightsOf(config.n_experts, this.Experts(layer, tokens)).to_type(weights.dtype)))
-               yield Hook($"blocks.{layer}.mlp.hook_expert_indices", HookFn(fun _ _ -> this.Experts(layer, tokens))) |]
+               yield Hook(HookNames.ExpertIndices layer, HookFn(fun _ _ -> this.Experts(layer, tokens))) |]
 
 let private noHooks (_: Tensor) : Hook[] = [||]
 
@@ -149,10 +149,10 @@ let trainAll (s: Setup) (task: ITokenTask) (log: string -> unit) =
         let hashed layer = torch.stack([| for j in 0 .. n - 1 -> routers.[j].Experts(layer, if perInstance then tokens.[int64 (n + j)] else tokens) |])   // [n, batch, pos, k]
         let keepTrained (mine: Tensor) (theirs: Tensor) = torch.cat([| mine.narrow(0L, 0L, int64 n); theirs |], 0L)
         [| for layer in 0 .. moeCfg.n_layers - 1 do
-               yield Hook($"blocks.{layer}.mlp.hook_expert_weights", HookFn(fun weights _ ->
+               yield Hook(HookNames.ExpertWeights layer, HookFn(fun weights _ ->
                    let forced = torch.stack([| for j in 0 .. n - 1 -> HashRouting.WeightsOf(moeCfg.n_experts, (hashed layer).[int64 j]) |])
                    keepTrained weights (forced.to_type(weights.dtype))))
-               yield Hook($"blocks.{layer}.mlp.hook_expert_indices", HookFn(fun index _ -> keepTrained index (hashed layer))) |]
+               yield Hook(HookNames.ExpertIndices layer, HookFn(fun index _ -> keepTrained index (hashed layer))) |]
     let routerLossMask = torch.tensor(Array.init (2 * n) (fun i -> if i < n then 1.0f else 0.0f))
     let forwardHashed = Func<HookedTransformer, Tensor, Tensor>(fun m tokens -> m.RunWithHooks(tokens, hashHooks tokens))
     let progress name (steps: int) =

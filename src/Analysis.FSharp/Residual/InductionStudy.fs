@@ -6,6 +6,7 @@ module MechInterp.Analysis.Residual.InductionStudy
 open System
 open TorchSharp
 open MechInterp.Model
+open MechInterp.Hooks
 open MechInterp.Data
 open MechInterp.Analysis.Residual.Decomposition
 open MechInterp.Analysis.Residual.LogitAttribution
@@ -77,7 +78,7 @@ let analyseEnd (s: InductionSettings) (model: HookedTransformer) (patchBatch: in
     let struct (_, cache) = model.RunWithCache(batch.Tokens, residualFilter model)
     use cache = cache
     let metric, count = repeatMetric model batch
-    let final = cache.[$"blocks.{s.Layers - 1}.hook_resid_post"]
+    let final = cache.[HookNames.ResidPost(s.Layers - 1)]
     let parts = decomposeResid model cache
     let err = (parts.Stack.sum(0L) - final).abs().max().item<float32>() / final.abs().max().item<float32>()
     let repeated = InductionTask.RepeatMask batch

@@ -22,8 +22,8 @@ let readOut (model: HookedTransformer) (stream: Tensor) = model.unembed.forward(
 
 /// The stream after 0, 1, .., n_layers blocks: blocks.0.hook_resid_pre, then each block's hook_resid_post.
 let streamNames (model: HookedTransformer) =
-    [ yield "blocks.0.hook_resid_pre"
-      for l in 0 .. model.Config.n_layers - 1 -> (HookNames.ResidPost l) ]
+    [ yield HookNames.ResidPre 0
+      for l in 0 .. model.Config.n_layers - 1 -> HookNames.ResidPost l ]
 
 /// The streams of a cache that recorded `streamNames` → [n_layers + 1, instance, batch, pos, d_model].
 let streams (model: HookedTransformer) (cache: ActivationCache) =

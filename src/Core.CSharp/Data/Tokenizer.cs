@@ -48,9 +48,11 @@ internal static class NamedTokens
 public sealed class Gpt2Tokenizer : ITokenizer
 {
     public const int EndOfText = 50256;
+    /// <summary>GPT-2's vocabulary size, 50,257.</summary>
+    public const int Vocab = 50257;
     private readonly TiktokenTokenizer bpe = TiktokenTokenizer.CreateForModel("gpt2");
 
-    public int VocabSize => 50257;
+    public int VocabSize => Vocab;
 
     public int? BosToken => EndOfText;
 

@@ -23,8 +23,17 @@ public static class HookNames
     public static string Result(int layer) => Block(layer, "attn.hook_result");
     public static string AttnScores(int layer) => Block(layer, "attn.hook_attn_scores");
     public static string Pattern(int layer) => Block(layer, "attn.hook_pattern");
+    /// <summary>q and k after the rotation, with rotary positions only.</summary>
+    public static string RotQ(int layer) => Block(layer, "attn.hook_rot_q");
+    public static string RotK(int layer) => Block(layer, "attn.hook_rot_k");
     public static string MlpPre(int layer) => Block(layer, "mlp.hook_pre");
     public static string MlpPost(int layer) => Block(layer, "mlp.hook_post");
+    /// <summary>A MoE block's router logits [batch, pos, n_experts] (TransformerLens's Mixtral names, as the two below).</summary>
+    public static string RouterLogits(int layer) => Block(layer, "mlp.hook_router_logits");
+    /// <summary>A MoE block's gate weights over the experts [batch, pos, n_experts].</summary>
+    public static string ExpertWeights(int layer) => Block(layer, "mlp.hook_expert_weights");
+    /// <summary>A MoE block's chosen experts [batch, pos, k].</summary>
+    public static string ExpertIndices(int layer) => Block(layer, "mlp.hook_expert_indices");
     /// <summary>The scale of a block's first (ln1) or second (ln2) norm.</summary>
     public static string LnScale(int layer, int norm) => Block(layer, $"{Norm(norm)}.hook_scale");
     public static string LnNormalized(int layer, int norm) => Block(layer, $"{Norm(norm)}.hook_normalized");

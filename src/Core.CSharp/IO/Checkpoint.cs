@@ -12,10 +12,24 @@ public static class Checkpoint
     /// <summary>A batched model's checkpoint lists its instances' seeds under this metadata key (parameters then carry the instance dimension).</summary>
     public const string InstanceSeedsKey = "instance_seeds";
 
+    /// <summary>
+    /// The model's tokenizer, when it has one, is described under this metadata key (see <see cref="Save"/>); a
+    /// checkpoint without it loads with no tokenizer.
+    /// </summary>
+    public const string TokenizerKey = "tokenizer";
+
+    /// <summary>
+    /// Writes the model's parameters, its config and, when it has one, its tokenizer: a small versioned JSON object
+    /// under <see cref="TokenizerKey"/> that rebuilds it exactly (<c>{"version": 1, "kind": "gpt2"}</c>,
+    /// <c>{"version": 1, "kind": "induction", "vocab_size": 64, "max_repeat": 16, "min_repeat": 8}</c>,
+    /// <c>{"version": 1, "kind": "toy_language", "sequence_length": 33}</c>). A tokenizer of another type cannot be
+    /// described: <see cref="NotSupportedException"/>, raised before anything is written.
+    /// </summary>
     public static void Save(HookedTransformer model, string path)
     {
         var metadata = new Dictionary<string, string> { ["config"] = model.Config.ToJson(), ["format"] = "pt" };
         if (model.IsBatched) metadata[InstanceSeedsKey] = System.Text.Json.JsonSerializer.Serialize(model.Seeds);
+        if (model.Tokenizer is { } tokenizer) metadata[TokenizerKey] = CheckpointTokenizer.Describe(tokenizer);
         SafeTensors.Write(path, model.StateDict(), metadata);
     }
 
@@ -28,8 +42,9 @@ public static class Checkpoint
     /// <summary>
     /// Reads a checkpoint. Everything is checked before anything is allocated: the header against the file size,
     /// the config's sizes against what the file's tensors hold, then every parameter's shape (from the model's own
-    /// constructors, with no memory behind them) against the header. Any problem raises
-    /// <see cref="InvalidDataException"/> naming the file and the problem.
+    /// constructors, with no memory behind them) against the header, and the tokenizer entry, when there is one,
+    /// against the kinds this build knows. Any problem raises <see cref="InvalidDataException"/> naming the file and
+    /// the problem. The loaded model has the saved tokenizer, or none when the file has no entry (older checkpoints).
     /// </summary>
     public static HookedTransformer Load(string path)
     {
@@ -55,6 +70,10 @@ public static class Checkpoint
                 throw SafeTensors.Corrupt(path, $"__metadata__[\"{InstanceSeedsKey}\"] must list 1 to {MaxInstances} seeds, got {SafeTensors.Quote(seedJson)}");
         }
 
+        var tokenizer = metadata.TryGetValue(TokenizerKey, out var tokenizerJson)
+            ? CheckpointTokenizer.Parse(path, tokenizerJson, config.d_vocab)
+            : null;
+
         CheckSizesAgainstFile(path, config, seeds, entries);
         var expected = HookedTransformer.ParameterShapes(config, seeds);
         var found = entries.ToDictionary(e => e.Name);
@@ -77,6 +96,7 @@ public static class Checkpoint
         }
 
         var model = HookedTransformer.Create(config, seeds);
+        model.Tokenizer = tokenizer;
         var parameters = model.StateDict();
         // Everything checked: only now copy, so nothing is ever partially loaded.
         try

@@ -9,7 +9,11 @@ public sealed partial class HookedTransformer
 {
     private ITokenizer? tokenizer;
 
-    /// <summary>The tokenizer text goes through (the task the model trains on, or <see cref="Gpt2Tokenizer"/>); not saved in checkpoints.</summary>
+    /// <summary>
+    /// The tokenizer text goes through (the task the model trains on, or <see cref="Gpt2Tokenizer"/>). Checkpoints save
+    /// it (<see cref="IO.Checkpoint.Save"/>: Gpt2Tokenizer, InductionTask and ToyLanguage; a model with any other
+    /// tokenizer is refused at save until the tokenizer is set to null) and <see cref="Load"/> restores it.
+    /// </summary>
     public ITokenizer? Tokenizer
     {
         get => tokenizer;

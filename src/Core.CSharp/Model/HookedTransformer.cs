@@ -35,13 +35,13 @@ public sealed partial class HookedTransformer : nn.Module<Tensor, Tensor>
         hooks = new HookRegistry(batched: seeds is not null);
         var init = new Init(config, seeds, shapesOnly);
         embed = new Embed(config, init);
-        hook_embed = hooks.Add("hook_embed");
+        hook_embed = hooks.Add(HookNames.Embed);
         if (config.positional_embedding_type == "standard")
         {
             pos_embed = new PosEmbed(config, init);
-            hook_pos_embed = hooks.Add("hook_pos_embed");
+            hook_pos_embed = hooks.Add(HookNames.PosEmbed);
         }
-        else hook_pos_embed = hooks.Inactive("hook_pos_embed");
+        else hook_pos_embed = hooks.Inactive(HookNames.PosEmbed);
         blocks = new ModuleList<TransformerBlock>(Enumerable.Range(0, config.n_layers)
             .Select(layer => new TransformerBlock(layer, config, init, hooks)).ToArray());
         ln_final = new Norm("ln_final", "ln_final", config, init, hooks);
@@ -92,7 +92,7 @@ public sealed partial class HookedTransformer : nn.Module<Tensor, Tensor>
     /// <summary>Each instance's seed in a batched model (the config's seed is instance 0's); [config.seed] for an ordinary one.</summary>
     public IReadOnlyList<int> Seeds => seeds ?? [Config.seed];
 
-    /// <summary>Instance i of a batched model as an ordinary model with a copy of its weights (config seed = its seed).</summary>
+    /// <summary>Instance i of a batched model as an ordinary model with a copy of its weights (config seed = its seed) and its tokenizer.</summary>
     public HookedTransformer Instance(int i)
     {
         if (seeds is null) throw new InvalidOperationException("Instance(i) takes one instance out of a batched model; this model is not batched");
@@ -102,6 +102,7 @@ public sealed partial class HookedTransformer : nn.Module<Tensor, Tensor>
         using var _ = no_grad();
         foreach (var (name, p) in single.named_parameters())
             p.copy_(mine[name][i]);
+        single.Tokenizer = tokenizer;
         return single;
     }
 

@@ -22,24 +22,24 @@ public sealed class TransformerBlock : nn.Module<Tensor, Tensor>
     {
         string p = $"blocks.{layer}";
         residual = cfg.residual;
-        hook_resid_pre = hooks.Add($"{p}.hook_resid_pre");
+        hook_resid_pre = hooks.Add(HookNames.ResidPre(layer));
         ln1 = new Norm("ln1", $"{p}.ln1", cfg, init, hooks);
         attn = new Attention($"{p}.attn", cfg, init, hooks);
-        hook_attn_out = hooks.Add($"{p}.hook_attn_out");
+        hook_attn_out = hooks.Add(HookNames.AttnOut(layer));
         if (cfg.attn_only)
         {
             // As TransformerLens: an attention-only block has no resid_mid, no mlp_out.
-            hook_resid_mid = hooks.Inactive($"{p}.hook_resid_mid");
-            hook_mlp_out = hooks.Inactive($"{p}.hook_mlp_out");
+            hook_resid_mid = hooks.Inactive(HookNames.ResidMid(layer));
+            hook_mlp_out = hooks.Inactive(HookNames.MlpOut(layer));
         }
         else
         {
-            hook_resid_mid = hooks.Add($"{p}.hook_resid_mid");
+            hook_resid_mid = hooks.Add(HookNames.ResidMid(layer));
             ln2 = new Norm("ln2", $"{p}.ln2", cfg, init, hooks);
             mlp = cfg.IsMoe ? new Moe($"{p}.mlp", cfg, init, hooks) : new Mlp($"{p}.mlp", cfg, init, hooks);
-            hook_mlp_out = hooks.Add($"{p}.hook_mlp_out");
+            hook_mlp_out = hooks.Add(HookNames.MlpOut(layer));
         }
-        hook_resid_post = hooks.Add($"{p}.hook_resid_post");
+        hook_resid_post = hooks.Add(HookNames.ResidPost(layer));
         RegisterComponents();
     }
 

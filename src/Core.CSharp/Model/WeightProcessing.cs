@@ -23,7 +23,7 @@ namespace MechInterp.Model;
 public static class WeightProcessing
 {
     /// <summary>
-    /// A new model of the processed weights (the given one is unchanged), with normalization_type LN → LNPre and
+    /// A new model of the processed weights and the same tokenizer (the given one is unchanged), with normalization_type LN → LNPre and
     /// RMS → RMSPre when <paramref name="foldLn"/> folded it. A step the configuration does not define is an error
     /// naming why (centring under RMS or no norm; folding LN into mixture-of-experts blocks, whose router has no bias).
     /// </summary>
@@ -114,6 +114,7 @@ public static class WeightProcessing
             foreach (var (name, p) in processed.named_parameters()) p.copy_(w[name]);
         }
         foreach (var t in w.Values) t.Dispose();
+        processed.Tokenizer = model.Tokenizer;
         return processed;
     }
 
