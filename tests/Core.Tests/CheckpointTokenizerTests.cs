@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using MechInterp.Data;
 using MechInterp.IO;
 using MechInterp.Model;
+using MechInterp.Training;
 using static TorchSharp.torch;
 
 namespace MechInterp.Tests;
@@ -37,6 +38,21 @@ public sealed class CheckpointTokenizerTests : IDisposable
         _ => (new ToyLanguage(12), "BOS A2 N3s V3s N1p . ( D4 D5 )",
             ModelTests.Tiny() with { d_vocab = ToyLanguage.Vocab }),
     };
+
+    [Fact]
+    public void ATrainerGivesAModelWithoutATokenizerItsTasksAndLeavesAGivenOneAlone()
+    {
+        using var scope = NewDisposeScope();
+        var task = new InductionTask(vocabSize: 10, maxRepeat: 5, minRepeat: 3);
+        using var bare = new HookedTransformer(ModelTests.Tiny() with { d_vocab = 10 });
+        _ = new Trainer(bare, task, new TrainingConfig { Steps = 1 });
+        Assert.Same(task, bare.Tokenizer);
+
+        var own = new InductionTask(vocabSize: 10, maxRepeat: 4, minRepeat: 2);
+        using var given = new HookedTransformer(ModelTests.Tiny() with { d_vocab = 10 }) { Tokenizer = own };
+        _ = new Trainer(given, task, new TrainingConfig { Steps = 1 });
+        Assert.Same(own, given.Tokenizer);
+    }
 
     [Theory]
     [MemberData(nameof(Kinds))]

@@ -90,6 +90,7 @@ public class Gpt2WeightsTests
             Assert.Equal(Embd, model.Config.d_model);
             Assert.Equal(4 * Embd, model.Config.DMlp);
             Assert.Equal("gelu_new", model.Config.act_fn);
+            Assert.Null(model.Tokenizer);   // 50 tokens: not GPT-2's vocabulary
             var tokens = randint(0, Vocab, [3, Positions], generator: new Generator(2));
             using var _ = no_grad();
             var ours = model.forward(tokens);
@@ -97,6 +98,26 @@ public class Gpt2WeightsTests
             double diff = (ours - reference).abs().max().item<float>();
             Assert.True(diff < 1e-4, $"converted logits differ from GPT-2's forward by {diff} (logits up to {reference.abs().max().item<float>()})");
             Assert.True(reference.std().item<float>() > 0.1);
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    [Fact]
+    public void AModelWithGpt2sVocabularyGetsGpt2sTokenizerAndSavesIt()
+    {
+        using var scope = NewDisposeScope();
+        var hf = HfTensors(3);
+        hf["wte.weight"] = randn(Data.Gpt2Tokenizer.Vocab, Embd).mul(0.3);
+        var dir = WriteCheckpoint(hf, ConfigJson().Replace($"\"vocab_size\": {Vocab},", $"\"vocab_size\": {Data.Gpt2Tokenizer.Vocab},"));
+        try
+        {
+            using var model = Gpt2Weights.Load(dir);
+            Assert.IsType<Data.Gpt2Tokenizer>(model.Tokenizer);
+            Assert.Equal(["<|endoftext|>", "Hello", " world"], model.ToStrTokens("Hello world"));
+            string saved = Path.Combine(dir, "converted.safetensors");
+            model.Save(saved);
+            using var loaded = HookedTransformer.Load(saved);
+            Assert.IsType<Data.Gpt2Tokenizer>(loaded.Tokenizer);
         }
         finally { Directory.Delete(dir, recursive: true); }
     }

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using MechInterp.Data;
 using MechInterp.Model;
 using static TorchSharp.torch;
 
@@ -163,6 +164,8 @@ public static class Gpt2Weights
         Set("ln_final.b", Hf("ln_f.bias"));
         Set("unembed.W_U", (byName.TryGetValue("lm_head.weight", out var head) ? head : Hf("wte.weight")).t());
         mine["unembed.b_U"].zero_();
+        // GPT-2's own vocabulary: text goes through its BPE, and a saved conversion keeps it.
+        if (config.d_vocab == Gpt2Tokenizer.Vocab) model.Tokenizer = new Gpt2Tokenizer();
         return model;
     }
 }

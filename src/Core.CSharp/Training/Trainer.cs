@@ -44,6 +44,8 @@ public sealed class Trainer
     {
         this.model = model;
         this.task = task;
+        // A model trained on a task reads its tokens (ToStrTokens, checkpoints) unless it was given a tokenizer.
+        if (model.Tokenizer is null && task is ITokenizer names && names.VocabSize <= model.Config.d_vocab) model.Tokenizer = names;
         int instances = model.Instances ?? 1;
         if (configs.Count != instances)
             throw new ArgumentException($"{configs.Count} training configs for a model of {instances} instance(s); give one per instance", nameof(configs));
