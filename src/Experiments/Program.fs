@@ -1,6 +1,7 @@
 /// The main job's experiment runner: runs every registered experiment at the chosen scale, writes each
 /// one's numbers to <out>/results/<name>.json and all their sections to <out>/report/index.html.
 /// Usage: MechInterp.Experiments [--quick | --full] [--out artifacts] [--only name,name] [--suite main|smoke]
+///          [--jobs n]                          n processes of this program at once, then merged (see runJobs)
 ///          [--shard i/n | --shard-count n]     run one share of the units, writing <out>/partials/shard-i-of-n.json
 ///        MechInterp.Experiments merge [--out artifacts] [--partials dir] [--suite main|smoke]
 ///        MechInterp.Experiments list [--quick | --full] [--shard-count n] [--only ...]   the units, and each one's shard
@@ -13,6 +14,27 @@ open TorchSharp
 open MechInterp
 open MechInterp.Analysis.Report
 
+/// Seconds a unit took at quick scale on one thread of this project's 2-core machine, two units running at once
+/// (`--jobs 2`): what shards balance their shares by. At full scale the same proportions are assumed; a unit not
+/// listed counts 60. Only the balance depends on these numbers, never a result.
+let private unitCost (experiment: string) (id: string) =
+    match experiment, id with
+    | "superposition", "relu-20-5" -> 83.0
+    | "superposition", "linear-20-5" -> 31.0
+    | "superposition", "relu-5-2" -> 15.0
+    | "superposition", "relu-80-20" -> 55.0
+    | "superposition", "phase-diagram" -> 10.0
+    | "residual", _ -> 32.0
+    | "residual_hypothesis", "toy_language-depth2-residual" -> 38.0
+    | "residual_hypothesis", "toy_language-depth2-plain" -> 49.0
+    | "residual_hypothesis", "toy_language-depth4-residual" -> 89.0
+    | "residual_hypothesis", "toy_language-depth4-plain" -> 92.0
+    | "residual_hypothesis", _ -> 90.0
+    | "experiment1", _ -> 720.0
+    | "moe", _ -> 215.0
+    | "sae", _ -> 230.0
+    | _ -> 60.0
+
 /// Every experiment the main job runs, in report order. To add one, append its `Experiment` value
 /// (`Experiment.single name description run` for an experiment that is one unit).
 let experiments : Experiment list =
@@ -22,6 +44,7 @@ let experiments : Experiment list =
       MechInterp.Analysis.Discretization.Section.experiment
       MechInterp.Analysis.Experts.MoeExperiment.experiment
       MechInterp.Analysis.Dictionary.SaeSection.experiment ]
+    |> List.map (fun e -> e |> Experiment.withCosts (fun _ id -> unitCost e.Name id))
 
 /// The shard check's suite: the two split experiments at a size that trains in seconds (the same shapes, a few
 /// steps), so three shards, a merge and a single run compare in well under a minute.
@@ -51,7 +74,8 @@ type private Options =
       Only: Set<string> option
       Suite: string
       Shard: string option
-      ShardCount: int option }
+      ShardCount: int option
+      Jobs: int }
 
 let private parseArgs (argv: string[]) =
     let valueOf flag =
@@ -67,6 +91,13 @@ let private parseArgs (argv: string[]) =
       Only = valueOf "--only" |> Option.map (fun s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) |> Set.ofArray)
       Suite = valueOf "--suite" |> Option.defaultValue "main"
       Shard = valueOf "--shard"
+      Jobs =
+        match valueOf "--jobs" with
+        | None -> 1
+        | Some v ->
+            match Int32.TryParse v with
+            | true, n when n >= 1 -> n
+            | _ -> failwith $"--jobs {v}: expected a whole number of at least 1"
       ShardCount =
         valueOf "--shard-count" |> Option.map (fun v ->
             match Int32.TryParse v with
@@ -121,10 +152,53 @@ let private list (o: Options) (registry: Experiment list) =
     let all = [ for e in choose registry o.Only do for u in e.Units o.Scale -> e, u ]
     let count = defaultArg o.ShardCount 1
     log $"{all.Length} units at {Shards.scaleName o.Scale} scale; shard of {count}:"
-    for k, (e, u) in List.indexed all do
+    for owner, (e, u) in List.zip (Shards.owners count Shards.unitCost all) all do
         let seeds = if u.Seeds.IsEmpty then "" else ", seeds " + String.Join(",", u.Seeds)
-        log $"  {k % count,3}  {e.Name}/{u.Id}  (setting {u.Setting}{seeds})"
+        log $"  {owner,3}  {e.Name}/{u.Id}  (setting {u.Setting}{seeds}, cost {u.Cost:F0})"
     0
+
+/// `--jobs n`: the units in n processes of this program at once, shares balanced by cost (`Shards.assign`), each
+/// process on cores / n threads (one on two cores) unless MECHINTERP_THREADS says otherwise, then their partials
+/// merged into the results and the report. Many units are too small for intra-op threads, so on two cores two
+/// one-thread processes finish sooner than one process on two threads.
+let private runJobs (o: Options) (argv: string[]) (registry: Experiment list) =
+    let dir = Path.Combine(o.Out, "partials", "jobs")
+    if Directory.Exists dir then Directory.Delete(dir, true)   // an earlier run's shards would not match this one's
+    let passed =
+        let rec drop = function
+            | "--jobs" :: _ :: rest -> drop rest
+            | a :: rest -> a :: drop rest
+            | [] -> []
+        drop (List.ofArray argv)
+    let threads = max 1 (Environment.ProcessorCount / o.Jobs)
+    let start (i: int) =
+        let info = Diagnostics.ProcessStartInfo(nonNull Environment.ProcessPath, RedirectStandardOutput = true, RedirectStandardError = true)
+        // Run as `dotnet MechInterp.Experiments.dll`, the child needs the assembly first; as the app host, it does not.
+        if Path.GetFileNameWithoutExtension(Environment.ProcessPath) = "dotnet" then
+            info.ArgumentList.Add(Reflection.Assembly.GetEntryAssembly() |> nonNull |> _.Location)
+        for a in passed @ [ "--shard"; $"{i}/{o.Jobs}"; "--partials"; dir ] do info.ArgumentList.Add a
+        if String.IsNullOrEmpty(Environment.GetEnvironmentVariable "MECHINTERP_THREADS") then
+            info.Environment.["MECHINTERP_THREADS"] <- string threads
+        let p = new Diagnostics.Process(StartInfo = info)
+        let forward (e: Diagnostics.DataReceivedEventArgs) =
+            match e.Data with
+            | null -> ()
+            | line when line.StartsWith "shard " -> log line
+            | line -> log $"job {i}: {line}"
+        p.OutputDataReceived.Add forward
+        p.ErrorDataReceived.Add forward
+        p.Start() |> ignore
+        p.BeginOutputReadLine()
+        p.BeginErrorReadLine()
+        p
+    log $"{o.Jobs} jobs at once, {threads} thread(s) each; their partials in {dir}"
+    let children = [ for i in 0 .. o.Jobs - 1 -> start i ]
+    for p in children do p.WaitForExit()
+    let failed = children |> List.indexed |> List.filter (fun (_, p) -> p.ExitCode <> 0)
+    for i, p in failed do eprintfn "job %d exited with %d: nothing merged" i p.ExitCode
+    let code = if failed.IsEmpty then merge { o with Partials = Some dir } registry else 1
+    for p in children do p.Dispose()
+    code
 
 let private run (o: Options) (registry: Experiment list) =
     let share =
@@ -147,7 +221,7 @@ let private run (o: Options) (registry: Experiment list) =
         log $"report written to {report}"
         0
     | Some share ->
-        let mine = Shards.assign share all
+        let mine = Shards.assign share Shards.unitCost all
         log $"shard {share.Index}/{share.Count} ({share.Source}): {mine.Length} of {all.Length} units"
         let records = Runner.runUnits log $"shard {share.Index}/{share.Count} " mine
         let file : Shards.ShardFile =
@@ -168,6 +242,9 @@ let main argv =
     Runtime.TorchRuntime.EnsureLoaded()
     if o.List then list o registry
     elif o.Merge then merge o registry
+    elif o.Jobs > 1 then
+        if o.Shard.IsSome then failwith "--jobs runs its own shards; give --jobs or --shard, not both"
+        runJobs o argv registry
     else
         printfn "MechInterp experiments, %A scale, %d threads, artifacts in %s" o.Scale Settings.Threads o.Out
         smokeForward ()

@@ -34,9 +34,21 @@ let ``the share comes from a Slurm array or a Kubernetes Indexed Job`` () =
 [<Fact>]
 let ``shares are disjoint and cover every unit`` () =
     let units = [ 0 .. 10 ]
-    let shares = [ for i in 0 .. 2 -> Shards.assign { Index = i; Count = 3; Source = "" } units ]
+    let shares = [ for i in 0 .. 2 -> Shards.assign { Index = i; Count = 3; Source = "" } (fun _ -> 1.0) units ]
     Assert.Equal<int list>(units, shares |> List.concat |> List.sort)
     Assert.All(shares, fun s -> Assert.InRange(s.Length, 3, 4))
+
+[<Fact>]
+let ``shares balance by cost, costliest first, and equal costs give round robin`` () =
+    let costs = [ 10.0; 1.0; 1.0; 1.0; 1.0; 6.0; 2.0 ]
+    let owners = Shards.owners 2 id costs
+    // 10 → 0; 6, 2, 1, 1 → 1 (up to 10); the tie at 10 → 0; the last 1 → 1: 11 each, where round robin gives 14 and 8.
+    Assert.Equal<int list>([ 0; 1; 1; 0; 1; 1; 1 ], owners)
+    let load shard = List.zip owners costs |> List.filter (fst >> (=) shard) |> List.sumBy snd
+    Assert.Equal((11.0, 11.0), (load 0, load 1))
+    Assert.Equal<int list>([ for k in 0 .. 10 -> k % 3 ], Shards.owners 3 (fun _ -> 1.0) [ 0 .. 10 ])
+    // A cost that is not a positive number counts as 1.
+    Assert.Equal<int list>(Shards.owners 2 (fun _ -> 1.0) [ 0 .. 3 ], Shards.owners 2 (fun k -> [| nan; -1.0; 0.0; infinity |].[k]) [ 0 .. 3 ])
 
 [<Fact>]
 let ``a partial round-trips outputs with unions, matrices, options and NaN`` () =
@@ -72,14 +84,15 @@ let private registry : Experiment list =
                 let total = partials |> Seq.sumBy (fun kv -> Partial.ofNode<int list> kv.Value |> List.sum)
                 { Answer = { Question = name; Verdict = string total; Evidence = ""; KeyNumber = ""; Seeds = 0; Runs = 0; Converged = 0 }
                   Sections = []; Results = Report.obj [ "total", Report.integer (int64 total) ] } }
-    [ experiment "a" [ "s1", [ 0; 1 ]; "s2", [ 0; 1 ]; "s3", [ 2 ] ]
+    // s1 costs five of the others: shards balance by cost, and merge must expect the same owners.
+    [ experiment "a" [ "s1", [ 0; 1 ]; "s2", [ 0; 1 ]; "s3", [ 2 ] ] |> Experiment.withCosts (fun _ id -> if id = "s1" then 5.0 else 1.0)
       experiment "b" [ "t", [ 5 ] ] ]
 
 let private writeShards (dir: string) (count: int) =
     let all = [ for e in registry do for u in e.Units Quick -> e, u ]
     for i in 0 .. count - 1 do
         let share : Shards.Share = { Index = i; Count = count; Source = "test" }
-        let records = Runner.runUnits ignore "" (Shards.assign share all)
+        let records = Runner.runUnits ignore "" (Shards.assign share Shards.unitCost all)
         Shards.write dir { Format = Shards.format; Suite = "test"; Scale = "quick"; Shard = i; Count = count
                            Experiments = [ "a"; "b" ]; Units = records } |> ignore
 
@@ -185,7 +198,7 @@ let rec private maxDifference (path: string) (a: JsonNode | null) (b: JsonNode |
         0.0
 
 [<Fact>]
-let ``three shard processes merged equal one process`` () =
+let ``three shard processes merged, and --jobs 2, equal one process`` () =
     let dir = freshDir ()
     try
         // Shard 0 from the argument, shard 1 as a Slurm array task (ids 10..12), shard 2 as a Kubernetes Indexed Job pod.
@@ -215,11 +228,19 @@ let ``three shard processes merged equal one process`` () =
         Assert.True((code = 0), $"the single run failed ({code}):\n{output}")
         Assert.Contains("[unit 9/9]", output)
         Assert.True(File.Exists(Path.Combine(dir, "sharded", "report", "index.html")))
-        for name in [ "superposition"; "residual_hypothesis" ] do
-            let read run = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, run, "results", $"{name}.json")))
-            let worst = maxDifference name (read "single") (read "sharded")
-            // The same units train the same batches in both: equal up to float noise.
-            printfn "%s: largest difference between 3 merged shards and one process: %g" name worst
-            Assert.True(worst <= 1e-5, $"{name}: the merged shards differ from one process by {worst}")
+        // --jobs 2: two shard processes started, awaited and merged by one command.
+        let code, output = start dir [ "--suite"; "smoke"; "--out"; "jobs"; "--jobs"; "2" ] ()
+        Assert.True((code = 0), $"the --jobs 2 run failed ({code}):\n{output}")
+        Assert.Contains("2 jobs at once", output)
+        Assert.Contains("shard 1/2", output)
+        Assert.Contains("merge: 9 units of 2 experiments", output)
+        Assert.True(File.Exists(Path.Combine(dir, "jobs", "report", "index.html")))
+        for run in [ "sharded"; "jobs" ] do
+            for name in [ "superposition"; "residual_hypothesis" ] do
+                let read run = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, run, "results", $"{name}.json")))
+                let worst = maxDifference name (read "single") (read run)
+                // The same units train the same batches in both: equal up to float noise.
+                printfn "%s: largest difference between %s and one process: %g" name run worst
+                Assert.True(worst <= 1e-5, $"{name}: {run} differs from one process by {worst}")
     finally
         Directory.Delete(dir, true)

@@ -38,6 +38,9 @@ type WorkUnit =
       /// The setting the unit trains, and its seeds: `merge` refuses a seed trained twice in one setting.
       Setting: string
       Seeds: int list
+      /// The seconds the unit is expected to take, relative to the others: shards balance their shares by it
+      /// (`Shards.assign`). A hint only: it never changes what the unit computes. `WorkUnit.create` sets 1.
+      Cost: float
       /// Trains and measures; the partial result as JSON (`WorkUnit.create` serializes any F# value).
       Run: unit -> JsonNode }
 
@@ -53,7 +56,7 @@ type Experiment =
 module WorkUnit =
     /// A unit whose partial is any value `Partial` can write (records, unions, lists, arrays, matrices).
     let create (id: string) (setting: string) (seeds: int list) (run: unit -> 'T) : WorkUnit =
-        { Id = id; Setting = setting; Seeds = seeds; Run = fun () -> Partial.toNode (run ()) }
+        { Id = id; Setting = setting; Seeds = seeds; Cost = 1.0; Run = fun () -> Partial.toNode (run ()) }
 
 module Experiment =
     /// The id of a single-unit experiment's one unit.
@@ -66,6 +69,10 @@ module Experiment =
           Description = description
           Units = fun scale -> [ WorkUnit.create SingleUnit name [] (fun () -> run scale) ]
           Combine = fun _ partials -> Partial.ofNode<ExperimentOutput> partials.[SingleUnit] }
+
+    /// The experiment with each unit's cost from `cost scale unitId` (expected seconds), for balancing shards.
+    let withCosts (cost: Scale -> string -> float) (e: Experiment) : Experiment =
+        { e with Units = fun scale -> e.Units scale |> List.map (fun u -> { u with Cost = cost scale u.Id }) }
 
     /// Runs every unit in this process and combines them: the whole experiment, as the main job without shards does.
     let runAll (scale: Scale) (e: Experiment) : ExperimentOutput =

@@ -57,10 +57,26 @@ let fromEnvironment (getenv: string -> string option) (count: int option) : Resu
         | None, Error e -> Error e
     | Ok None, Ok None -> Ok None
 
-/// The units of one share: every `Count`-th of the whole ordered list, starting at `Index`. Every process derives the
-/// same list from the same experiments and scale, so the shares are disjoint and cover it.
-let assign (share: Share) (units: 'a list) : 'a list =
-    units |> List.indexed |> List.filter (fun (k, _) -> k % share.Count = share.Index) |> List.map snd
+/// The shard of each unit among `count`, balanced by cost: the costliest unit first, each to the shard with the least
+/// cost so far (the lowest index on a tie), the longest-processing-time rule. Equal costs give round robin (unit k to
+/// shard k mod count). Every process derives the same list from the same experiments and scale, so the shares are
+/// disjoint, cover it, and agree with `read`.
+let owners (count: int) (cost: 'a -> float) (units: 'a list) : int list =
+    let load = Array.zeroCreate<float> count
+    let owner = Array.zeroCreate<int> units.Length
+    let costs = units |> List.map (fun u -> let c = cost u in if Double.IsFinite c && c > 0.0 then c else 1.0) |> Array.ofList
+    for k in Array.init costs.Length id |> Array.sortBy (fun k -> -costs.[k], k) do
+        let shard = Array.init count id |> Array.minBy (fun i -> load.[i], i)
+        owner.[k] <- shard
+        load.[shard] <- load.[shard] + costs.[k]
+    List.ofArray owner
+
+/// The units of one share, in their order, by `owners`.
+let assign (share: Share) (cost: 'a -> float) (units: 'a list) : 'a list =
+    List.zip (owners share.Count cost units) units |> List.filter (fun (o, _) -> o = share.Index) |> List.map snd
+
+/// The cost `assign` balances a unit of an experiment by.
+let unitCost (_: Experiment, u: WorkUnit) = u.Cost
 
 /// One unit's partial as a shard file holds it.
 type UnitRecord =
@@ -150,7 +166,7 @@ let read (dir: string) (suite: string) (registry: Experiment list) : Result<Merg
             | None -> errors.Add $"the shards ran experiment '{n}', which this program does not have"; None)
     if experiments.Length <> first.Experiments.Length then Error(List.ofSeq errors) else
     let expected = [ for e in experiments do for u in e.Units scale -> e.Name, u ]
-    let owner = expected |> List.mapi (fun k (e, u) -> (e, u.Id), k % count) |> Map.ofList
+    let owner = List.zip (expected |> List.map (fun (e, u) -> e, u.Id)) (owners count (snd >> fun u -> u.Cost) expected) |> Map.ofList
     let declared = expected |> List.map (fun (e, u) -> (e, u.Id), u) |> Map.ofList
     let found = [ for name, f in shards do for r in f.Units -> name, f.Shard, r ]
     for (key, copies) in found |> List.groupBy (fun (_, _, r) -> r.Experiment, r.Id) do
