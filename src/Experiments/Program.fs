@@ -193,6 +193,10 @@ let private runJobs (o: Options) (argv: string[]) (registry: Experiment list) =
         p
     log $"{o.Jobs} jobs at once, {threads} thread(s) each; their partials in {dir}"
     let children = [ for i in 0 .. o.Jobs - 1 -> start i ]
+    // Stopping this process (Ctrl-C, a scheduler's SIGTERM) stops the jobs too, rather than leaving them running.
+    let stop () = for p in children do (try (if not p.HasExited then p.Kill true) with _ -> ())
+    use _cancel = Console.CancelKeyPress.Subscribe(fun _ -> stop ())
+    use _term = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, fun _ -> stop ())
     for p in children do p.WaitForExit()
     let failed = children |> List.indexed |> List.filter (fun (_, p) -> p.ExitCode <> 0)
     for i, p in failed do eprintfn "job %d exited with %d: nothing merged" i p.ExitCode
