@@ -1,9 +1,12 @@
 // The resident-set check of a long run (issue 17): trains the --full superposition phase diagram (1,323 instances,
 // batch 1,024) for a bounded number of steps, samples VmRSS four times a second, and fails if the resident set grows:
-// the 10th and 90th percentiles of every later quarter of the run after warm-up must stay within +10% of the first
-// quarter's. Between two malloc_trim calls, every 10 steps, the resident set swings between a trough (what is kept)
-// and a peak (the steps' temporaries); a median of a sawtooth lands on either side by chance (CI once saw 534 then
-// 455 MB and called a shrinking run "not flat"), so the check watches both bands, and only for growth.
+// the 10th percentile of every later quarter of the run after warm-up (the trough: what the run keeps) must stay
+// within +10% of the first quarter's, and no sample may pass 1.5 times the first quarter's 90th percentile. Between
+// two malloc_trim calls, every 10 steps, the resident set swings between that trough and a peak (the steps'
+// temporaries). A median of the sawtooth lands on either side by chance (CI once saw 534 then 455 MB and called a
+// shrinking run "not flat"), and the peak band swings with where the trims fall: +22% and +14% in two runs that
+// kept a flat trough (+7%, +5%), one of them at the commit a passing CI run had checked. A leak keeps what it takes,
+// so it raises the trough; the loose bound on the peaks catches one that only the temporaries show.
 // Too slow for the test command (about a minute), so build.fsx's `rss` target runs it and .ci/run calls that.
 //   dotnet fsi tests/Memory/rss_check.fsx [--steps N]
 // Without the trim (Native/Allocator.cs) the same steps went from 1.0 GB to 3.5 GB.
@@ -56,10 +59,11 @@ let percentile p (xs: float[]) = let s = Array.sort xs in s.[min (s.Length - 1) 
 let quarters = Array.init 4 (fun q -> after.[q * quarter .. (if q = 3 then after.Length - 1 else (q + 1) * quarter - 1)])
 let troughs = quarters |> Array.map (percentile 0.1)
 let peaks = quarters |> Array.map (percentile 0.9)
-let grows (band: float[]) = band |> Array.exists (fun b -> b > 1.1 * band.[0])
-let flat = not (grows troughs) && not (grows peaks)
+let troughGrows = troughs |> Array.exists (fun b -> b > 1.1 * troughs.[0])
+let peakBound = 1.5 * peaks.[0]
+let flat = not troughGrows && Array.max after <= peakBound
 let show (band: float[]) = String.Join(", ", band |> Array.map (sprintf "%.1f"))
-printfn "rss check: %d steps, %d samples after warm-up (step %d), %.1f to %.1f MB; per quarter, 10th percentiles %s MB, 90th percentiles %s MB: %s"
-    result.StepsRun after.Length warmup (Array.min after) (Array.max after) (show troughs) (show peaks)
-    (if flat then "no growth beyond +10%" else "GROWS")
+printfn "rss check: %d steps, %d samples after warm-up (step %d), %.1f to %.1f MB (bound %.1f); per quarter, 10th percentiles %s MB, 90th percentiles %s MB: %s"
+    result.StepsRun after.Length warmup (Array.min after) (Array.max after) peakBound (show troughs) (show peaks)
+    (if flat then "trough within +10%, peaks within the bound" else "GROWS")
 exit (if flat then 0 else 1)
