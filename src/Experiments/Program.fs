@@ -247,7 +247,7 @@ let main argv =
     if o.List then list o registry
     elif o.Merge then merge o registry
     elif o.Jobs > 1 then
-        if o.Shard.IsSome then failwith "--jobs runs its own shards; give --jobs or --shard, not both"
+        if o.Shard.IsSome || o.ShardCount.IsSome then failwith "--jobs runs its own shards; give --jobs or --shard / --shard-count, not both"
         runJobs o argv registry
     else
         printfn "MechInterp experiments, %A scale, %d threads, artifacts in %s" o.Scale Settings.Threads o.Out
