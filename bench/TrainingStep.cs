@@ -20,12 +20,21 @@ internal static class TrainingStep
         n_experts = moe ? Experts : 0, experts_per_token = moe ? TopK : 0, seed = 6,
     };
 
+    /// <summary>The step's batch: tokens [batch, pos] and the loss mask [batch, pos − 1], the same for every arm.</summary>
+    private static (Tensor Tokens, Tensor Mask) StepBatch()
+    {
+        manual_seed(5);
+        return (randint(0, Vocab, new long[] { Batch, Pos }, dtype: ScalarType.Int64), ones(Batch, Pos - 1, dtype: ScalarType.Bool));
+    }
+
+    /// <summary>Median milliseconds of <paramref name="body"/>, each call in its own dispose scope.</summary>
+    private static double ScopedMedianMs(Action body, int repetitions) =>
+        Timing.MedianMs(() => { using var inner = NewDisposeScope(); body(); }, warmup: 0, repetitions: repetitions);
+
     public static IEnumerable<BenchResult> Run(bool profile)
     {
         using var scope = NewDisposeScope();
-        manual_seed(5);
-        var tokens = randint(0, Vocab, new long[] { Batch, Pos }, dtype: ScalarType.Int64);   // [batch, pos]
-        var mask = ones(Batch, Pos - 1, dtype: ScalarType.Bool);                            // [batch, pos − 1]
+        var (tokens, mask) = StepBatch();
         var previous = Settings.Kernels;
         try
         {
@@ -50,14 +59,12 @@ internal static class TrainingStep
 
     /// <summary>
     /// Steps one arm for <paramref name="seconds"/> and nothing else, for a sampling profiler:
-    /// `perf record -g dotnet bench/bin/Release/net10.0/Bench.dll train spin moe native 20`.
+    /// `perf record -g bench/bin/Release/net10.0/linux-x64/MechInterp.Bench train spin moe native 20`.
     /// </summary>
     public static void Spin(bool moe, KernelBackend backend, double seconds)
     {
         using var scope = NewDisposeScope();
-        manual_seed(5);
-        var tokens = randint(0, Vocab, new long[] { Batch, Pos }, dtype: ScalarType.Int64);   // [batch, pos]
-        var mask = ones(Batch, Pos - 1, dtype: ScalarType.Bool);                            // [batch, pos − 1]
+        var (tokens, mask) = StepBatch();
         using var stepper = new Stepper(Config(moe), tokens, mask, backend);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         int steps = 0;
@@ -126,17 +133,7 @@ internal static class TrainingStep
             var dy = randn(1, Batch, Pos, DModel);
             var block = model.blocks[0];
             foreach (var (name, layer) in new (string, Func<Tensor, Tensor>)[] { ("attention layer fwd+bwd", block.attn.forward), ("mlp layer fwd+bwd", block.mlp.forward) })
-            {
-                var ms = new List<double>();
-                for (int i = 0; i < 13; i++)
-                {
-                    using var inner = NewDisposeScope();
-                    var c = System.Diagnostics.Stopwatch.StartNew();
-                    layer(x).backward([dy]);
-                    ms.Add(c.Elapsed.TotalMilliseconds);
-                }
-                yield return (name, ms.Order().ElementAt(6));
-            }
+                yield return (name, ScopedMedianMs(() => layer(x).backward([dy]), repetitions: 13));
         }
 
         /// <summary>For an MoE model: the first MoE layer's forward split into routing and dispatch, forward only.</summary>
@@ -147,18 +144,7 @@ internal static class TrainingStep
             using var scope = NewDisposeScope();
             using var _ = no_grad();
             var x = randn(1, Batch, Pos, DModel);                                   // [instance, batch, pos, d_model]
-            double Median(Action a)
-            {
-                var ms = new List<double>();
-                for (int i = 0; i < 11; i++)
-                {
-                    using var inner = NewDisposeScope();
-                    var c = System.Diagnostics.Stopwatch.StartNew();
-                    a();
-                    ms.Add(c.Elapsed.TotalMilliseconds);
-                }
-                return ms.Order().ElementAt(5);
-            }
+            double Median(Action a) => ScopedMedianMs(a, repetitions: 11);
             var weights = x.matmul(moe.W_gate).softmax(-1).reshape(1, Batch * Pos, Experts);   // [1, tokens, experts]
             var routing = Kernels.Kernel.Route(weights, TopK);
             yield return ("moe layer forward", Median(() => moe.forward(x)));

@@ -57,6 +57,9 @@ let fromEnvironment (getenv: string -> string option) (count: int option) : Resu
         | None, Error e -> Error e
     | Ok None, Ok None -> Ok None
 
+/// The cost a unit is balanced by, beside whatever names its experiment (the experiment or its name).
+let unitCost (_: 'e, u: WorkUnit) = u.Cost
+
 /// The shard of each unit among `count`, balanced by cost: the costliest unit first, each to the shard with the least
 /// cost so far (the lowest index on a tie), the longest-processing-time rule. Equal costs give round robin (unit k to
 /// shard k mod count). Every process derives the same list from the same experiments and scale, so the shares are
@@ -75,8 +78,6 @@ let owners (count: int) (cost: 'a -> float) (units: 'a list) : int list =
 let assign (share: Share) (cost: 'a -> float) (units: 'a list) : 'a list =
     List.zip (owners share.Count cost units) units |> List.filter (fun (o, _) -> o = share.Index) |> List.map snd
 
-/// The cost `assign` balances a unit of an experiment by.
-let unitCost (_: Experiment, u: WorkUnit) = u.Cost
 
 /// One unit's partial as a shard file holds it.
 type UnitRecord =
@@ -166,7 +167,7 @@ let read (dir: string) (suite: string) (registry: Experiment list) : Result<Merg
             | None -> errors.Add $"the shards ran experiment '{n}', which this program does not have"; None)
     if experiments.Length <> first.Experiments.Length then Error(List.ofSeq errors) else
     let expected = [ for e in experiments do for u in e.Units scale -> e.Name, u ]
-    let owner = List.zip (expected |> List.map (fun (e, u) -> e, u.Id)) (owners count (snd >> fun u -> u.Cost) expected) |> Map.ofList
+    let owner = List.zip (expected |> List.map (fun (e, u) -> e, u.Id)) (owners count unitCost expected) |> Map.ofList
     let declared = expected |> List.map (fun (e, u) -> (e, u.Id), u) |> Map.ofList
     let found = [ for name, f in shards do for r in f.Units -> name, f.Shard, r ]
     for (key, copies) in found |> List.groupBy (fun (_, _, r) -> r.Experiment, r.Id) do
