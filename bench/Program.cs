@@ -16,7 +16,8 @@ if (!NativeKernels.IsAvailable)
 // Threads for the whole run (MECHINTERP_THREADS, default all cores), pushed to libtorch and our pool alike without
 // marking the setting as chosen: the Trainer rows measure the default thread choice.
 MechInterp.Runtime.ThreadSettings.Apply(Settings.Threads);
-Console.WriteLine($"threads: {Settings.Threads} (libtorch {get_num_threads()}), AVX2: {NativeKernels.CpuHasAvx2}");
+bool warmHeap = MechInterp.Native.Allocator.KeepHeapWarm();
+Console.WriteLine($"threads: {Settings.Threads} (libtorch {get_num_threads()}), AVX2: {NativeKernels.CpuHasAvx2}, heap kept warm: {warmHeap}");
 
 var results = new List<BenchResult>();
 if (args is ["train", "spin", var kind, var arm, var seconds])
