@@ -20,9 +20,11 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Rows per GEMM call on diagonal blocks: the AVX2 tile height, so masked columns are skipped per tile.
 constexpr int64_t kStrip = 6;
 
-// Per-thread scratch reused across tasks and calls: no allocation in the hot loop.
-float* scratch(size_t floats) {
-    thread_local std::vector<float> buffer;
+// Per-thread scratch reused across tasks and calls: no allocation in the hot loop. Two slots, for a task that
+// holds one buffer (a head's packed keys) while it calls code that takes another.
+float* scratch(size_t floats, int slot = 0) {
+    thread_local std::vector<float> buffers[2];
+    std::vector<float>& buffer = buffers[slot];
     if (buffer.size() < floats) buffer.resize(floats);
     return buffer.data();
 }
@@ -37,12 +39,11 @@ void copy_rows_padded(const float* src, int64_t n, int64_t d, int64_t dp, float 
 
 // K^T of one key block, [d, kAttnBlockK], columns past the last key zero, so that the scores of a
 // query block are one row-major GEMM with the key index contiguous.
+template <class Ops>
 void transpose_block(const float* src, int64_t nk, int64_t d, float* dst) {
-    for (int64_t c = 0; c < d; ++c) {
-        float* row = dst + c * kAttnBlockK;
-        for (int64_t j = 0; j < nk; ++j) row[j] = src[j * d + c];
-        for (int64_t j = nk; j < kAttnBlockK; ++j) row[j] = 0.0f;
-    }
+    Ops::transpose(src, nk, d, d, dst, kAttnBlockK);
+    if (nk < kAttnBlockK)
+        for (int64_t c = 0; c < d; ++c) std::fill(dst + c * kAttnBlockK + nk, dst + (c + 1) * kAttnBlockK, 0.0f);
 }
 
 // Rotary position embedding applied inside the kernel (GPT-NeoX "rotate half" on the first `dim` entries of
@@ -86,86 +87,83 @@ void copy_rows_rotated(const float* src, int64_t n, int64_t d, int64_t dp, float
 }
 
 // transpose_block with every key row rotated first: key j is at position p0 + j.
+template <class Ops>
 void transpose_rotated(const float* src, int64_t nk, int64_t d, const Rotary& rot, int64_t p0, float* dst) {
-    if (!rot.on()) return transpose_block(src, nk, d, dst);
+    if (!rot.on()) return transpose_block<Ops>(src, nk, d, dst);
     thread_local std::vector<float> rows;
     if (rows.size() < static_cast<size_t>(nk * d)) rows.resize(static_cast<size_t>(nk * d));
     for (int64_t j = 0; j < nk; ++j) rot.rotate(src + j * d, d, p0 + j, 1.0f, rows.data() + j * d);
-    transpose_block(rows.data(), nk, d, dst);
+    transpose_block<Ops>(rows.data(), nk, d, dst);
 }
 
 template <class Ops>
 void forward(const AttentionDims& g, const Rotary& rot, const float* q, const float* k, const float* v, float* out, float* lse,
              float* scores, float* pattern) {
+    constexpr int64_t BQ = kAttnBlockQ, BK = kAttnBlockK;
     const int64_t d = g.d_head, dp = mi::round_up8(d), tq = g.q_len, tk = g.kv_len;
-    const int64_t nkb = (tk + kAttnBlockK - 1) / kAttnBlockK, nqb = (tq + kAttnBlockQ - 1) / kAttnBlockQ;
+    const int64_t nkb = (tk + BK - 1) / BK, nqb = (tq + BQ - 1) / BQ;
     const int64_t heads = g.batch * g.heads;
 
-    // Packed once per call, shared by every query block of a head. The buffers live on the calling
-    // thread across calls: fresh pages for every call cost more page faults than the packing itself.
-    // A head with one query block and one key block (short sequences) packs its K^T inside its own task
-    // instead, in L1, rather than in a buffer for all heads that makes a round trip through memory.
-    const bool local_kt = nkb == 1 && nqb == 1;
+    // K^T of a head, [nkb, d, BlockK], and V with rows padded to dp when d is not a multiple of 8.
     const bool pad_v = dp != d;
-    thread_local std::vector<float> packed;
-    const size_t kt_size = local_kt ? 0 : static_cast<size_t>(heads * nkb * d * kAttnBlockK);
-    const size_t v_size = pad_v ? static_cast<size_t>(heads * tk * dp) : 0;
-    if (packed.size() < kt_size + v_size) packed.resize(kt_size + v_size);
-    float* kt = packed.data();              // [heads, nkb, d, BlockK]
-    float* vpad = packed.data() + kt_size;  // [heads, tk, dp] when d is not a multiple of 8
-    if (!local_kt || pad_v)
-        mi::parallel_for(heads, [&](int64_t h) {
-            for (int64_t kb = 0; !local_kt && kb < nkb; ++kb) {
-                const int64_t k0 = kb * kAttnBlockK, nk = std::min(kAttnBlockK, tk - k0);
-                transpose_rotated(k + (h * tk + k0) * d, nk, d, rot, k0, kt + (h * nkb + kb) * d * kAttnBlockK);
-            }
-            if (pad_v) copy_rows_padded(v + h * tk * d, tk, d, dp, 1.0f, vpad + h * tk * dp);
-        });
-    const float* vp = pad_v ? vpad : v;
-    float* score_rows = scores != nullptr ? scores : pattern;   // the pattern is computed in place from scores
+    const int64_t kt_floats = nkb * d * BK, v_floats = pad_v ? tk * dp : 0;
+    auto pack = [&](int64_t h, float* kt, float* vpad) {
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+            const int64_t k0 = kb * BK, nk = std::min(BK, tk - k0);
+            transpose_rotated<Ops>(k + (h * tk + k0) * d, nk, d, rot, k0, kt + kb * d * BK);
+        }
+        if (pad_v) copy_rows_padded(v + h * tk * d, tk, d, dp, 1.0f, vpad);
+    };
 
-    mi::parallel_for(heads * nqb, [&](int64_t task) {
-        // Last query blocks first: under a causal mask they see the most keys, so the pool ends balanced.
-        const int64_t h = task / nqb, qb = nqb - 1 - task % nqb;
-        const int64_t q0 = qb * kAttnBlockQ, nq = std::min(kAttnBlockQ, tq - q0);
-        float* qs = scratch(kAttnBlockQ * (2 * dp + kAttnBlockK + 2) + (local_kt ? d * kAttnBlockK : 0));
-        float* acc = qs + kAttnBlockQ * dp;          // [BlockQ, dp] unnormalized output
-        float* s = acc + kAttnBlockQ * dp;           // [BlockQ, BlockK] scores, then probabilities
-        float* row_max = s + kAttnBlockQ * kAttnBlockK;
-        float* row_sum = row_max + kAttnBlockQ;
-        float* kt_local = row_sum + kAttnBlockQ;     // [d, BlockK] this head's K^T, when packed here
-        if (local_kt) transpose_rotated(k + h * tk * d, tk, d, rot, 0, kt_local);
-        copy_rows_rotated(q + (h * tq + q0) * d, nq, d, dp, g.scale, rot, q0 + g.offset(), qs);   // q / sqrt(d): scores come out scaled
+    // One query block of head h against its packed keys kt and values vh ([tk, dp]).
+    auto query_block = [&](int64_t h, int64_t qb, const float* kt, const float* vh) {
+        const int64_t q0 = qb * BQ, nq = std::min(BQ, tq - q0);
+        float* qs = scratch(BQ * (2 * dp + BK + 2));
+        float* acc = qs + BQ * dp;          // [BlockQ, dp] unnormalized output
+        float* s = acc + BQ * dp;           // [BlockQ, BlockK] scores, then probabilities
+        float* row_max = s + BQ * BK;
+        float* row_sum = row_max + BQ;
+        // Scores, when wanted, are written as they are made; the pattern is computed from them once lse is known.
+        float* score_rows = scores != nullptr ? scores : pattern;
+        // The GEMM reads q's rows where they are (rotated ones from qs); the scores come out unscaled and the
+        // softmax's max pass scales them, so q is not copied just to be scaled.
+        const float* qa = q + (h * tq + q0) * d;
+        int64_t lda = d;
+        if (rot.on()) {
+            copy_rows_rotated(qa, nq, d, dp, 1.0f, rot, q0 + g.offset(), qs);
+            qa = qs;
+            lda = dp;
+        }
         std::fill(acc, acc + nq * dp, 0.0f);
         std::fill(row_max, row_max + nq, kNegInf);
         std::fill(row_sum, row_sum + nq, 0.0f);
 
         const int64_t kv_end = g.causal ? std::clamp<int64_t>(q0 + nq + g.offset(), 0, tk) : tk;
-        for (int64_t k0 = 0; k0 < kv_end; k0 += kAttnBlockK) {   // blocks past kv_end are fully masked: skipped
-            const int64_t nk = std::min(kAttnBlockK, tk - k0), nkp = mi::round_up8(nk);
-            const float* ktb = local_kt ? kt_local : kt + (h * nkb + k0 / kAttnBlockK) * d * kAttnBlockK;
+        for (int64_t k0 = 0; k0 < kv_end; k0 += BK) {   // blocks past kv_end are fully masked: skipped
+            const int64_t nk = std::min(BK, tk - k0), nkp = mi::round_up8(nk);
+            const float* ktb = kt + (k0 / BK) * d * BK;
             // On the diagonal, each 6-row strip computes only the key columns its last row sees.
             const bool diagonal = g.visible(q0) - k0 < nk;
-            if (!diagonal) Ops::gemm(nq, nkp, d, qs, dp, 1, ktb, kAttnBlockK, s, kAttnBlockK, false);
+            if (!diagonal) Ops::gemm(nq, nkp, d, qa, lda, 1, ktb, BK, s, BK, false);
             for (int64_t i0 = 0; diagonal && i0 < nq; i0 += kStrip) {
                 const int64_t seen = std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + kStrip) - 1) - k0, 0, nk);
-                Ops::gemm(std::min(kStrip, nq - i0), mi::round_up8(seen), d, qs + i0 * dp, dp, 1, ktb, kAttnBlockK,
-                          s + i0 * kAttnBlockK, kAttnBlockK, false);
+                Ops::gemm(std::min(kStrip, nq - i0), mi::round_up8(seen), d, qa + i0 * lda, lda, 1, ktb, BK, s + i0 * BK, BK,
+                          false);
             }
             for (int64_t i = 0; i < nq; ++i) {
-                float* row = s + i * kAttnBlockK;
+                float* row = s + i * BK;
                 const int64_t vis = std::clamp<int64_t>(g.visible(q0 + i) - k0, 0, nk);
+                if (vis == 0) {
+                    std::fill(row, row + nkp, 0.0f);
+                    continue;
+                }
+                const float m = std::max(row_max[i], Ops::scale_max(row, vis, g.scale));
                 if (score_rows != nullptr) {
                     float* dst = score_rows + ((h * tq + q0 + i) * tk + k0);
                     std::copy(row, row + vis, dst);
                     std::fill(dst + vis, dst + nk, kNegInf);
                 }
-                if (vis == 0) {
-                    std::fill(row, row + nkp, 0.0f);
-                    continue;
-                }
-                const float m = std::max(row_max[i], Ops::max(row, vis));
-                const float alpha = row_max[i] == kNegInf ? 0.0f : std::exp(row_max[i] - m);
+                const float alpha = row_max[i] == kNegInf ? 0.0f : m == row_max[i] ? 1.0f : std::exp(row_max[i] - m);
                 const float sum = Ops::exp_shift(row, vis, m);
                 std::fill(row + vis, row + nkp, 0.0f);
                 row_sum[i] = row_sum[i] * alpha + sum;
@@ -173,12 +171,11 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
                 if (alpha != 1.0f)
                     for (int64_t c = 0; c < dp; ++c) acc[i * dp + c] *= alpha;
             }
-            const float* vb = vp + (h * tk + k0) * dp;
-            if (!diagonal) Ops::gemm(nq, dp, nk, s, kAttnBlockK, 1, vb, dp, acc, dp, true);
+            const float* vb = vh + k0 * dp;
+            if (!diagonal) Ops::gemm(nq, dp, nk, s, BK, 1, vb, dp, acc, dp, true);
             for (int64_t i0 = 0; diagonal && i0 < nq; i0 += kStrip) {
                 const int64_t seen = std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + kStrip) - 1) - k0, 0, nk);
-                Ops::gemm(std::min(kStrip, nq - i0), dp, seen, s + i0 * kAttnBlockK, kAttnBlockK, 1, vb, dp,
-                          acc + i0 * dp, dp, true);
+                Ops::gemm(std::min(kStrip, nq - i0), dp, seen, s + i0 * BK, BK, 1, vb, dp, acc + i0 * dp, dp, true);
             }
         }
 
@@ -197,6 +194,31 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
             if (vis > 0) Ops::exp_shift_to(srow, prow, vis, lse[r]);   // pattern = exp(score - lse), one pass
             std::fill(prow + vis, prow + tk, 0.0f);
         }
+    };
+
+    // With heads enough to keep the pool busy and a head's keys small enough to stay in L2 while its query blocks
+    // use them (128 KiB of K^T), a task is a head: it packs its keys into its own scratch and uses them at once,
+    // from cache. Otherwise the tasks are (head, query block) and every head is packed first into one
+    // buffer, kept on the calling thread across calls (fresh pages every call cost more page faults than packing).
+    // Either way the last query blocks go first: under a causal mask they see the most keys, so the pool ends balanced.
+    const bool per_head_fits = kt_floats <= 32 * 1024;
+    if ((heads >= 4 * mi::ThreadPool::instance().threads() && per_head_fits) || nqb == 1) {
+        mi::parallel_for(heads, [&](int64_t h) {
+            float* kt = scratch(kt_floats + v_floats, 1);
+            pack(h, kt, kt + kt_floats);
+            for (int64_t qb = nqb - 1; qb >= 0; --qb) query_block(h, qb, kt, pad_v ? kt + kt_floats : v + h * tk * d);
+        });
+        return;
+    }
+    thread_local std::vector<float> packed;   // the calling thread's: the tasks see it through `all`
+    const int64_t per_head = kt_floats + v_floats;
+    if (packed.size() < static_cast<size_t>(heads * per_head)) packed.resize(static_cast<size_t>(heads * per_head));
+    float* all = packed.data();
+    mi::parallel_for(heads, [&](int64_t h) { pack(h, all + h * per_head, all + h * per_head + kt_floats); });
+    mi::parallel_for(heads * nqb, [&](int64_t task) {
+        const int64_t h = task / nqb, qb = nqb - 1 - task % nqb;
+        const float* kt = all + h * per_head;
+        query_block(h, qb, kt, pad_v ? kt + kt_floats : v + h * tk * d);
     });
 }
 
@@ -243,8 +265,8 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
             const float* kh = k + (h * tk + k0) * d;
             const float* vh = v + (h * tk + k0) * d;
             copy_rows_rotated(kh, nk, d, dp, 1.0f, rot, k0, kp);
-            transpose_rotated(kh, nk, d, rot, k0, kt);
-            transpose_block(vh, nk, d, vt);
+            transpose_rotated<Ops>(kh, nk, d, rot, k0, kt);
+            transpose_block<Ops>(vh, nk, d, vt);
             std::fill(dka, dka + nk * dp, 0.0f);
             std::fill(dva, dva + nk * dp, 0.0f);
             // Under a causal mask, query rows before k0 - offset see none of these keys.

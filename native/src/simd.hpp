@@ -25,7 +25,9 @@ inline int64_t round_up8(int64_t n) { return (n + 7) & ~int64_t{7}; }
 //   gemm: C[m, n] (+)= A[m, k] · B[k, n]. A is read through (a_row, a_col) strides so a transposed
 //         operand costs nothing; B and C are row-major and n is a multiple of 8 (callers pad).
 //   max:  the largest of x[0, n).
+//   scale_max: x[j] *= scale for j < n, returning the largest.
 //   exp_shift: x[j] = exp(x[j] - shift) for j < n, returning the sum; exp_shift_to writes y instead.
+//   transpose: dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
 struct PortableOps {
     static void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
                      int64_t ldb, float* c, int64_t ldc, bool accumulate) {
@@ -44,6 +46,11 @@ struct PortableOps {
         for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
         return m;
     }
+    static float scale_max(float* x, int64_t n, float scale) {
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j] *= scale);
+        return m;
+    }
     static float exp_shift(float* x, int64_t n, float shift) { return exp_shift_to(x, x, n, shift); }
     static float exp_shift_to(const float* x, float* y, int64_t n, float shift) {
         float sum = 0.0f;
@@ -52,6 +59,10 @@ struct PortableOps {
             sum += y[j];
         }
         return sum;
+    }
+    static void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
+        for (int64_t c = 0; c < cols; ++c)
+            for (int64_t r = 0; r < rows; ++r) dst[c * ldd + r] = src[r * lds + c];
     }
 };
 
@@ -85,6 +96,27 @@ MI_AVX2 inline float hsum(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+// dst[c * ldd + r] = src[r * lds + c] for one 8 x 8 tile.
+MI_AVX2 inline void transpose8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+    const __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + lds), r2 = _mm256_loadu_ps(src + 2 * lds),
+                 r3 = _mm256_loadu_ps(src + 3 * lds), r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds),
+                 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+                 t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+                 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE), u2 = _mm256_shuffle_ps(t1, t3, 0x44),
+                 u3 = _mm256_shuffle_ps(t1, t3, 0xEE), u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+                 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
 
 MI_AVX2 inline float hmax(__m256 v) {
@@ -177,6 +209,19 @@ struct Avx2Ops {
         for (; j < n; ++j) r = std::max(r, x[j]);
         return r;
     }
+    MI_AVX2 static float scale_max(float* x, int64_t n, float scale) {
+        const __m256 a = _mm256_set1_ps(scale);
+        __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) {
+            const __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x + j), a);
+            _mm256_storeu_ps(x + j, y);
+            m = _mm256_max_ps(m, y);
+        }
+        float r = avx2::hmax(m);
+        for (; j < n; ++j) r = std::max(r, x[j] *= scale);
+        return r;
+    }
     MI_AVX2 static float exp_shift(float* x, int64_t n, float shift) { return exp_shift_to(x, x, n, shift); }
     MI_AVX2 static float exp_shift_to(const float* x, float* y, int64_t n, float shift) {
         const __m256 s = _mm256_set1_ps(shift);
@@ -193,6 +238,18 @@ struct Avx2Ops {
             r += y[j];
         }
         return r;
+    }
+    // 8 x 8 tiles transposed in registers (unpack, shuffle, lane swap); the ragged edges element by element.
+    MI_AVX2 static void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
+        int64_t r0 = 0;
+        for (; r0 + 8 <= rows; r0 += 8) {
+            int64_t c0 = 0;
+            for (; c0 + 8 <= cols; c0 += 8) avx2::transpose8(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd);
+            for (int64_t c = c0; c < cols; ++c)
+                for (int64_t r = r0; r < r0 + 8; ++r) dst[c * ldd + r] = src[r * lds + c];
+        }
+        for (int64_t c = 0; c < cols; ++c)
+            for (int64_t r = r0; r < rows; ++r) dst[c * ldd + r] = src[r * lds + c];
     }
 };
 

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
@@ -142,6 +143,22 @@ TEST_P(AttentionShapes, ForwardBackwardPatternMatchReference) {
                                         c.tq, c.tk, c.d, c.causal, dq.data(), dk.data(), dv.data()),
               MI_OK)
         << mi_last_error();
+    // The forward splits work by head (keys packed inside the task) when there are at least 4 heads a thread, else
+    // by query block (every head packed first); one thread and bh threads take both on any machine. Each query
+    // block's arithmetic is the same either way, so the results are identical.
+    const int32_t threads = mi_get_num_threads();
+    for (int32_t n : {1, static_cast<int32_t>(std::max<int64_t>(2, bh))}) {
+        std::vector<float> out3(nq), lse3(bh * c.tq), scores3(scores.size()), pattern3(pattern.size());
+        ASSERT_EQ(mi_set_num_threads(n), MI_OK);
+        ASSERT_EQ(mi_attention_forward_f32(q.data(), k.data(), v.data(), c.b, c.h, c.tq, c.tk, c.d, c.causal, out3.data(),
+                                           lse3.data(), scores3.data(), pattern3.data()),
+                  MI_OK);
+        EXPECT_EQ(out3, out) << n << " threads";
+        EXPECT_EQ(lse3, lse) << n << " threads";
+        EXPECT_EQ(scores3, scores) << n << " threads";
+        EXPECT_EQ(pattern3, pattern) << n << " threads";
+    }
+    ASSERT_EQ(mi_set_num_threads(threads), MI_OK);
 
     // Logits of 1e4 carry float32 rounding of ~1e-3 into the scores; the pattern and grads stay bounded.
     const double tol = c.scale > 10 ? 2e-3 : 2e-5;
@@ -169,6 +186,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          Case{1, 2, 5, 70, 8, true, 1.0f},       // fewer queries than keys (KV cache)
                                          Case{1, 1, 70, 5, 12, false, 1.0f},     // more queries than keys (not causal)
                                          Case{3, 4, 33, 33, 8, true, 1.0f},      // one block: K^T packed inside each head's task
+                                         Case{4, 2, 150, 150, 20, true, 1.0f},   // 8 heads of three blocks, d padded
                                          Case{1, 2, 33, 33, 7, true, 100.0f},    // logits of order +-1e4
                                          Case{1, 1, 100, 100, 32, false, 100.0f}),
                        ::testing::Bool()),
