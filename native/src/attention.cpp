@@ -273,21 +273,47 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
             const int64_t first = g.causal ? std::clamp<int64_t>(k0 - g.offset(), 0, tq) : 0;
             for (int64_t q0 = (first / BQ) * BQ; q0 < tq; q0 += BQ) {
                 const int64_t nq = std::min(BQ, tq - q0);
-                Ops::gemm(nq, nkp, d, qs + q0 * dp, dp, 1, kt, BK, p, BK, false);   // scaled scores
+                // On the diagonal the masked triangle is skipped by 6-row strips, as in the forward: a query strip
+                // needs the keys its last row sees, a key strip the queries from the first that sees its first key.
+                const bool diagonal = g.visible(q0) - k0 < nk;
+                const int64_t strip = diagonal ? kStrip : nq;
+                auto keys_seen = [&](int64_t i0) {
+                    return std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + strip) - 1) - k0, 0, nk);
+                };
+                auto first_query = [&](int64_t j0) {
+                    return g.causal ? std::clamp<int64_t>(k0 + j0 - q0 - g.offset(), 0, nq) : int64_t{0};
+                };
+                for (int64_t i0 = 0; i0 < nq; i0 += strip)   // scaled scores
+                    Ops::gemm(std::min(strip, nq - i0), mi::round_up8(keys_seen(i0)), d, qs + (q0 + i0) * dp, dp, 1, kt, BK,
+                              p + i0 * BK, BK, false);
                 for (int64_t i = 0; i < nq; ++i) {
                     float* row = p + i * BK;
                     const int64_t vis = std::clamp<int64_t>(g.visible(q0 + i) - k0, 0, nk);
                     if (vis > 0) Ops::exp_shift(row, vis, lse[h * tq + q0 + i]);   // P = exp(S - lse)
                     std::fill(row + vis, row + nkp, 0.0f);
                 }
-                Ops::gemm(nk, dp, nq, p, 1, BK, dos + q0 * dp, dp, dva, dp, true);   // dV += P^T dO
-                Ops::gemm(nq, nkp, d, dos + q0 * dp, dp, 1, vt, BK, ds, BK, false);   // dP = dO V^T
-                for (int64_t i = 0; i < nq; ++i) {
-                    const float di = delta[q0 + i];
-                    for (int64_t j = 0; j < nkp; ++j) ds[i * BK + j] = p[i * BK + j] * (ds[i * BK + j] - di);   // dS
+                for (int64_t j0 = 0; j0 < nk; j0 += strip) {   // dV += P^T dO
+                    const int64_t i1 = first_query(j0);
+                    Ops::gemm(std::min(strip, nk - j0), dp, nq - i1, p + i1 * BK + j0, 1, BK, dos + (q0 + i1) * dp, dp,
+                              dva + j0 * dp, dp, true);
                 }
-                Ops::gemm(nk, dp, nq, ds, 1, BK, qs + q0 * dp, dp, dka, dp, true);    // dK += dS^T (q * scale)
-                Ops::gemm(nq, dp, nk, ds, BK, 1, kp, dp, dqa + q0 * dp, dp, true);    // dQ += dS K (scaled below)
+                for (int64_t i0 = 0; i0 < nq; i0 += strip)   // dP = dO V^T
+                    Ops::gemm(std::min(strip, nq - i0), mi::round_up8(keys_seen(i0)), d, dos + (q0 + i0) * dp, dp, 1, vt, BK,
+                              ds + i0 * BK, BK, false);
+                for (int64_t i = 0; i < nq; ++i) {   // dS, exactly 0 where masked (dP is not computed there)
+                    const float di = delta[q0 + i];
+                    const int64_t vis = std::clamp<int64_t>(g.visible(q0 + i) - k0, 0, nk);
+                    for (int64_t j = 0; j < vis; ++j) ds[i * BK + j] = p[i * BK + j] * (ds[i * BK + j] - di);
+                    std::fill(ds + i * BK + vis, ds + i * BK + nkp, 0.0f);
+                }
+                for (int64_t j0 = 0; j0 < nk; j0 += strip) {   // dK += dS^T (q * scale)
+                    const int64_t i1 = first_query(j0);
+                    Ops::gemm(std::min(strip, nk - j0), dp, nq - i1, ds + i1 * BK + j0, 1, BK, qs + (q0 + i1) * dp, dp,
+                              dka + j0 * dp, dp, true);
+                }
+                for (int64_t i0 = 0; i0 < nq; i0 += strip)   // dQ += dS K (scaled below)
+                    Ops::gemm(std::min(strip, nq - i0), dp, keys_seen(i0), ds + i0 * BK, BK, 1, kp, dp, dqa + (q0 + i0) * dp, dp,
+                              true);
             }
             for (int64_t j = 0; j < nk; ++j) {
                 // dK is the gradient of the rotated keys: rotate it back to the keys the caller passed.
