@@ -255,9 +255,7 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
         copy_rows_padded(dout + h * tq * d, tq, d, dp, 1.0f, dos);
         std::fill(dqa, dqa + tq * dp, 0.0f);
         for (int64_t i = 0; i < tq; ++i) {
-            double dot = 0.0;
-            for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(dout[(h * tq + i) * d + c]) * out[(h * tq + i) * d + c];
-            delta[i] = static_cast<float>(dot);
+            delta[i] = Ops::dot(dout + (h * tq + i) * d, out + (h * tq + i) * d, d);
         }
 
         for (int64_t k0 = group * BK; k0 < tk; k0 += groups * BK) {
@@ -318,10 +316,8 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
             for (int64_t j = 0; j < nk; ++j) {
                 // dK is the gradient of the rotated keys: rotate it back to the keys the caller passed.
                 if (rot.on()) rot.unrotate(dka + j * dp, d, k0 + j, 1.0f, dk + (h * tk + k0 + j) * d);
-                for (int64_t c = 0; c < d; ++c) {
-                    if (!rot.on()) dk[(h * tk + k0 + j) * d + c] = dka[j * dp + c];
-                    dv[(h * tk + k0 + j) * d + c] = dva[j * dp + c];
-                }
+                else std::copy(dka + j * dp, dka + j * dp + d, dk + (h * tk + k0 + j) * d);
+                std::copy(dva + j * dp, dva + j * dp + d, dv + (h * tk + k0 + j) * d);
             }
         }
         if (groups > 1) return;

@@ -26,6 +26,7 @@ inline int64_t round_up8(int64_t n) { return (n + 7) & ~int64_t{7}; }
 //         operand costs nothing; B and C are row-major and n is a multiple of 8 (callers pad).
 //   max:  the largest of x[0, n).
 //   scale_max: x[j] *= scale for j < n, returning the largest.
+//   dot: the sum of x[j] * y[j] for j < n.
 //   exp_shift: x[j] = exp(x[j] - shift) for j < n, returning the sum; exp_shift_to writes y instead.
 //   transpose: dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
 struct PortableOps {
@@ -50,6 +51,11 @@ struct PortableOps {
         float m = -std::numeric_limits<float>::infinity();
         for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j] *= scale);
         return m;
+    }
+    static float dot(const float* x, const float* y, int64_t n) {
+        double sum = 0.0;
+        for (int64_t j = 0; j < n; ++j) sum += static_cast<double>(x[j]) * y[j];
+        return static_cast<float>(sum);
     }
     static float exp_shift(float* x, int64_t n, float shift) { return exp_shift_to(x, x, n, shift); }
     static float exp_shift_to(const float* x, float* y, int64_t n, float shift) {
@@ -220,6 +226,15 @@ struct Avx2Ops {
         }
         float r = avx2::hmax(m);
         for (; j < n; ++j) r = std::max(r, x[j] *= scale);
+        return r;
+    }
+    // Eight float partial sums of d terms each (d <= a few hundred): rounding far below the gradients' own.
+    MI_AVX2 static float dot(const float* x, const float* y, int64_t n) {
+        __m256 acc = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(y + j), acc);
+        float r = avx2::hsum(acc);
+        for (; j < n; ++j) r += x[j] * y[j];
         return r;
     }
     MI_AVX2 static float exp_shift(float* x, int64_t n, float shift) { return exp_shift_to(x, x, n, shift); }
