@@ -21,9 +21,9 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int64_t kStrip = 6;
 
 // Per-thread scratch reused across tasks and calls: no allocation in the hot loop. Two slots, for a task that
-// holds one buffer (a head's packed keys) while it calls code that takes another.
+// holds buffers (a head's packed keys, a query block's scores) while it calls code that takes another.
 float* scratch(size_t floats, int slot = 0) {
-    thread_local std::vector<float> buffers[2];
+    thread_local std::vector<float> buffers[3];
     std::vector<float>& buffer = buffers[slot];
     if (buffer.size() < floats) buffer.resize(floats);
     return buffer.data();
@@ -123,8 +123,10 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
         float* s = acc + BQ * dp;           // [BlockQ, BlockK] scores, then probabilities
         float* row_max = s + BQ * BK;
         float* row_sum = row_max + BQ;
-        // Scores, when wanted, are written as they are made; the pattern is computed from them once lse is known.
-        float* score_rows = scores != nullptr ? scores : pattern;
+        // [BlockQ, tk] the block's scaled scores, kept in cache until lse is known when the scores or the pattern are
+        // wanted; then each output row is written once, masked tail included.
+        const bool keep = scores != nullptr || pattern != nullptr;
+        float* kept = keep ? scratch(static_cast<size_t>(nq * tk), 2) : nullptr;
         // The GEMM reads q's rows where they are (rotated ones from qs); the scores come out unscaled and the
         // softmax's max pass scales them, so q is not copied just to be scaled.
         const float* qa = q + (h * tq + q0) * d;
@@ -158,11 +160,7 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
                     continue;
                 }
                 const float m = std::max(row_max[i], Ops::scale_max(row, vis, g.scale));
-                if (score_rows != nullptr) {
-                    float* dst = score_rows + ((h * tq + q0 + i) * tk + k0);
-                    std::copy(row, row + vis, dst);
-                    std::fill(dst + vis, dst + nk, kNegInf);
-                }
+                if (keep) std::copy(row, row + vis, kept + i * tk + k0);
                 const float alpha = row_max[i] == kNegInf ? 0.0f : m == row_max[i] ? 1.0f : std::exp(row_max[i] - m);
                 const float sum = Ops::exp_shift(row, vis, m);
                 std::fill(row + vis, row + nkp, 0.0f);
@@ -185,14 +183,15 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
             const float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;
             for (int64_t c = 0; c < d; ++c) out[r * d + c] = acc[i * dp + c] * inv;
             lse[r] = row_sum[i] > 0.0f ? row_max[i] + std::log(row_sum[i]) : kNegInf;
-            if (score_rows == nullptr) continue;
-            float* srow = score_rows + r * tk;
-            std::fill(srow + std::max<int64_t>(kv_end, 0), srow + tk, kNegInf);
-            if (pattern == nullptr) continue;
-            float* prow = pattern + r * tk;
             const int64_t vis = g.visible(q0 + i);
-            if (vis > 0) Ops::exp_shift_to(srow, prow, vis, lse[r]);   // pattern = exp(score - lse), one pass
-            std::fill(prow + vis, prow + tk, 0.0f);
+            if (scores != nullptr) {
+                std::copy(kept + i * tk, kept + i * tk + vis, scores + r * tk);
+                std::fill(scores + r * tk + vis, scores + (r + 1) * tk, kNegInf);
+            }
+            if (pattern != nullptr) {
+                if (vis > 0) Ops::exp_shift_to(kept + i * tk, pattern + r * tk, vis, lse[r]);   // pattern = exp(score - lse)
+                std::fill(pattern + r * tk + vis, pattern + (r + 1) * tk, 0.0f);
+            }
         }
     };
 
