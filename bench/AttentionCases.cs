@@ -45,11 +45,15 @@ internal static class AttentionCases
                 yield return new BenchResult($"attn fwd causal {shape}", fwd[0], "sdpa", fwd[1]);
                 yield return new BenchResult($"attn fwd causal {shape}", fwd[0], "naive", fwd[2]);
 
+                // z and the pattern from each, the outputs naive attention delivers; with the scores too, ours writes a
+                // second [b, h, t, t] tensor that naive does not.
                 var pat = Timing.MedianMsInterleaved([
-                    () => Step(() => Kernel.Attention(q, k, v, causal: true, returnPattern: true, backend: KernelBackend.Native).Pattern!),
+                    () => Step(() => Kernel.Attention(q, k, v, causal: true, returnPattern: true, backend: KernelBackend.Native, returnScores: false).Pattern!),
                     () => Step(() => { Naive(q, k, v, true, out var p); return p!; }),
+                    () => Step(() => Kernel.Attention(q, k, v, causal: true, returnPattern: true, backend: KernelBackend.Native).Pattern!),
                 ]);
                 yield return new BenchResult($"attn fwd+pattern {shape}", pat[0], "naive", pat[1]);
+                yield return new BenchResult($"attn fwd+pattern+scores {shape}", pat[2], "naive", pat[1]);
             }
 
             var w = randn(b, h, t, d);

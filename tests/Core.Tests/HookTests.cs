@@ -41,6 +41,29 @@ public class HookTests
     }
 
     [Fact]
+    public void ACacheOfThePatternAloneOrTheScoresAloneHoldsWhatACacheOfBothHolds()
+    {
+        using var scope = NewDisposeScope();
+        using var model = new HookedTransformer(ModelTests.Tiny());
+        var tokens = ModelTests.Tokens(2, 6, 11, 5);
+        // The fused kernel is asked only for what the cache keeps: the pattern, the scores, or both; the same values.
+        var (_, both) = model.RunWithCache(tokens, n => n.EndsWith("hook_pattern") || n.EndsWith("hook_attn_scores"));
+        var (_, patterns) = model.RunWithCache(tokens, n => n.EndsWith("hook_pattern"));
+        var (_, scores) = model.RunWithCache(tokens, n => n.EndsWith("hook_attn_scores"));
+        using (both)
+        using (patterns)
+        using (scores)
+            for (int layer = 0; layer < 2; layer++)
+            {
+                Assert.True(patterns[HookNames.Pattern(layer)].eq(both[HookNames.Pattern(layer)]).all().item<bool>());
+                Assert.False(patterns.ContainsKey(HookNames.AttnScores(layer)));
+                // Masked scores are -inf in both, and -inf == -inf.
+                Assert.True(scores[HookNames.AttnScores(layer)].eq(both[HookNames.AttnScores(layer)]).all().item<bool>());
+                Assert.False(scores.ContainsKey(HookNames.Pattern(layer)));
+            }
+    }
+
+    [Fact]
     public void ReplacingThePatternChangesTheOutputAndTheCacheSeesTheReplacement()
     {
         using var scope = NewDisposeScope();

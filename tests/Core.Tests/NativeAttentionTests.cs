@@ -79,6 +79,43 @@ public class NativeAttentionTests
     }
 
     [Fact]
+    public void ScoresAndPatternAreReturnedEachOnItsOwnWithTheirGradients()
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(8);
+        var q = randn(2, 3, 70, 16);   // two key blocks: the native kernel keeps a block's scores across them
+        var kv = randn(2, 3, 70, 16);
+        var w = randn(2, 3, 70, 70);
+        foreach (var (scores, pattern) in new[] { (false, true), (true, false), (true, true), (false, false) })
+        {
+            var grads = new List<Tensor>();
+            var results = new List<AttentionResult>();
+            foreach (var backend in new[] { KernelBackend.Native, KernelBackend.Managed })
+            {
+                var qq = q.clone().requires_grad_();
+                var r = Kernel.Attention(qq, kv, kv, causal: true, returnPattern: pattern, backend, returnScores: scores);
+                Assert.Equal(scores, r.Scores is not null);
+                Assert.Equal(pattern, r.Pattern is not null);
+                // A loss on what came back (visible scores only, as masked ones are -inf) besides z.
+                var loss = r.Z.sum();
+                if (r.Scores is not null) loss = loss.add(r.Scores.masked_fill(r.Scores.isinf(), 0).mul(w).sum());
+                if (r.Pattern is not null) loss = loss.add(r.Pattern.mul(w).sum());
+                loss.backward();
+                grads.Add(qq.grad!);
+                results.Add(r);
+            }
+            string what = $"scores {scores}, pattern {pattern}";
+            AssertClose(results[1].Z, results[0].Z, $"z ({what})");
+            if (scores) AssertClose(results[1].Scores!, results[0].Scores!, $"scores ({what})");
+            if (pattern) AssertClose(results[1].Pattern!, results[0].Pattern!, $"pattern ({what})");
+            AssertClose(grads[1], grads[0], $"dq ({what})", tol: 1e-4);
+        }
+        // Unset, returnScores follows returnPattern.
+        Assert.NotNull(Kernel.Attention(q, kv, kv, causal: true, returnPattern: true, KernelBackend.Native).Scores);
+        Assert.Null(Kernel.Attention(q, kv, kv, causal: true, returnPattern: false, KernelBackend.Native).Scores);
+    }
+
+    [Fact]
     public void NonContiguousHeadsViewIsCorrect()
     {
         using var scope = NewDisposeScope();

@@ -21,22 +21,24 @@ public static class Kernel
 
     /// <summary>
     /// Scaled dot-product attention, scale 1/sqrt(d_head). q, k, v: [batch, head, pos, d_head].
-    /// Returns z [batch, head, query, d_head]; with <paramref name="returnPattern"/> also the
-    /// (masked, scaled) scores and the pattern [batch, head, query, key]. With <paramref name="rotary"/>,
-    /// q and k are rotated first (the native kernel does it while packing them, so no rotated copy is made).
-    /// Differentiable in q, k and v.
+    /// Returns z [batch, head, query, d_head]; with <paramref name="returnPattern"/> also the pattern and the (masked,
+    /// scaled) scores [batch, head, query, key]. <paramref name="returnScores"/> asks for the scores on their own
+    /// (true) or leaves them out (false: the pattern alone, one [b, h, q, k] tensor written instead of two); unset, it
+    /// follows returnPattern. With <paramref name="rotary"/>, q and k are rotated first (the native kernel does it
+    /// while packing them, so no rotated copy is made). Differentiable in q, k and v, and through what it returns.
     /// </summary>
     public static AttentionResult Attention(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern = false, KernelBackend? backend = null,
-                                            RotaryTables? rotary = null)
+                                            RotaryTables? rotary = null, bool? returnScores = null)
     {
+        var outputs = new AttentionOutputs(returnScores ?? returnPattern, returnPattern);
         TorchRuntime.EnsureLoaded();
         AttentionShapes.Check(q, k, v);
         if (causal && q.shape[2] > k.shape[2])
             throw new ArgumentException($"causal attention needs q_len ({q.shape[2]}) <= kv_len ({k.shape[2]}): the first {q.shape[2] - k.shape[2]} queries would see no key");
         rotary?.Check(q, k);
         return UseNative(backend, q)
-            ? NativeAttention.Forward(q, k, v, causal, returnPattern, rotary)
-            : ManagedAttention.Forward(q, k, v, causal, returnPattern, rotary);
+            ? NativeAttention.Forward(q, k, v, causal, outputs, rotary)
+            : ManagedAttention.Forward(q, k, v, causal, outputs, rotary);
     }
 
     /// <summary>
@@ -111,6 +113,12 @@ public static class Kernel
 
 /// <summary>Attention output; Scores and Pattern are null unless asked for. Dispose what you keep.</summary>
 public sealed record AttentionResult(Tensor Z, Tensor? Scores, Tensor? Pattern);
+
+/// <summary>Which [batch, head, query, key] tensors an attention call returns besides z.</summary>
+internal readonly record struct AttentionOutputs(bool Scores, bool Pattern)
+{
+    public bool Any => Scores || Pattern;
+}
 
 /// <summary>
 /// Rotary position embedding for <see cref="Kernel.Attention"/> (GPT-NeoX "rotate half" on the first RotaryDim

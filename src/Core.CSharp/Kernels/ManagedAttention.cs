@@ -5,7 +5,7 @@ namespace MechInterp.Kernels;
 /// <summary>The managed twin of the attention kernel: libtorch SDPA, or materialized when the pattern is wanted.</summary>
 internal static class ManagedAttention
 {
-    public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern, RotaryTables? rotary = null)
+    public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, AttentionOutputs outputs, RotaryTables? rotary = null)
     {
         if (rotary is not null)
         {
@@ -15,7 +15,7 @@ internal static class ManagedAttention
         // libtorch's causal SDPA aligns the mask top-left; with fewer queries than keys (a KV cache) the
         // last query must see every key, as Scores masks it, so that case takes the materialized path.
         bool sdpaMaskAgrees = !causal || q.shape[^2] == k.shape[^2];
-        if (!returnPattern && sdpaMaskAgrees)
+        if (!outputs.Any && sdpaMaskAgrees)
         {
             // libtorch's CPU SDPA returns 0 for a query row holding a NaN, where the materialized path and the native
             // kernel give NaN: adding 0 · Σ q row makes the row NaN there too (and changes nothing, gradient included, elsewhere).
@@ -26,10 +26,9 @@ internal static class ManagedAttention
         var scores = Scores(q, k, causal);               // [batch, head, query, key]
         var pattern = scores.softmax(-1);                // [batch, head, query, key]
         var z = pattern.matmul(v);                       // [batch, head, query, d_head]
-        if (returnPattern) return new AttentionResult(z, scores, pattern);
-        scores.Dispose();
-        pattern.Dispose();
-        return new AttentionResult(z, null, null);
+        if (!outputs.Scores) scores.Dispose();
+        if (!outputs.Pattern) pattern.Dispose();
+        return new AttentionResult(z, outputs.Scores ? scores : null, outputs.Pattern ? pattern : null);
     }
 
     /// <summary>q k^T / sqrt(d_head), with -inf above the diagonal when causal (as TransformerLens' hook_attn_scores).</summary>

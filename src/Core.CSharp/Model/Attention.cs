@@ -113,16 +113,13 @@ public sealed class Attention : nn.Module<Tensor, Tensor>
         return y.view(x.shape[0], x.shape[1], x.shape[2], heads, dHead);
     }
 
-    /// <summary>The kernel path; scores and pattern come back only when an observer (the cache) wants them.</summary>
+    /// <summary>The kernel path; the scores and the pattern come back only when an observer (the cache) wants each.</summary>
     private Tensor Fused(Tensor q, Tensor k, Tensor v, long instances, RotaryTables? rotary)
     {
-        bool wantPattern = hook_attn_scores.IsActive || hook_pattern.IsActive;
-        var r = Kernel.Attention(q, k, v, causal: true, returnPattern: wantPattern, rotary: rotary);
-        if (wantPattern)
-        {
-            hook_attn_scores.Run(ByInstance(r.Scores!, instances));
-            hook_pattern.Run(ByInstance(r.Pattern!, instances));
-        }
+        var r = Kernel.Attention(q, k, v, causal: true, returnPattern: hook_pattern.IsActive, rotary: rotary,
+                                 returnScores: hook_attn_scores.IsActive);
+        if (r.Scores is not null) hook_attn_scores.Run(ByInstance(r.Scores, instances));
+        if (r.Pattern is not null) hook_pattern.Run(ByInstance(r.Pattern, instances));
         return r.Z;
     }
 

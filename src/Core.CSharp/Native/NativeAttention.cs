@@ -7,7 +7,7 @@ namespace MechInterp.Native;
 /// <summary>The native fused attention behind <see cref="Kernel.Attention"/>.</summary>
 internal static class NativeAttention
 {
-    public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, bool returnPattern, RotaryTables? rotary = null)
+    public static AttentionResult Forward(Tensor q, Tensor k, Tensor v, bool causal, AttentionOutputs wanted, RotaryTables? rotary = null)
     {
         NativeTensors.RequireFloat32Cpu(q, "q");
         NativeTensors.RequireFloat32Cpu(k, "k");
@@ -23,11 +23,10 @@ internal static class NativeAttention
         // Inference (no grad wanted) skips the autograd node and its bookkeeping.
         bool wantsGrad = is_grad_enabled() && (q.requires_grad || k.requires_grad || v.requires_grad);
         var outputs = wantsGrad
-            ? AttentionFunction.apply(q, k, v, causal, returnPattern, cos!, sin!)
-            : AttentionFunction.Compute(q, k, v, causal, returnPattern, cos, sin).Outputs;
-        return returnPattern
-            ? new AttentionResult(outputs[0], outputs[1], outputs[2])
-            : new AttentionResult(outputs[0], null, null);
+            ? AttentionFunction.apply(q, k, v, causal, wanted.Scores, wanted.Pattern, cos!, sin!)
+            : AttentionFunction.Compute(q, k, v, causal, wanted, cos, sin).Outputs;
+        // outputs: [z], then scores and pattern, each when wanted, in that order.
+        return new AttentionResult(outputs[0], wanted.Scores ? outputs[1] : null, wanted.Pattern ? outputs[^1] : null);
     }
 }
 
@@ -42,11 +41,13 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
 
     public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
     {
-        bool causal = (bool)vars[3], returnPattern = (bool)vars[4];
-        var (cos, sin) = (vars[5] as Tensor, vars[6] as Tensor);
-        var (outputs, saved) = Compute((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2], causal, returnPattern, cos, sin);
+        bool causal = (bool)vars[3];
+        var wanted = new AttentionOutputs((bool)vars[4], (bool)vars[5]);
+        var (cos, sin) = (vars[6] as Tensor, vars[7] as Tensor);
+        var (outputs, saved) = Compute((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2], causal, wanted, cos, sin);
         ctx.save_data("causal", causal);
-        ctx.save_data("returnPattern", returnPattern);
+        ctx.save_data("scores", wanted.Scores);
+        ctx.save_data("pattern", wanted.Pattern);
         ctx.save_data("rotary", cos is not null);
         if (cos is not null) saved.AddRange([cos, sin!]);
         // Unused output gradients stay undefined instead of being materialized as [b, h, q, k] zeros.
@@ -56,18 +57,19 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
     }
 
     /// <summary>
-    /// The kernel call: outputs [z] or [z, scores, pattern], and what the backward needs. cos and sin (both or
-    /// neither, contiguous [kv_len, rotary_dim]) make it the rotary kernel.
+    /// The kernel call: outputs [z], then scores and pattern when wanted, and what the backward needs (the pattern
+    /// too, when returned, for the gradient that reaches it). cos and sin (both or neither, contiguous
+    /// [kv_len, rotary_dim]) make it the rotary kernel.
     /// </summary>
-    public static (List<Tensor> Outputs, List<Tensor> Saved) Compute(Tensor query, Tensor key, Tensor value, bool causal, bool returnPattern,
+    public static (List<Tensor> Outputs, List<Tensor> Saved) Compute(Tensor query, Tensor key, Tensor value, bool causal, AttentionOutputs wanted,
                                                                      Tensor? cos = null, Tensor? sin = null)
     {
         var (q, k, v) = (query.contiguous(), key.contiguous(), value.contiguous());
         long batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], tk = k.shape[2], dHead = q.shape[3];
         var z = empty_like(q);                                    // [batch, head, query, d_head]
         var lse = empty(batch, heads, tq);                        // [batch, head, query]
-        Tensor? scores = returnPattern ? empty(batch, heads, tq, tk) : null;    // [batch, head, query, key]
-        Tensor? pattern = returnPattern ? empty(batch, heads, tq, tk) : null;   // [batch, head, query, key]
+        Tensor? scores = wanted.Scores ? empty(batch, heads, tq, tk) : null;    // [batch, head, query, key]
+        Tensor? pattern = wanted.Pattern ? empty(batch, heads, tq, tk) : null;  // [batch, head, query, key]
         float* scoresPtr = scores is null ? null : NativeTensors.Ptr(scores), patternPtr = pattern is null ? null : NativeTensors.Ptr(pattern);
         if (q.numel() > 0 && k.numel() > 0)
         {
@@ -81,14 +83,25 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
                               NativeTensors.Ptr(z), NativeTensors.Ptr(lse), scoresPtr, patternPtr),
                           nameof(NativeMethods.mi_attention_rotary_forward_f32));
         }
-        return (returnPattern ? [z, scores!, pattern!] : [z], returnPattern ? [q, k, v, z, lse, pattern!] : [q, k, v, z, lse]);
+        List<Tensor> outputs = [z], saved = [q, k, v, z, lse];
+        if (scores is not null) outputs.Add(scores);
+        if (pattern is not null)
+        {
+            outputs.Add(pattern);
+            saved.Add(pattern);
+        }
+        return (outputs, saved);
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads)
     {
         var saved = ctx.get_saved_variables();
         Tensor q = saved[0], k = saved[1], v = saved[2], z = saved[3], lse = saved[4];
-        bool causal = (bool)ctx.get_data("causal"), returnPattern = (bool)ctx.get_data("returnPattern"), rotary = (bool)ctx.get_data("rotary");
+        bool causal = (bool)ctx.get_data("causal"), rotary = (bool)ctx.get_data("rotary");
+        var wanted = new AttentionOutputs((bool)ctx.get_data("scores"), (bool)ctx.get_data("pattern"));
+        // grads follows the outputs: z, then scores and pattern when they were returned.
+        Tensor? dScoresOut = wanted.Scores && Defined(grads[1]) ? grads[1] : null;
+        Tensor? dPatternOut = wanted.Pattern && Defined(grads[^1]) ? grads[^1] : null;
         Tensor? cos = rotary ? saved[^2] : null, sin = rotary ? saved[^1] : null;
         long batch = q.shape[0], heads = q.shape[1], tq = q.shape[2], tk = k.shape[2], dHead = q.shape[3];
 
@@ -111,16 +124,18 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
                           nameof(NativeMethods.mi_attention_rotary_backward_f32));
         }
 
-        if (returnPattern && (Defined(grads[1]) || Defined(grads[2])))
+        if (dScoresOut is not null || dPatternOut is not null)
         {
             using var scope = NewDisposeScope();
-            var pattern = saved[5];
             // Gradient on the scaled scores from the returned scores and pattern (softmax backward).
-            var dScores = zeros_like(pattern);                                  // [batch, head, query, key]
-            if (Defined(grads[2]))
-                dScores = dScores.add(pattern.mul(grads[2].sub(grads[2].mul(pattern).sum(-1, keepdim: true))));
-            if (Defined(grads[1]))
-                dScores = causal ? dScores.add(grads[1].masked_fill(CausalMask(tq, tk), 0.0)) : dScores.add(grads[1]);
+            var dScores = zeros(batch, heads, tq, tk);                          // [batch, head, query, key]
+            if (dPatternOut is not null)
+            {
+                var pattern = saved[5];
+                dScores = dScores.add(pattern.mul(dPatternOut.sub(dPatternOut.mul(pattern).sum(-1, keepdim: true))));
+            }
+            if (dScoresOut is not null)
+                dScores = causal ? dScores.add(dScoresOut.masked_fill(CausalMask(tq, tk), 0.0)) : dScores.add(dScoresOut);
             double scale = 1.0 / Math.Sqrt(dHead);
             // The scores came from the rotated q and k: differentiate there, then take the gradient back through the rotation.
             var tables = rotary ? new RotaryTables(cos!, sin!) : null;
@@ -130,7 +145,7 @@ internal sealed unsafe class AttentionFunction : autograd.MultiTensorFunction<At
             dq.add_(tables is null ? dqr : tables.ApplyTransposed(dqr, tk - tq));
             dk.add_(tables is null ? dkr : tables.ApplyTransposed(dkr, 0));
         }
-        return [dq, dk, dv, null!, null!, null!, null!];
+        return [dq, dk, dv, null!, null!, null!, null!, null!];
     }
 
     private static bool Defined(Tensor? t) => t is not null && !t.IsInvalid;
