@@ -20,7 +20,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Rows per GEMM call on diagonal blocks: the AVX2 tile height, so masked columns are skipped per tile.
 constexpr int64_t kStrip = 6;
 
-// Per-thread scratch reused across tasks and calls: no allocation in the hot loop. Two slots, for a task that
+// Per-thread scratch reused across tasks and calls: no allocation in the hot loop. Several slots, for a task that
 // holds buffers (a head's packed keys, a query block's scores) while it calls code that takes another.
 float* scratch(size_t floats, int slot = 0) {
     thread_local std::vector<float> buffers[3];
@@ -273,7 +273,7 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
                 // On the diagonal the masked triangle is skipped by 6-row strips, as in the forward: a query strip
                 // needs the keys its last row sees, a key strip the queries from the first that sees its first key.
                 const bool diagonal = g.visible(q0) - k0 < nk;
-                const int64_t strip = diagonal ? kStrip : nq;
+                const int64_t strip = diagonal ? kStrip : nq, key_strip = diagonal ? kStrip : nk;
                 auto keys_seen = [&](int64_t i0) {
                     return std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + strip) - 1) - k0, 0, nk);
                 };
@@ -289,9 +289,9 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
                     if (vis > 0) Ops::exp_shift(row, vis, lse[h * tq + q0 + i]);   // P = exp(S - lse)
                     std::fill(row + vis, row + nkp, 0.0f);
                 }
-                for (int64_t j0 = 0; j0 < nk; j0 += strip) {   // dV += P^T dO
+                for (int64_t j0 = 0; j0 < nk; j0 += key_strip) {   // dV += P^T dO
                     const int64_t i1 = first_query(j0);
-                    Ops::gemm(std::min(strip, nk - j0), dp, nq - i1, p + i1 * BK + j0, 1, BK, dos + (q0 + i1) * dp, dp,
+                    Ops::gemm(std::min(key_strip, nk - j0), dp, nq - i1, p + i1 * BK + j0, 1, BK, dos + (q0 + i1) * dp, dp,
                               dva + j0 * dp, dp, true);
                 }
                 for (int64_t i0 = 0; i0 < nq; i0 += strip)   // dP = dO V^T
@@ -303,9 +303,9 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
                     for (int64_t j = 0; j < vis; ++j) ds[i * BK + j] = p[i * BK + j] * (ds[i * BK + j] - di);
                     std::fill(ds + i * BK + vis, ds + i * BK + nkp, 0.0f);
                 }
-                for (int64_t j0 = 0; j0 < nk; j0 += strip) {   // dK += dS^T (q * scale)
+                for (int64_t j0 = 0; j0 < nk; j0 += key_strip) {   // dK += dS^T (q * scale)
                     const int64_t i1 = first_query(j0);
-                    Ops::gemm(std::min(strip, nk - j0), dp, nq - i1, ds + i1 * BK + j0, 1, BK, qs + (q0 + i1) * dp, dp,
+                    Ops::gemm(std::min(key_strip, nk - j0), dp, nq - i1, ds + i1 * BK + j0, 1, BK, qs + (q0 + i1) * dp, dp,
                               dka + j0 * dp, dp, true);
                 }
                 for (int64_t i0 = 0; i0 < nq; i0 += strip)   // dQ += dS K (scaled below)
