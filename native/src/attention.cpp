@@ -23,7 +23,7 @@ constexpr int64_t kStrip = 6;
 // Per-thread scratch reused across tasks and calls: no allocation in the hot loop. Several slots, for a task that
 // holds buffers (a head's packed keys, a query block's scores) while it calls code that takes another.
 float* scratch(size_t floats, int slot = 0) {
-    thread_local std::vector<float> buffers[3];
+    thread_local std::vector<float> buffers[4];
     std::vector<float>& buffer = buffers[slot];
     if (buffer.size() < floats) buffer.resize(floats);
     return buffer.data();
@@ -123,10 +123,13 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
         float* s = acc + BQ * dp;           // [BlockQ, BlockK] scores, then probabilities
         float* row_max = s + BQ * BK;
         float* row_sum = row_max + BQ;
-        // [BlockQ, tk] the block's scaled scores, kept in cache until lse is known when the scores or the pattern are
-        // wanted; then each output row is written once, masked tail included.
-        const bool keep = scores != nullptr || pattern != nullptr;
-        float* kept = keep ? scratch(static_cast<size_t>(nq * tk), 2) : nullptr;
+        // Kept in cache until lse is known, then each output row is written once, masked tail included: the scaled
+        // scores [BlockQ, tk] when the scores are wanted; for the pattern, the softmax's own exp(s - m) [BlockQ, tk]
+        // with the running max m each key block used [BlockQ, nkb], so the pattern is exp(s - m) · exp(m - lse),
+        // one multiply an entry instead of a second exp.
+        float* kept_s = scores != nullptr ? scratch(static_cast<size_t>(nq * tk), 2) : nullptr;
+        float* kept_p = pattern != nullptr ? scratch(static_cast<size_t>(nq * (tk + nkb)), 3) : nullptr;
+        float* kept_m = kept_p != nullptr ? kept_p + nq * tk : nullptr;
         // The GEMM reads q's rows where they are (rotated ones from qs); the scores come out unscaled and the
         // softmax's max pass scales them, so q is not copied just to be scaled.
         const float* qa = q + (h * tq + q0) * d;
@@ -160,9 +163,13 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
                     continue;
                 }
                 const float m = std::max(row_max[i], Ops::scale_max(row, vis, g.scale));
-                if (keep) std::copy(row, row + vis, kept + i * tk + k0);
+                if (kept_s != nullptr) std::copy(row, row + vis, kept_s + i * tk + k0);
                 const float alpha = row_max[i] == kNegInf ? 0.0f : m == row_max[i] ? 1.0f : std::exp(row_max[i] - m);
                 const float sum = Ops::exp_shift(row, vis, m);
+                if (kept_p != nullptr) {
+                    std::copy(row, row + vis, kept_p + i * tk + k0);
+                    kept_m[i * nkb + k0 / BK] = m;
+                }
                 std::fill(row + vis, row + nkp, 0.0f);
                 row_sum[i] = row_sum[i] * alpha + sum;
                 row_max[i] = m;
@@ -185,11 +192,16 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
             lse[r] = row_sum[i] > 0.0f ? row_max[i] + std::log(row_sum[i]) : kNegInf;
             const int64_t vis = g.visible(q0 + i);
             if (scores != nullptr) {
-                std::copy(kept + i * tk, kept + i * tk + vis, scores + r * tk);
+                std::copy(kept_s + i * tk, kept_s + i * tk + vis, scores + r * tk);
                 std::fill(scores + r * tk + vis, scores + (r + 1) * tk, kNegInf);
             }
             if (pattern != nullptr) {
-                if (vis > 0) Ops::exp_shift_to(kept + i * tk, pattern + r * tk, vis, lse[r]);   // pattern = exp(score - lse)
+                for (int64_t k0 = 0; k0 < vis; k0 += BK) {
+                    const float factor = std::exp(kept_m[i * nkb + k0 / BK] - lse[r]);
+                    const float* src = kept_p + i * tk + k0;
+                    float* dst = pattern + r * tk + k0;
+                    for (int64_t j = 0, n = std::min(BK, vis - k0); j < n; ++j) dst[j] = src[j] * factor;
+                }
                 std::fill(pattern + r * tk + vis, pattern + (r + 1) * tk, 0.0f);
             }
         }

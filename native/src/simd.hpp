@@ -27,7 +27,7 @@ inline int64_t round_up8(int64_t n) { return (n + 7) & ~int64_t{7}; }
 //   max:  the largest of x[0, n).
 //   scale_max: x[j] *= scale for j < n, returning the largest.
 //   dot: the sum of x[j] * y[j] for j < n.
-//   exp_shift: x[j] = exp(x[j] - shift) for j < n, returning the sum; exp_shift_to writes y instead.
+//   exp_shift: x[j] = exp(x[j] - shift) for j < n, returning the sum.
 //   transpose: dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
 struct PortableOps {
     static void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
@@ -57,12 +57,11 @@ struct PortableOps {
         for (int64_t j = 0; j < n; ++j) sum += static_cast<double>(x[j]) * y[j];
         return static_cast<float>(sum);
     }
-    static float exp_shift(float* x, int64_t n, float shift) { return exp_shift_to(x, x, n, shift); }
-    static float exp_shift_to(const float* x, float* y, int64_t n, float shift) {
+    static float exp_shift(float* x, int64_t n, float shift) {
         float sum = 0.0f;
         for (int64_t j = 0; j < n; ++j) {
-            y[j] = std::exp(x[j] - shift);
-            sum += y[j];
+            x[j] = std::exp(x[j] - shift);
+            sum += x[j];
         }
         return sum;
     }
@@ -237,20 +236,19 @@ struct Avx2Ops {
         for (; j < n; ++j) r += x[j] * y[j];
         return r;
     }
-    MI_AVX2 static float exp_shift(float* x, int64_t n, float shift) { return exp_shift_to(x, x, n, shift); }
-    MI_AVX2 static float exp_shift_to(const float* x, float* y, int64_t n, float shift) {
+    MI_AVX2 static float exp_shift(float* x, int64_t n, float shift) {
         const __m256 s = _mm256_set1_ps(shift);
         __m256 sum = _mm256_setzero_ps();
         int64_t j = 0;
         for (; j + 8 <= n; j += 8) {
             const __m256 e = avx2::exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
-            _mm256_storeu_ps(y + j, e);
+            _mm256_storeu_ps(x + j, e);
             sum = _mm256_add_ps(sum, e);
         }
         float r = avx2::hsum(sum);
         for (; j < n; ++j) {
-            y[j] = std::exp(x[j] - shift);
-            r += y[j];
+            x[j] = std::exp(x[j] - shift);
+            r += x[j];
         }
         return r;
     }
