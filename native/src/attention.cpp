@@ -250,8 +250,8 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
     mi::parallel_for(heads * groups, [&](int64_t task) {
         const int64_t h = task / groups, group = task % groups;
         float* qs = scratch(3 * tq * dp + tq + BK * (3 * dp + 2 * d) + BQ * BK * 2);
-        float* dos = qs + tq * dp;        // [tq, dp] dout, padded
-        float* dq_local = dos + tq * dp;  // [tq, dp] dq / scale, accumulated over key blocks
+        float* dos_padded = qs + tq * dp;         // [tq, dp] dout, padded, when d is not a multiple of 8
+        float* dq_local = dos_padded + tq * dp;   // [tq, dp] dq / scale, accumulated over key blocks
         float* dqa = groups > 1 ? partial.data() + task * tq * dp : dq_local;
         float* delta = dq_local + tq * dp;   // [tq] rowsum(dout * out)
         float* kp = delta + tq;           // [BK, dp] key block
@@ -263,7 +263,8 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
         float* ds = p + BQ * BK;          // [BQ, BK] dP, then dS
         const float* qh = q + h * tq * d;
         copy_rows_rotated(qh, tq, d, dp, g.scale, rot, g.offset(), qs);
-        copy_rows_padded(dout + h * tq * d, tq, d, dp, 1.0f, dos);
+        const float* dos = dp == d ? dout + h * tq * d : dos_padded;   // read in place when no padding is needed
+        if (dp != d) copy_rows_padded(dout + h * tq * d, tq, d, dp, 1.0f, dos_padded);
         std::fill(dqa, dqa + tq * dp, 0.0f);
         for (int64_t i = 0; i < tq; ++i) {
             delta[i] = Ops::dot(dout + (h * tq + i) * d, out + (h * tq + i) * d, d);
