@@ -38,7 +38,10 @@ type DecoderProperties(_fixture: TorchFixture) =
         let tokens = tokensFor c
         let plain = model.forward tokens
         let hooked = model.RunWithHooks(tokens, Hook((fun _ -> true), HookFn(fun act _ -> act.clone())))
-        close plain hooked 1e-6
+        // Hooks on the scores and the pattern make attention materialize them (softmax, then matmul) instead of the
+        // fused kernel: the same function in another float32 order. Logits of order 1 then differ by ~2e-6 (a
+        // generated d_head-2 MoE case: 2.0e-6 at max |logit| 2.3, failing an atol of 1e-6 near zero).
+        close plain hooked 1e-5
 
     [<Property(Arbitrary = [| typeof<ResidualModelArbitraries> |], MaxTest = 20)>]
     member _.``zero-ablating a layer's output changes the next residual by exactly that output`` (c: ModelCase) =
