@@ -24,7 +24,6 @@ inline int64_t round_up8(int64_t n) { return (n + 7) & ~int64_t{7}; }
 // Every back end offers, on float rows:
 //   gemm: C[m, n] (+)= A[m, k] · B[k, n]. A is read through (a_row, a_col) strides so a transposed
 //         operand costs nothing; B and C are row-major and n is a multiple of 8 (callers pad).
-//   max:  the largest of x[0, n).
 //   scale_max: x[j] *= scale for j < n, returning the largest.
 //   dot: the sum of x[j] * y[j] for j < n.
 //   exp_shift: x[j] = exp(x[j] - shift) for j < n, returning the sum.
@@ -41,11 +40,6 @@ struct PortableOps {
                 for (int64_t j = 0; j < n; ++j) crow[j] += av * brow[j];
             }
         }
-    }
-    static float max(const float* x, int64_t n) {
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
-        return m;
     }
     static float scale_max(float* x, int64_t n, float scale) {
         float m = -std::numeric_limits<float>::infinity();
@@ -205,14 +199,6 @@ struct Avx2Ops {
             for (; j + 16 <= n; j += 16) avx2::tile_rows<2>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate);
             for (; j < n; j += 8) avx2::tile_rows<1>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate);
         }
-    }
-    MI_AVX2 static float max(const float* x, int64_t n) {
-        __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-        int64_t j = 0;
-        for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
-        float r = avx2::hmax(m);
-        for (; j < n; ++j) r = std::max(r, x[j]);
-        return r;
     }
     MI_AVX2 static float scale_max(float* x, int64_t n, float scale) {
         const __m256 a = _mm256_set1_ps(scale);
