@@ -20,6 +20,29 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Rows per GEMM call on diagonal blocks: the AVX2 tile height, so masked columns are skipped per tile.
 constexpr int64_t kStrip = 6;
 
+// How a query block (nq rows from q0) meets a key block (nk keys from k0). On the diagonal the masked triangle is
+// skipped by kStrip-row strips: a query strip computes only the keys its last row sees, a key strip only the queries
+// from the first that sees its first key. Elsewhere one strip is the whole block.
+struct BlockPair {
+    const AttentionDims& g;
+    int64_t q0, nq, k0, nk;
+    bool diagonal;
+    int64_t strip, key_strip;
+
+    BlockPair(const AttentionDims& dims, int64_t q0_, int64_t nq_, int64_t k0_, int64_t nk_)
+        : g(dims), q0(q0_), nq(nq_), k0(k0_), nk(nk_), diagonal(dims.visible(q0_) - k0_ < nk_),
+          strip(diagonal ? kStrip : nq_), key_strip(diagonal ? kStrip : nk_) {}
+
+    // Keys the query strip from row i0 sees.
+    int64_t keys_seen(int64_t i0) const {
+        return std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + strip) - 1) - k0, 0, nk);
+    }
+    // The first query row that sees key k0 + j0.
+    int64_t first_query(int64_t j0) const {
+        return g.causal ? std::clamp<int64_t>(k0 + j0 - q0 - g.offset(), 0, nq) : int64_t{0};
+    }
+};
+
 // Per-thread scratch reused across tasks and calls: no allocation in the hot loop. Several slots, for a task that
 // holds buffers (a head's packed keys, a query block's scores) while it calls code that takes another.
 float* scratch(size_t floats, int slot = 0) {
@@ -147,14 +170,11 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
         for (int64_t k0 = 0; k0 < kv_end; k0 += BK) {   // blocks past kv_end are fully masked: skipped
             const int64_t nk = std::min(BK, tk - k0), nkp = mi::round_up8(nk);
             const float* ktb = kt + (k0 / BK) * d * BK;
-            // On the diagonal, each 6-row strip computes only the key columns its last row sees.
-            const bool diagonal = g.visible(q0) - k0 < nk;
-            if (!diagonal) Ops::gemm(nq, nkp, d, qa, lda, 1, ktb, BK, s, BK, false);
-            for (int64_t i0 = 0; diagonal && i0 < nq; i0 += kStrip) {
-                const int64_t seen = std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + kStrip) - 1) - k0, 0, nk);
-                Ops::gemm(std::min(kStrip, nq - i0), mi::round_up8(seen), d, qa + i0 * lda, lda, 1, ktb, BK, s + i0 * BK, BK,
-                          false);
-            }
+            const BlockPair pair(g, q0, nq, k0, nk);
+            const int64_t strip = pair.strip;
+            for (int64_t i0 = 0; i0 < nq; i0 += strip)
+                Ops::gemm(std::min(strip, nq - i0), mi::round_up8(pair.keys_seen(i0)), d, qa + i0 * lda, lda, 1, ktb, BK,
+                          s + i0 * BK, BK, false);
             for (int64_t i = 0; i < nq; ++i) {
                 float* row = s + i * BK;
                 const int64_t vis = std::clamp<int64_t>(g.visible(q0 + i) - k0, 0, nk);
@@ -177,11 +197,8 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
                     for (int64_t c = 0; c < dp; ++c) acc[i * dp + c] *= alpha;
             }
             const float* vb = vh + k0 * dp;
-            if (!diagonal) Ops::gemm(nq, dp, nk, s, BK, 1, vb, dp, acc, dp, true);
-            for (int64_t i0 = 0; diagonal && i0 < nq; i0 += kStrip) {
-                const int64_t seen = std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + kStrip) - 1) - k0, 0, nk);
-                Ops::gemm(std::min(kStrip, nq - i0), dp, seen, s + i0 * BK, BK, 1, vb, dp, acc + i0 * dp, dp, true);
-            }
+            for (int64_t i0 = 0; i0 < nq; i0 += strip)
+                Ops::gemm(std::min(strip, nq - i0), dp, pair.keys_seen(i0), s + i0 * BK, BK, 1, vb, dp, acc + i0 * dp, dp, true);
         }
 
         for (int64_t i = 0; i < nq; ++i) {
@@ -283,18 +300,10 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
             const int64_t first = g.causal ? std::clamp<int64_t>(k0 - g.offset(), 0, tq) : 0;
             for (int64_t q0 = (first / BQ) * BQ; q0 < tq; q0 += BQ) {
                 const int64_t nq = std::min(BQ, tq - q0);
-                // On the diagonal the masked triangle is skipped by 6-row strips, as in the forward: a query strip
-                // needs the keys its last row sees, a key strip the queries from the first that sees its first key.
-                const bool diagonal = g.visible(q0) - k0 < nk;
-                const int64_t strip = diagonal ? kStrip : nq, key_strip = diagonal ? kStrip : nk;
-                auto keys_seen = [&](int64_t i0) {
-                    return std::clamp<int64_t>(g.visible(q0 + std::min(nq, i0 + strip) - 1) - k0, 0, nk);
-                };
-                auto first_query = [&](int64_t j0) {
-                    return g.causal ? std::clamp<int64_t>(k0 + j0 - q0 - g.offset(), 0, nq) : int64_t{0};
-                };
+                const BlockPair pair(g, q0, nq, k0, nk);
+                const int64_t strip = pair.strip, key_strip = pair.key_strip;
                 for (int64_t i0 = 0; i0 < nq; i0 += strip)   // scaled scores
-                    Ops::gemm(std::min(strip, nq - i0), mi::round_up8(keys_seen(i0)), d, qs + (q0 + i0) * dp, dp, 1, kt, BK,
+                    Ops::gemm(std::min(strip, nq - i0), mi::round_up8(pair.keys_seen(i0)), d, qs + (q0 + i0) * dp, dp, 1, kt, BK,
                               p + i0 * BK, BK, false);
                 for (int64_t i = 0; i < nq; ++i) {
                     float* row = p + i * BK;
@@ -303,12 +312,12 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
                     std::fill(row + vis, row + nkp, 0.0f);
                 }
                 for (int64_t j0 = 0; j0 < nk; j0 += key_strip) {   // dV += P^T dO
-                    const int64_t i1 = first_query(j0);
+                    const int64_t i1 = pair.first_query(j0);
                     Ops::gemm(std::min(key_strip, nk - j0), dp, nq - i1, p + i1 * BK + j0, 1, BK, dos + (q0 + i1) * dp, dp,
                               dva + j0 * dp, dp, true);
                 }
                 for (int64_t i0 = 0; i0 < nq; i0 += strip)   // dP = dO V^T
-                    Ops::gemm(std::min(strip, nq - i0), mi::round_up8(keys_seen(i0)), d, dos + (q0 + i0) * dp, dp, 1, vt, BK,
+                    Ops::gemm(std::min(strip, nq - i0), mi::round_up8(pair.keys_seen(i0)), d, dos + (q0 + i0) * dp, dp, 1, vt, BK,
                               ds + i0 * BK, BK, false);
                 for (int64_t i = 0; i < nq; ++i) {   // dS, exactly 0 where masked (dP is not computed there)
                     const float di = delta[q0 + i];
@@ -317,12 +326,12 @@ void backward(const AttentionDims& g, const Rotary& rot, const float* q, const f
                     std::fill(ds + i * BK + vis, ds + i * BK + nkp, 0.0f);
                 }
                 for (int64_t j0 = 0; j0 < nk; j0 += key_strip) {   // dK += dS^T (q * scale)
-                    const int64_t i1 = first_query(j0);
+                    const int64_t i1 = pair.first_query(j0);
                     Ops::gemm(std::min(key_strip, nk - j0), dp, nq - i1, ds + i1 * BK + j0, 1, BK, qs + (q0 + i1) * dp, dp,
                               dka + j0 * dp, dp, true);
                 }
                 for (int64_t i0 = 0; i0 < nq; i0 += strip)   // dQ += dS K (scaled below)
-                    Ops::gemm(std::min(strip, nq - i0), dp, keys_seen(i0), ds + i0 * BK, BK, 1, kp, dp, dqa + (q0 + i0) * dp, dp,
+                    Ops::gemm(std::min(strip, nq - i0), dp, pair.keys_seen(i0), ds + i0 * BK, BK, 1, kp, dp, dqa + (q0 + i0) * dp, dp,
                               true);
             }
             for (int64_t j = 0; j < nk; ++j) {
