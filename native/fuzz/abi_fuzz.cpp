@@ -108,7 +108,7 @@ void overflow_pair(int64_t& a, int64_t& b) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Call c{Reader{data, size}, kSane};
-    const uint8_t op = c.in.byte() % 11;
+    const uint8_t op = c.in.byte() % 12;
     const uint8_t m = c.in.byte();
     c.mode = m < 160 ? kSane : Mode(1 + m % 4);
     c.nonpositive_slot = c.in.byte() % 8;
@@ -224,6 +224,47 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (c.mode == kSane) {
             std::vector<int64_t> counts(static_cast<size_t>(experts));
             check(c, mi_moe_count_i64(index, tokens, k, experts, counts.data()));
+        }
+        break;
+    }
+    case 11: {  // the optimizer: AdamW step, sums of squares, row scaling
+        int64_t instances = c.size(5), n = c.size(65);
+        if (c.mode == kOverflow) overflow_pair(instances, n);
+        if (c.mode == kNonPositive) c.nonpositive_slot %= 2, c.size_slot = 0, instances = c.size(5), n = c.size(65);
+        const int64_t total = Call::mul(instances, n);
+        const uint8_t which = c.in.byte() % 3;
+        if (c.mode == kNull) c.null_slot %= which == 0 ? 6 : 2;
+        // Rates, betas, eps and step: mostly valid, sometimes out of range (must be rejected).
+        double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+        int64_t step = 1 + c.in.byte() % 100;
+        if (c.mode == kBadEnum) {
+            switch (c.in.byte() % 4) {
+            case 0: beta1 = 1.0; break;
+            case 1: beta2 = -0.5; break;
+            case 2: eps = std::numeric_limits<double>::quiet_NaN(); break;
+            default: step = 0; break;
+            }
+        }
+        if (which == 0) {
+            float *p = c.floats(f0, total), *g = c.floats(f1, total), *m = c.floats(f2, total), *v = c.floats(f3, total);
+            std::vector<double> lr, wd;
+            const int64_t rates = instances > 0 && instances < 64 ? instances : 1;
+            for (int64_t i = 0; i < rates; ++i) {
+                lr.push_back(double(c.in.byte()) * 1e-4);
+                wd.push_back(double(c.in.byte()) * 1e-3);
+            }
+            const double* lrp = c.mode == kNull && c.null_slot == 4 ? nullptr : lr.data();
+            const double* wdp = c.mode == kNull && c.null_slot == 5 ? nullptr : wd.data();
+            check(c, mi_adamw_step_f32(p, g, m, v, instances, n, lrp, wdp, beta1, beta2, eps, step));
+        } else {
+            if (c.mode == kBadEnum) c.mode = kSane;   // no enum or rate to get wrong
+            float* x = c.floats(f0, total);
+            if (which == 1) {
+                std::vector<double> sums(size_t(instances > 0 && instances < 64 ? instances : 1), 0.0);
+                check(c, mi_sum_squares_f32(x, instances, n, c.mode == kNull && c.null_slot == 1 ? nullptr : sums.data()));
+            } else {
+                check(c, mi_scale_rows_f32(x, instances, n, c.floats(f1, instances)));
+            }
         }
         break;
     }

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header; the C# side refuses a mismatch. */
-#define MI_ABI_VERSION 3
+#define MI_ABI_VERSION 4
 
 typedef int32_t mi_status;
 enum {
@@ -140,6 +140,22 @@ MI_API mi_status mi_moe_combine_f32(const float* grouped, const float* gates, co
 MI_API mi_status mi_moe_combine_backward_f32(const float* grouped, const float* gates, const int64_t* row_of,
                                              const float* dy, int64_t tokens, int64_t k, int64_t d, int64_t rows,
                                              float* dgrouped, float* dgates);
+
+/* ---- optimizer: AdamW over parameters whose leading dimension is the instance ---------------------
+ * A parameter, its gradient and its moments are [instances, n] (an ordinary model: instances = 1); instance i
+ * has its own learning rate lr[i] and decoupled weight decay weight_decay[i], both finite and >= 0. */
+
+/* One AdamW step in PyTorch's order, step counted from 1, b1 = beta1, b2 = beta2 (both in [0, 1)):
+ *   p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+ *   p -= lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + eps).
+ * p, m and v are updated in place, g is read; the per-instance constants are rounded to float once. */
+MI_API mi_status mi_adamw_step_f32(float* p, const float* g, float* m, float* v, int64_t instances, int64_t n,
+                                   const double* lr, const double* weight_decay, double beta1, double beta2,
+                                   double eps, int64_t step);
+/* sums[i] += sum_j x[i, j]^2, accumulated in double; the same on any number of threads. */
+MI_API mi_status mi_sum_squares_f32(const float* x, int64_t instances, int64_t n, double* sums);
+/* x[i, :] *= factor[i]. */
+MI_API mi_status mi_scale_rows_f32(float* x, int64_t instances, int64_t n, const float* factor);
 
 /* ---- CUDA: the same kernels on device pointers --------------------------------------------------
  * Every mi_cuda_* function takes the arguments of its CPU twin, with every array a CUDA device (or

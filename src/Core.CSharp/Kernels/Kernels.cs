@@ -102,7 +102,7 @@ public static class Kernel
     /// The native kernels take float32 CPU tensors; under Auto anything else (float64 gradient checks)
     /// runs the managed twin, while an explicit Native choice reports the mismatch.
     /// </summary>
-    private static bool UseNative(KernelBackend? backend, Tensor sample)
+    internal static bool UseNative(KernelBackend? backend, Tensor sample)
     {
         var choice = backend ?? Settings.Kernels;
         if (choice == KernelBackend.Auto && (sample.dtype != ScalarType.Float32 || sample.device_type != TorchSharp.DeviceType.CPU))

@@ -8,7 +8,7 @@ internal static unsafe partial class NativeMethods
     public const string Library = "mechinterp_native";
 
     /// <summary>The ABI version this assembly was written against (MI_ABI_VERSION).</summary>
-    public const int AbiVersion = 3;
+    public const int AbiVersion = 4;
 
     [LibraryImport(Library)] public static partial int mi_version();
     [LibraryImport(Library)] public static partial IntPtr mi_last_error();
@@ -59,4 +59,10 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)]
     public static partial int mi_moe_combine_backward_f32(float* grouped, float* gates, long* rowOf, float* dy, long tokens, long k,
                                                           long d, long rows, float* dgrouped, float* dgates);
+
+    [LibraryImport(Library)]
+    public static partial int mi_adamw_step_f32(float* p, float* g, float* m, float* v, long instances, long n, double* lr, double* weightDecay,
+                                                double beta1, double beta2, double eps, long step);
+    [LibraryImport(Library)] public static partial int mi_sum_squares_f32(float* x, long instances, long n, double* sums);
+    [LibraryImport(Library)] public static partial int mi_scale_rows_f32(float* x, long instances, long n, float* factor);
 }
