@@ -1,6 +1,7 @@
 // Fused attention against a naive double-precision reference (forward, lse, scores, pattern,
 // backward) on both the AVX2 and the portable path, and every argument rejection.
 #include "mechinterp.h"
+#include "random_vector.hpp"
 
 #include <gtest/gtest.h>
 
@@ -17,14 +18,6 @@
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-std::vector<float> random_vector(size_t n, float scale, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = dist(rng);
-    return v;
-}
 
 struct Case {
     int64_t b, h, tq, tk, d;

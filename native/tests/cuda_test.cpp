@@ -1,6 +1,7 @@
 // The CUDA kernels against the CPU ones (which the other tests hold to naive references). On a
 // machine without a CUDA device these skip; without CUDA compiled in, the entry points must refuse.
 #include "mechinterp.h"
+#include "random_vector.hpp"
 
 #include <gtest/gtest.h>
 
@@ -32,14 +33,6 @@ TEST(Cuda, EntryPointsRefuseHostPointersOrReportUnsupported) {
 }
 
 #ifdef MI_TEST_CUDA
-
-std::vector<float> random_vector(size_t n, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.0f, 1.0f);
-    std::vector<float> v(n);
-    for (auto& x : v) x = dist(rng);
-    return v;
-}
 
 // A device copy of a host vector, freed at scope exit.
 template <class T>

@@ -1,6 +1,7 @@
 // Expert dispatch: a hand-computed routing example, capacity drops, permute/gather/combine and their
 // backwards against naive loops and finite differences, and every argument rejection.
 #include "mechinterp.h"
+#include "random_vector.hpp"
 
 #include <gtest/gtest.h>
 
@@ -11,14 +12,6 @@
 #include <vector>
 
 namespace {
-
-std::vector<float> random_vector(size_t n, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.0f, 1.0f);
-    std::vector<float> v(n);
-    for (auto& x : v) x = dist(rng);
-    return v;
-}
 
 void expect_error(mi_status got, mi_status want, const std::string& text) {
     EXPECT_EQ(got, want);

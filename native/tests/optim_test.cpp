@@ -1,6 +1,7 @@
 // The AdamW step and the clipping norms against double-precision references, both back ends and any thread
 // count alike, and every argument rejection.
 #include "mechinterp.h"
+#include "random_vector.hpp"
 
 #include <gtest/gtest.h>
 
@@ -12,14 +13,6 @@
 #include <vector>
 
 namespace {
-
-std::vector<float> random_vector(size_t n, float scale, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = dist(rng);
-    return v;
-}
 
 // PyTorch's AdamW in double, one element.
 void reference_step(double& p, double g, double& m, double& v, double lr, double wd, double b1, double b2, double eps, int step) {

@@ -1,5 +1,6 @@
 // Row softmax against a naive double-precision reference, and every argument rejection.
 #include "mechinterp.h"
+#include "random_vector.hpp"
 
 #include <gtest/gtest.h>
 
@@ -11,14 +12,6 @@
 #include <vector>
 
 namespace {
-
-std::vector<float> random_vector(size_t n, float scale, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = dist(rng);
-    return v;
-}
 
 std::vector<double> reference_softmax(const std::vector<float>& x, int64_t rows, int64_t cols) {
     std::vector<double> y(x.size());
