@@ -43,6 +43,13 @@ inline int64_t checked_add(int64_t a, int64_t b, const char* what) {
     return r;
 }
 
+// The sizes of a [rows, cols] buffer: both positive and their product within int64, each named in the error.
+inline void check_matrix(int64_t rows, int64_t cols, const char* rows_name, const char* cols_name, const char* product) {
+    require_positive(rows, rows_name);
+    require_positive(cols, cols_name);
+    checked_mul(rows, cols, product);
+}
+
 // The grouped dispatch buffers (CPU and CUDA alike): tokens * k (token, slot) pairs land in `rows`
 // rows of width d, so rows must hold every pair and no product may overflow.
 inline void check_dispatch_sizes(int64_t tokens, int64_t k, int64_t d, int64_t rows) {

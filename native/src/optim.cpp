@@ -86,12 +86,6 @@ double sum_squares_chunk(const float* x, int64_t n) {
     return sum_squares_portable(x, n);
 }
 
-void check_rows(int64_t instances, int64_t n) {
-    mi::require_positive(instances, "instances");
-    mi::require_positive(n, "n");
-    mi::checked_mul(instances, n, "instances * n");
-}
-
 void require_rate(double x, const char* name, int64_t i) {
     if (!std::isfinite(x) || x < 0)
         throw mi::Error{MI_ERR_INVALID_ARGUMENT, std::string(name) + "[" + std::to_string(i) + "] must be finite and non-negative, got " + std::to_string(x)};
@@ -121,7 +115,7 @@ MI_API mi_status mi_adamw_step_f32(float* p, const float* g, float* m, float* v,
         mi::require_pointer(v, "v");
         mi::require_pointer(lr, "lr");
         mi::require_pointer(weight_decay, "weight_decay");
-        check_rows(instances, n);
+        mi::check_matrix(instances, n, "instances", "n", "instances * n");
         if (!(beta1 >= 0 && beta1 < 1)) throw mi::Error{MI_ERR_INVALID_ARGUMENT, "beta1 must be in [0, 1), got " + std::to_string(beta1)};
         if (!(beta2 >= 0 && beta2 < 1)) throw mi::Error{MI_ERR_INVALID_ARGUMENT, "beta2 must be in [0, 1), got " + std::to_string(beta2)};
         if (!std::isfinite(eps) || eps < 0) throw mi::Error{MI_ERR_INVALID_ARGUMENT, "eps must be finite and non-negative, got " + std::to_string(eps)};
@@ -146,7 +140,7 @@ MI_API mi_status mi_sum_squares_f32(const float* x, int64_t instances, int64_t n
     return mi::guard([&] {
         mi::require_pointer(x, "x");
         mi::require_pointer(sums, "sums");
-        check_rows(instances, n);
+        mi::check_matrix(instances, n, "instances", "n", "instances * n");
         // Partial sums per chunk, added in chunk order: the same result on any number of threads.
         const int64_t chunks = (n + kChunk - 1) / kChunk;
         std::vector<double> partial(static_cast<size_t>(mi::checked_mul(instances, chunks, "instances * chunks")));
@@ -160,7 +154,7 @@ MI_API mi_status mi_scale_rows_f32(float* x, int64_t instances, int64_t n, const
     return mi::guard([&] {
         mi::require_pointer(x, "x");
         mi::require_pointer(factor, "factor");
-        check_rows(instances, n);
+        mi::check_matrix(instances, n, "instances", "n", "instances * n");
         for_chunks(instances, n, [&](int64_t, int64_t i, int64_t at, int64_t len) {
             const float f = factor[i];
             for (int64_t j = 0; j < len; ++j) x[at + j] *= f;

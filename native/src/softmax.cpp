@@ -29,12 +29,6 @@ void softmax_backward_row(const float* y, const float* dy, float* dx, int64_t co
     for (int64_t c = 0; c < cols; ++c) dx[c] = y[c] * (dy[c] - d);
 }
 
-void check_matrix(int64_t rows, int64_t cols) {
-    mi::require_positive(rows, "rows");
-    mi::require_positive(cols, "cols");
-    mi::checked_mul(rows, cols, "rows * cols");
-}
-
 template <class RowFn>
 void for_rows(int64_t rows, RowFn&& fn) {
     const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
@@ -52,7 +46,7 @@ MI_API mi_status mi_softmax_rows_f32(const float* x, float* y, int64_t rows, int
     return mi::guard([&] {
         mi::require_pointer(x, "x");
         mi::require_pointer(y, "y");
-        check_matrix(rows, cols);
+        mi::check_matrix(rows, cols, "rows", "cols", "rows * cols");
         for_rows(rows, [&](int64_t r) { softmax_row(x + r * cols, y + r * cols, cols); });
     });
 }
@@ -62,7 +56,7 @@ MI_API mi_status mi_softmax_rows_backward_f32(const float* y, const float* dy, f
         mi::require_pointer(y, "y");
         mi::require_pointer(dy, "dy");
         mi::require_pointer(dx, "dx");
-        check_matrix(rows, cols);
+        mi::check_matrix(rows, cols, "rows", "cols", "rows * cols");
         for_rows(rows, [&](int64_t r) {
             softmax_backward_row(y + r * cols, dy + r * cols, dx + r * cols, cols);
         });
