@@ -141,11 +141,13 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
     // One query block of head h against its packed keys kt and values vh ([tk, dp]).
     auto query_block = [&](int64_t h, int64_t qb, const float* kt, const float* vh) {
         const int64_t q0 = qb * BQ, nq = std::min(BQ, tq - q0);
-        float* qs = scratch(BQ * (2 * dp + BK + 2));
+        float* qs = scratch(BQ * (2 * dp + BK + 4));
         float* acc = qs + BQ * dp;          // [BlockQ, dp] unnormalized output
         float* s = acc + BQ * dp;           // [BlockQ, BlockK] scores, then probabilities
         float* row_max = s + BQ * BK;
         float* row_sum = row_max + BQ;
+        float* new_max = row_sum + BQ;      // [BlockQ] this key block's running max
+        float* alpha = new_max + BQ;        // [BlockQ] exp(old max - new max), the rescale of acc and row_sum
         // Kept in cache until lse is known, then each output row is written once, masked tail included: the scaled
         // scores [BlockQ, tk] when the scores are wanted; for the pattern, the softmax's own exp(s - m) [BlockQ, tk]
         // with the running max m each key block used [BlockQ, nkb], so the pattern is exp(s - m) · exp(m - lse),
@@ -175,30 +177,37 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
             for (int64_t i0 = 0; i0 < nq; i0 += strip)
                 Ops::gemm(std::min(strip, nq - i0), mi::round_up8(pair.keys_seen(i0)), d, qa + i0 * lda, lda, 1, ktb, BK,
                           s + i0 * BK, BK, false);
+            // The new running maxima, then every row's rescale in one vector exp: exp(-inf) is 0 for a row that had
+            // no key yet (its acc and sum are 0 either way).
             for (int64_t i = 0; i < nq; ++i) {
                 float* row = s + i * BK;
                 const int64_t vis = std::clamp<int64_t>(g.visible(q0 + i) - k0, 0, nk);
+                new_max[i] = vis == 0 ? row_max[i] : std::max(row_max[i], Ops::scale_max(row, vis, g.scale));
+                alpha[i] = row_max[i] == kNegInf ? kNegInf : row_max[i] - new_max[i];
+            }
+            Ops::exp_shift(alpha, nq, 0.0f);
+            for (int64_t i = 0; i < nq; ++i) {
+                float* row = s + i * BK;
+                const int64_t vis = std::clamp<int64_t>(g.visible(q0 + i) - k0, 0, nk);
+                const float m = new_max[i];
+                row_max[i] = m;
                 if (vis == 0) {
                     std::fill(row, row + nkp, 0.0f);
                     continue;
                 }
-                const float m = std::max(row_max[i], Ops::scale_max(row, vis, g.scale));
                 if (kept_s != nullptr) std::copy(row, row + vis, kept_s + i * tk + k0);
-                const float alpha = row_max[i] == kNegInf ? 0.0f : m == row_max[i] ? 1.0f : std::exp(row_max[i] - m);
                 const float sum = Ops::exp_shift(row, vis, m);
                 if (kept_p != nullptr) {
                     std::copy(row, row + vis, kept_p + i * tk + k0);
                     kept_m[i * nkb + k0 / BK] = m;
                 }
                 std::fill(row + vis, row + nkp, 0.0f);
-                row_sum[i] = row_sum[i] * alpha + sum;
-                row_max[i] = m;
-                if (alpha != 1.0f)
-                    for (int64_t c = 0; c < dp; ++c) acc[i * dp + c] *= alpha;
+                row_sum[i] = row_sum[i] * alpha[i] + sum;
             }
             const float* vb = vh + k0 * dp;
             for (int64_t i0 = 0; i0 < nq; i0 += strip)
-                Ops::gemm(std::min(strip, nq - i0), dp, pair.keys_seen(i0), s + i0 * BK, BK, 1, vb, dp, acc + i0 * dp, dp, true);
+                Ops::gemm(std::min(strip, nq - i0), dp, pair.keys_seen(i0), s + i0 * BK, BK, 1, vb, dp, acc + i0 * dp, dp, true,
+                          alpha + i0);
         }
 
         for (int64_t i = 0; i < nq; ++i) {

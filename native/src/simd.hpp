@@ -23,17 +23,21 @@ inline int64_t round_up8(int64_t n) { return (n + 7) & ~int64_t{7}; }
 
 // Every back end offers, on float rows:
 //   gemm: C[m, n] (+)= A[m, k] · B[k, n]. A is read through (a_row, a_col) strides so a transposed
-//         operand costs nothing; B and C are row-major and n is a multiple of 8 (callers pad).
+//         operand costs nothing; B and C are row-major and n is a multiple of 8 (callers pad). With
+//         c_scale, accumulating rows start from C[i, :] * c_scale[i] (the online softmax's rescale, in
+//         the tile's own load of C rather than a pass of its own).
 //   scale_max: x[j] *= scale for j < n, returning the largest.
 //   dot: the sum of x[j] * y[j] for j < n.
 //   exp_shift: x[j] = exp(x[j] - shift) for j < n, returning the sum.
 //   transpose: dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
 struct PortableOps {
     static void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
-                     int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+                     int64_t ldb, float* c, int64_t ldc, bool accumulate, const float* c_scale = nullptr) {
         for (int64_t i = 0; i < m; ++i) {
             float* crow = c + i * ldc;
             if (!accumulate) std::fill(crow, crow + n, 0.0f);
+            else if (c_scale != nullptr)
+                for (int64_t j = 0; j < n; ++j) crow[j] *= c_scale[i];
             for (int64_t p = 0; p < k; ++p) {
                 const float av = a[i * a_row + p * a_col];
                 const float* brow = b + p * ldb;
@@ -69,25 +73,25 @@ struct PortableOps {
 
 namespace avx2 {
 
-// exp for 8 floats (Cephes' polynomial, ~1 ulp). Inputs below -87.3 give exactly 0, so far-masked
-// and -inf entries cannot produce denormals or NaN.
+// exp for 8 floats, ~1 ulp: x = n ln2 + f with |f| <= ln2 / 2 (n rounded by the 1.5 * 2^23 shifter, ln2 in two
+// parts so f is exact), e^f from a degree-6 minimax polynomial with e^0 = 1 exactly, and 2^n added to its exponent
+// bits. Inputs below -87.3 give exactly 0, so far-masked and -inf entries cannot produce denormals or NaN.
 MI_AVX2 inline __m256 exp8(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.37f);
+    const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.37f), shifter = _mm256_set1_ps(12582912.0f);
     const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
     x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+    const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shifter);   // n in t's low mantissa bits
+    const __m256 n = _mm256_sub_ps(t, shifter);
+    __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    f = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), f);
+    __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(1.39261761e-3f), f, _mm256_set1_ps(8.36317307e-3f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(4.16665547e-2f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.66665770e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(0.5f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
+    const __m256i scale = _mm256_slli_epi32(_mm256_castps_si256(t), 23);   // n << 23
+    return _mm256_andnot_ps(underflow, _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), scale)));
 }
 
 MI_AVX2 inline float hsum(__m256 v) {
@@ -130,7 +134,7 @@ MI_AVX2 inline float hmax(__m256 v) {
 // Named accumulators rather than an array: GCC spills an array of __m256 to the stack every step.
 template <int R, int NV>
 MI_AVX2 inline void tile(int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b, int64_t ldb, float* c,
-                         int64_t ldc, bool accumulate) {
+                         int64_t ldc, bool accumulate, const float* c_scale) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
 #define MI_TILE_ROW(r, c0, c1)                                                  \
@@ -138,6 +142,11 @@ MI_AVX2 inline void tile(int64_t k, const float* a, int64_t a_row, int64_t a_col
         if (accumulate) {                                                       \
             c0 = _mm256_loadu_ps(c + r * ldc);                                  \
             if constexpr (NV > 1) c1 = _mm256_loadu_ps(c + r * ldc + 8);        \
+            if (c_scale != nullptr) {                                           \
+                const __m256 f = _mm256_broadcast_ss(c_scale + r);              \
+                c0 = _mm256_mul_ps(c0, f);                                      \
+                if constexpr (NV > 1) c1 = _mm256_mul_ps(c1, f);                \
+            }                                                                   \
         }                                                                       \
     }
     MI_TILE_ROW(0, c00, c01) MI_TILE_ROW(1, c10, c11) MI_TILE_ROW(2, c20, c21)
@@ -175,14 +184,14 @@ MI_AVX2 inline void tile(int64_t k, const float* a, int64_t a_row, int64_t a_col
 
 template <int NV>
 MI_AVX2 inline void tile_rows(int64_t rows, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
-                              int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+                              int64_t ldb, float* c, int64_t ldc, bool accumulate, const float* c_scale) {
     switch (rows) {
-        case 6: tile<6, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
-        case 5: tile<5, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
-        case 4: tile<4, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
-        case 3: tile<3, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
-        case 2: tile<2, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
-        default: tile<1, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate); break;
+        case 6: tile<6, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale); break;
+        case 5: tile<5, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale); break;
+        case 4: tile<4, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale); break;
+        case 3: tile<3, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale); break;
+        case 2: tile<2, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale); break;
+        default: tile<1, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale); break;
     }
 }
 
@@ -190,14 +199,15 @@ MI_AVX2 inline void tile_rows(int64_t rows, int64_t k, const float* a, int64_t a
 
 struct Avx2Ops {
     MI_AVX2 static void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col,
-                             const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+                             const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate, const float* c_scale = nullptr) {
         for (int64_t i = 0; i < m; i += 6) {
             const int64_t rows = std::min<int64_t>(6, m - i);
             const float* ai = a + i * a_row;
+            const float* si = c_scale != nullptr ? c_scale + i : nullptr;
             float* ci = c + i * ldc;
             int64_t j = 0;
-            for (; j + 16 <= n; j += 16) avx2::tile_rows<2>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate);
-            for (; j < n; j += 8) avx2::tile_rows<1>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate);
+            for (; j + 16 <= n; j += 16) avx2::tile_rows<2>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate, si);
+            for (; j < n; j += 8) avx2::tile_rows<1>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate, si);
         }
     }
     MI_AVX2 static float scale_max(float* x, int64_t n, float scale) {

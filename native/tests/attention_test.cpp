@@ -304,6 +304,32 @@ TEST(Attention, ExtremeLogitsGiveNoNaN) {
     }
 }
 
+// The pattern to a few ulp over the whole range of the exp (|logit| up to 80), where the tolerance of the
+// shape tests would hide a coarse exp: one query, eight keys scored [x, 0, ..., 0] (d = 1, so no scaling), whose
+// pattern is e^x / (e^x + 7) and 1 / (e^x + 7). Eight keys put the exp on the vector path.
+class ExpRange : public OnBothPaths<int> {};
+
+TEST_P(ExpRange, PatternIsExactToAFewUlpFromMinus80To80) {
+    const int64_t n = 1601, tk = 8;   // x = -80, -79.9, ..., 80
+    std::vector<float> q(n), k(n * tk, 0.0f), v(n * tk, 1.0f), out(n), lse(n), pattern(n * tk);
+    for (int64_t b = 0; b < n; ++b) {
+        q[b] = -80.0f + 0.1f * static_cast<float>(b);
+        k[b * tk] = 1.0f;
+    }
+    ASSERT_EQ(mi_attention_forward_f32(q.data(), k.data(), v.data(), n, 1, 1, tk, 1, 0, out.data(), lse.data(), nullptr,
+                                       pattern.data()),
+              MI_OK)
+        << mi_last_error();
+    for (int64_t b = 0; b < n; ++b) {
+        const double ex = std::exp(static_cast<double>(q[b])), first = ex / (ex + 7.0), other = 1.0 / (ex + 7.0);
+        ASSERT_NEAR(pattern[b * tk], first, 1e-6 * first) << "x = " << q[b];
+        for (int64_t j = 1; j < tk; ++j) ASSERT_NEAR(pattern[b * tk + j], other, 1e-6 * other) << "x = " << q[b] << ", key " << j;
+        ASSERT_NEAR(lse[b], std::log(ex + 7.0), 1e-6 * (1.0 + std::abs(std::log(ex + 7.0)))) << "x = " << q[b];
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(BothPaths, ExpRange, ::testing::Combine(::testing::Values(0), ::testing::Bool()), case_name);
+
 // Calls forward with one argument replaced, for the rejection tests.
 struct ForwardCall {
     std::vector<float> buf = std::vector<float>(64, 0.0f);
