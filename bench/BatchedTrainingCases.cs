@@ -63,24 +63,13 @@ internal static class BatchedTrainingCases
         return Batch * (t * perToken + attention);
     }
 
-    /// <summary>GFLOP/s of a large square matmul on the current threads: the machine's GEMM peak for this run.</summary>
-    private static double GemmPeak()
-    {
-        using var scope = NewDisposeScope();
-        const long n = 1536;
-        var a = randn(n, n);
-        var b = randn(n, n);
-        double ms = Timing.MedianMs(() => { using var _ = a.matmul(b); }, warmup: 3, repetitions: 9);
-        return 2.0 * n * n * n / (ms * 1e6);
-    }
-
     public static IEnumerable<BenchResult> Run()
     {
         var ms = Timing.MedianMsInterleaved([TrainBatched, TrainOneAfterAnother], warmup: 1, repetitions: 5);
         Console.WriteLine($"  {Seeds} seeds × {Steps} steps: batched {ms[0]:F0} ms, one after another {ms[1]:F0} ms");
         yield return new BenchResult($"train {Seeds} seeds of the quick induction model, batched", ms[0], "one after another", ms[1]);
 
-        double peak = GemmPeak();
+        double peak = GemmPeak.Measure();
         double rate = Seeds * Steps * StepFlops() / (ms[0] * 1e6);
         Console.WriteLine($"  batched training: {rate:F1} GFLOP/s model FLOPs against a GEMM peak of {peak:F1} GFLOP/s");
         // Ours: the batched step; baseline: the time the same FLOPs take at the GEMM peak. Speedup = share of the peak.
