@@ -213,9 +213,10 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
         for (int64_t i = 0; i < nq; ++i) {
             const int64_t r = h * tq + q0 + i;
             // row_sum is 0 only for a row that sees no key, which check_attention rules out; such a row would get z = 0.
-            const float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;
+            // A NaN sum (a NaN logit) stays NaN in z, lse and the pattern.
+            const float inv = row_sum[i] == 0.0f ? 0.0f : 1.0f / row_sum[i];
             for (int64_t c = 0; c < d; ++c) out[r * d + c] = acc[i * dp + c] * inv;
-            lse[r] = row_sum[i] > 0.0f ? row_max[i] + std::log(row_sum[i]) : kNegInf;
+            lse[r] = row_sum[i] == 0.0f ? kNegInf : row_max[i] + std::log(row_sum[i]);
             const int64_t vis = g.visible(q0 + i);
             if (scores != nullptr) {
                 std::copy(kept_s + i * tk, kept_s + i * tk + vis, scores + r * tk);

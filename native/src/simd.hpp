@@ -27,8 +27,9 @@ inline int64_t round_up8(int64_t n) { return (n + 7) & ~int64_t{7}; }
 //         c_scale, accumulating rows start from C[i, :] * c_scale[i] (the online softmax's rescale, in
 //         the tile's own load of C rather than a pass of its own).
 //   scale_max: x[j] *= scale for j < n, returning the largest.
+//   max: the largest x[j] for j < n (-inf for n = 0).
 //   dot: the sum of x[j] * y[j] for j < n.
-//   exp_shift: x[j] = exp(x[j] - shift) for j < n, returning the sum.
+//   exp_shift: y[j] = exp(x[j] - shift) for j < n (y may be x), returning the sum; NaN stays NaN.
 //   transpose: dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
 struct PortableOps {
     static void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
@@ -50,19 +51,25 @@ struct PortableOps {
         for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j] *= scale);
         return m;
     }
+    static float max(const float* x, int64_t n) {
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+        return m;
+    }
     static float dot(const float* x, const float* y, int64_t n) {
         double sum = 0.0;
         for (int64_t j = 0; j < n; ++j) sum += static_cast<double>(x[j]) * y[j];
         return static_cast<float>(sum);
     }
-    static float exp_shift(float* x, int64_t n, float shift) {
+    static float exp_shift(const float* x, float* y, int64_t n, float shift) {
         float sum = 0.0f;
         for (int64_t j = 0; j < n; ++j) {
-            x[j] = std::exp(x[j] - shift);
-            sum += x[j];
+            y[j] = std::exp(x[j] - shift);
+            sum += y[j];
         }
         return sum;
     }
+    static float exp_shift(float* x, int64_t n, float shift) { return exp_shift(x, x, n, shift); }
     static void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
         for (int64_t c = 0; c < cols; ++c)
             for (int64_t r = 0; r < rows; ++r) dst[c * ldd + r] = src[r * lds + c];
@@ -75,10 +82,11 @@ namespace avx2 {
 
 // exp for 8 floats, ~1 ulp: x = n ln2 + f with |f| <= ln2 / 2 (n rounded by the 1.5 * 2^23 shifter, ln2 in two
 // parts so f is exact), e^f from a degree-6 minimax polynomial with e^0 = 1 exactly, and 2^n added to its exponent
-// bits. Inputs below -87.3 give exactly 0, so far-masked and -inf entries cannot produce denormals or NaN.
+// bits. Inputs below -87.3 give exactly 0, so far-masked and -inf entries cannot produce denormals or NaN; a NaN
+// input gives NaN (the clamp would turn it into a number), so a NaN logit poisons its row as in libtorch.
 MI_AVX2 inline __m256 exp8(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.37f), shifter = _mm256_set1_ps(12582912.0f);
-    const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ), nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
     x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
     const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shifter);   // n in t's low mantissa bits
     const __m256 n = _mm256_sub_ps(t, shifter);
@@ -91,7 +99,7 @@ MI_AVX2 inline __m256 exp8(__m256 x) {
     y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
     y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
     const __m256i scale = _mm256_slli_epi32(_mm256_castps_si256(t), 23);   // n << 23
-    return _mm256_andnot_ps(underflow, _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), scale)));
+    return _mm256_or_ps(nan, _mm256_andnot_ps(underflow, _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), scale))));
 }
 
 MI_AVX2 inline float hsum(__m256 v) {
@@ -232,22 +240,31 @@ struct Avx2Ops {
         for (; j < n; ++j) r += x[j] * y[j];
         return r;
     }
-    MI_AVX2 static float exp_shift(float* x, int64_t n, float shift) {
+    MI_AVX2 static float max(const float* x, int64_t n) {
+        __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
+        float r = avx2::hmax(m);
+        for (; j < n; ++j) r = std::max(r, x[j]);
+        return r;
+    }
+    MI_AVX2 static float exp_shift(const float* x, float* y, int64_t n, float shift) {
         const __m256 s = _mm256_set1_ps(shift);
         __m256 sum = _mm256_setzero_ps();
         int64_t j = 0;
         for (; j + 8 <= n; j += 8) {
             const __m256 e = avx2::exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
-            _mm256_storeu_ps(x + j, e);
+            _mm256_storeu_ps(y + j, e);
             sum = _mm256_add_ps(sum, e);
         }
         float r = avx2::hsum(sum);
         for (; j < n; ++j) {
-            x[j] = std::exp(x[j] - shift);
-            r += x[j];
+            y[j] = std::exp(x[j] - shift);
+            r += y[j];
         }
         return r;
     }
+    MI_AVX2 static float exp_shift(float* x, int64_t n, float shift) { return exp_shift(x, x, n, shift); }
     // 8 x 8 tiles transposed in registers (unpack, shuffle, lane swap); the ragged edges element by element.
     MI_AVX2 static void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
         int64_t r0 = 0;

@@ -1,12 +1,12 @@
 // Fused attention against a naive double-precision reference (forward, lse, scores, pattern,
 // backward) on both the AVX2 and the portable path, and every argument rejection.
 #include "mechinterp.h"
+#include "both_paths.hpp"
 #include "random_vector.hpp"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -94,24 +94,6 @@ void expect_close(const float* got, const std::vector<double>& want, double tol,
         ASSERT_NEAR(got[i], want[i], tol * (1.0 + std::abs(want[i]))) << what << " at " << i;
     }
 }
-
-// A test name from a (case, simd) parameter: the case printed, "_avx2" or "_portable", other characters as '_'.
-const auto case_name = [](const auto& info) {
-    std::ostringstream name;
-    name << std::get<0>(info.param) << (std::get<1>(info.param) ? "_avx2" : "_portable");
-    std::string s = name.str();
-    for (auto& ch : s)
-        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-    return s;
-};
-
-// A case run on the AVX2 path (true) or the portable one (false).
-template <class C>
-class OnBothPaths : public ::testing::TestWithParam<std::tuple<C, bool>> {
-protected:
-    void SetUp() override { ASSERT_EQ(mi_set_simd(std::get<1>(this->GetParam()) ? 1 : 0), MI_OK); }
-    void TearDown() override { mi_set_simd(1); }
-};
 
 class AttentionShapes : public OnBothPaths<Case> {};
 
@@ -329,6 +311,44 @@ TEST_P(ExpRange, PatternIsExactToAFewUlpFromMinus80To80) {
 }
 
 INSTANTIATE_TEST_SUITE_P(BothPaths, ExpRange, ::testing::Combine(::testing::Values(0), ::testing::Bool()), case_name);
+
+// NaN logits poison the rows that see them, as in libtorch, and only those. A NaN query entry makes its whole row
+// of scores NaN; a NaN key entry makes one score NaN in every row that sees that key, among finite ones, so the
+// row's max stays finite and only the exp can carry the NaN on (its clamp would turn it into a number).
+class NanInput : public OnBothPaths<int> {};
+
+TEST_P(NanInput, PoisonsTheRowsThatSeeItOnly) {
+    const int64_t t = 40, d = 16, bad_query = 33, bad_key = 3;   // row 33 sees 34 keys: four vector groups and a tail
+    auto q = random_vector(t * d, 1.0f, 21u), k = random_vector(t * d, 1.0f, 22u), v = random_vector(t * d, 1.0f, 23u);
+    std::vector<float> out(t * d), lse(t), pattern(t * t);
+    auto run = [&] {
+        ASSERT_EQ(mi_attention_forward_f32(q.data(), k.data(), v.data(), 1, 1, t, t, d, 1, out.data(), lse.data(), nullptr,
+                                           pattern.data()),
+                  MI_OK)
+            << mi_last_error();
+    };
+    q[bad_query * d + 5] = std::numeric_limits<float>::quiet_NaN();
+    run();
+    for (int64_t i = 0; i < t; ++i)
+        for (int64_t c = 0; c < d; ++c) {
+            if (i == bad_query) EXPECT_TRUE(std::isnan(out[i * d + c])) << "NaN query: col " << c;
+            else EXPECT_TRUE(std::isfinite(out[i * d + c])) << "NaN query: row " << i << " col " << c;
+        }
+    q[bad_query * d + 5] = 0.5f;
+    k[bad_key * d + 7] = std::numeric_limits<float>::quiet_NaN();
+    run();
+    for (int64_t i = 0; i < t; ++i)
+        for (int64_t c = 0; c < d; ++c) {
+            if (i >= bad_key) EXPECT_TRUE(std::isnan(out[i * d + c])) << "NaN key: row " << i << " col " << c;
+            else EXPECT_TRUE(std::isfinite(out[i * d + c])) << "NaN key: row " << i << " col " << c;
+        }
+    for (int64_t i = bad_key; i < t; ++i) {
+        EXPECT_TRUE(std::isnan(lse[i])) << "NaN key: lse of row " << i;
+        for (int64_t j = 0; j <= i; ++j) EXPECT_TRUE(std::isnan(pattern[i * t + j])) << "NaN key: pattern row " << i << " key " << j;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(BothPaths, NanInput, ::testing::Combine(::testing::Values(0), ::testing::Bool()), case_name);
 
 // Calls forward with one argument replaced, for the rejection tests.
 struct ForwardCall {

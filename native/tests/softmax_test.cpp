@@ -1,5 +1,7 @@
-// Row softmax against a naive double-precision reference, and every argument rejection.
+// Row softmax against a naive double-precision reference on both paths, NaN and -inf entries, and every argument
+// rejection.
 #include "mechinterp.h"
+#include "both_paths.hpp"
 #include "random_vector.hpp"
 
 #include <gtest/gtest.h>
@@ -30,10 +32,12 @@ struct Shape {
     float scale;
 };
 
-class SoftmaxShapes : public ::testing::TestWithParam<Shape> {};
+std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.rows << "x" << s.cols << "scale" << s.scale; }
+
+class SoftmaxShapes : public OnBothPaths<Shape> {};
 
 TEST_P(SoftmaxShapes, MatchesReference) {
-    const auto [rows, cols, scale] = GetParam();
+    const auto [rows, cols, scale] = std::get<0>(GetParam());
     auto x = random_vector(rows * cols, scale, 1234u + static_cast<uint32_t>(rows * 31 + cols));
     std::vector<float> y(x.size());
     ASSERT_EQ(mi_softmax_rows_f32(x.data(), y.data(), rows, cols), MI_OK) << mi_last_error();
@@ -45,7 +49,7 @@ TEST_P(SoftmaxShapes, MatchesReference) {
 }
 
 TEST_P(SoftmaxShapes, BackwardMatchesReference) {
-    const auto [rows, cols, scale] = GetParam();
+    const auto [rows, cols, scale] = std::get<0>(GetParam());
     auto x = random_vector(rows * cols, scale, 99u);
     auto dy = random_vector(rows * cols, 1.0f, 7u);
     std::vector<float> y(x.size()), dx(x.size());
@@ -62,9 +66,39 @@ TEST_P(SoftmaxShapes, BackwardMatchesReference) {
     }
 }
 
+// 50257 columns: a GPT-2 vocabulary row, where the sums run over many chunks.
 INSTANTIATE_TEST_SUITE_P(Shapes, SoftmaxShapes,
-                         ::testing::Values(Shape{1, 1, 1.0f}, Shape{3, 7, 1.0f}, Shape{130, 33, 3.0f},
-                                           Shape{257, 256, 1.0f}, Shape{5, 100, 1e4f}));
+                         ::testing::Combine(::testing::Values(Shape{1, 1, 1.0f}, Shape{3, 7, 1.0f}, Shape{130, 33, 3.0f},
+                                                              Shape{257, 256, 1.0f}, Shape{5, 100, 1e4f}, Shape{2, 50257, 4.0f}),
+                                            ::testing::Bool()),
+                         case_name);
+
+class SoftmaxEntries : public OnBothPaths<int> {};
+
+// A NaN anywhere in a row makes the whole row NaN (as torch.softmax does), on the vector lanes and the tail alike;
+// -inf entries (a mask) get exactly 0 and leave the rest a distribution. Other rows are untouched.
+TEST_P(SoftmaxEntries, NanPoisonsItsRowAndMinusInfGivesExactZero) {
+    const int64_t rows = 4, cols = 37;
+    auto x = random_vector(rows * cols, 1.0f, 11u);
+    x[0 * cols + 3] = std::numeric_limits<float>::quiet_NaN();    // a vector lane
+    x[1 * cols + 35] = std::numeric_limits<float>::quiet_NaN();   // the scalar tail
+    for (int64_t c = 0; c < cols; c += 3) x[2 * cols + c] = -std::numeric_limits<float>::infinity();
+    std::vector<float> y(x.size());
+    ASSERT_EQ(mi_softmax_rows_f32(x.data(), y.data(), rows, cols), MI_OK) << mi_last_error();
+    for (int64_t r = 0; r < 2; ++r)
+        for (int64_t c = 0; c < cols; ++c) EXPECT_TRUE(std::isnan(y[r * cols + c])) << "row " << r << " col " << c;
+    double sum = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+        if (c % 3 == 0) EXPECT_EQ(y[2 * cols + c], 0.0f) << "col " << c;
+        else EXPECT_GT(y[2 * cols + c], 0.0f) << "col " << c;
+        sum += y[2 * cols + c];
+    }
+    EXPECT_NEAR(sum, 1.0, 1e-6);
+    auto ref = reference_softmax(std::vector<float>(x.begin() + 3 * cols, x.end()), 1, cols);
+    for (int64_t c = 0; c < cols; ++c) EXPECT_NEAR(y[3 * cols + c], ref[c], 1e-6) << "col " << c;
+}
+
+INSTANTIATE_TEST_SUITE_P(BothPaths, SoftmaxEntries, ::testing::Combine(::testing::Values(0), ::testing::Bool()), case_name);
 
 TEST(Softmax, AliasedOutputIsAllowed) {
     auto x = random_vector(64, 1.0f, 5u);
