@@ -24,6 +24,7 @@ internal static class AttentionCases
 
     public static IEnumerable<BenchResult> Run()
     {
+        using var peak = new GemmPeak();   // one matmul pair for every shape's rounds
         foreach (var (b, h, t, d) in Shapes)
         {
             using var scope = NewDisposeScope();
@@ -34,7 +35,6 @@ internal static class AttentionCases
             string shape = $"B{b} H{h} T{t} D{d}";
             double flops = CausalFlops(b, h, t, d);
 
-            using var peak = new GemmPeak();
             using (no_grad())
             {
                 var fwd = Timing.MedianMsInterleaved([
