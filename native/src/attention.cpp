@@ -19,6 +19,8 @@ using mi::kAttnBlockQ;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Rows per GEMM call on diagonal blocks: the AVX2 tile height, so masked columns are skipped per tile.
 constexpr int64_t kStrip = 6;
+// Key lengths up to which the forward keeps a query block's whole score rows ([BlockQ, kv_len], 512 KiB at most, in L2).
+constexpr int64_t kWholeRowKeys = 2048;
 
 // How a query block (nq rows from q0) meets a key block (nk keys from k0). On the diagonal the masked triangle is
 // skipped by kStrip-row strips: a query strip computes only the keys its last row sees, a key strip only the queries
@@ -138,8 +140,89 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
         if (pad_v) copy_rows_padded(v + h * tk * d, tk, d, dp, 1.0f, vpad);
     };
 
-    // One query block of head h against its packed keys kt and values vh ([tk, dp]).
-    auto query_block = [&](int64_t h, int64_t qb, const float* kt, const float* vh) {
+    // The GEMMs read q's rows where they are, or rotated ones from qs; the scores come out unscaled.
+    auto query_rows = [&](int64_t h, int64_t q0, int64_t nq, float* qs, int64_t& lda) {
+        lda = d;
+        if (!rot.on()) return q + (h * tq + q0) * d;
+        copy_rows_rotated(q + (h * tq + q0) * d, nq, d, dp, 1.0f, rot, q0 + g.offset(), qs);
+        lda = dp;
+        return static_cast<const float*>(qs);
+    };
+
+    // One query block of head h against all the keys it sees at once, its scores [nq, kv_end] kept whole (in L2 for
+    // kv_len <= kWholeRowKeys): exact row maxima, one exp pass, and one P·V GEMM over every key with no online
+    // rescaling, so a row's bookkeeping (maxima, sums, rescale) is paid once rather than once per key block.
+    auto query_block_whole = [&](int64_t h, int64_t qb, const float* kt, const float* vh) {
+        const int64_t q0 = qb * BQ, nq = std::min(BQ, tq - q0);
+        const int64_t kv_end = g.causal ? std::clamp<int64_t>(q0 + nq + g.offset(), 0, tk) : tk;
+        const int64_t lds = mi::round_up8(kv_end);
+        float* qs = scratch(BQ * (2 * dp + 3) + BQ * lds);
+        float* acc = qs + BQ * dp;    // [BlockQ, dp] unnormalized output
+        float* m = acc + BQ * dp;     // [BlockQ] row max of the scaled scores
+        float* sum = m + BQ;          // [BlockQ] row sum of exp(scaled score - max), then its log
+        float* inv = sum + BQ;        // [BlockQ] 1 / row sum
+        float* s = inv + BQ;          // [BlockQ, lds] scores, then exp(scale * s - max)
+        int64_t lda = 0;
+        const float* qa = query_rows(h, q0, nq, qs, lda);
+
+        for (int64_t k0 = 0; k0 < kv_end; k0 += BK) {   // key blocks outer: a block's K^T stays in L1 across the rows
+            const BlockPair pair(g, q0, nq, k0, std::min(BK, tk - k0));
+            for (int64_t i0 = 0; i0 < nq; i0 += pair.strip)
+                Ops::gemm(std::min(pair.strip, nq - i0), mi::round_up8(pair.keys_seen(i0)), d, qa + i0 * lda, lda, 1,
+                          kt + (k0 / BK) * d * BK, BK, s + i0 * lds + k0, lds, false);
+        }
+        // Under a causal mask the P·V GEMM runs by kStrip-row strips, each over the keys its last row sees; a row's
+        // entries from its own last key to its strip's are zeroed, so the masked scores there add nothing.
+        const int64_t strip = g.causal ? kStrip : nq;
+        auto strip_keys = [&](int64_t i0) { return g.visible(q0 + std::min(nq, i0 + strip) - 1); };
+        // The softmax in passes over a few rows at a time rather than row by row: a row's max, its exp pass and its
+        // sum are a chain of latencies that rows in flight together hide, and a group's rows stay in L1 between passes.
+        // The max of the raw scores is scaled after: scaling is monotonic, and the exp applies it in its FMA.
+        constexpr int64_t kGroup = 8;
+        for (int64_t i0 = 0; i0 < nq; i0 += kGroup) {
+            const int64_t i1 = std::min(nq, i0 + kGroup);
+            for (int64_t i = i0; i < i1; ++i) m[i] = Ops::max(s + i * lds, g.visible(q0 + i)) * g.scale;
+            if (scores != nullptr)
+                for (int64_t i = i0; i < i1; ++i) {
+                    const int64_t r = h * tq + q0 + i, vis = g.visible(q0 + i);
+                    for (int64_t j = 0; j < vis; ++j) scores[r * tk + j] = s[i * lds + j] * g.scale;
+                    std::fill(scores + r * tk + vis, scores + (r + 1) * tk, kNegInf);
+                }
+            for (int64_t i = i0; i < i1; ++i) {
+                float* row = s + i * lds;
+                const int64_t vis = g.visible(q0 + i);
+                sum[i] = Ops::exp_shift(row, vis, m[i], g.scale);
+                std::fill(row + vis, row + strip_keys(i - i % strip), 0.0f);
+                // The sum is 0 only for a row that sees no key, which check_attention rules out; such a row would get
+                // z = 0 and lse = -inf. A NaN sum (a NaN logit) stays NaN in z, lse and the pattern.
+                inv[i] = sum[i] == 0.0f ? 0.0f : 1.0f / sum[i];
+            }
+        }
+        Ops::log(sum, sum, nq);
+        for (int64_t i = 0; i < nq; ++i) lse[h * tq + q0 + i] = m[i] + sum[i];
+        if (pattern != nullptr)
+            for (int64_t i = 0; i < nq; ++i) {
+                const int64_t r = h * tq + q0 + i, vis = g.visible(q0 + i);
+                for (int64_t j = 0; j < vis; ++j) pattern[r * tk + j] = s[i * lds + j] * inv[i];
+                std::fill(pattern + r * tk + vis, pattern + (r + 1) * tk, 0.0f);
+            }
+        // P·V by key blocks, as the scores: a block of V stays in L1 across the strips. Every row sees key 0.
+        for (int64_t k0 = 0; k0 < kv_end; k0 += BK)
+            for (int64_t i0 = 0; i0 < nq; i0 += strip) {
+                const int64_t keys = std::min(BK, strip_keys(i0) - k0);
+                if (keys > 0)
+                    Ops::gemm(std::min(strip, nq - i0), dp, keys, s + i0 * lds + k0, lds, 1, vh + k0 * dp, dp, acc + i0 * dp, dp,
+                              k0 > 0);
+            }
+        for (int64_t i = 0; i < nq; ++i) {
+            const int64_t r = h * tq + q0 + i;
+            for (int64_t c = 0; c < d; ++c) out[r * d + c] = acc[i * dp + c] * inv[i];
+        }
+    };
+
+    // One query block of head h against its packed keys kt and values vh ([tk, dp]), key block by key block with an
+    // online softmax: for key lengths whose whole score rows would not stay in cache.
+    auto query_block_online = [&](int64_t h, int64_t qb, const float* kt, const float* vh) {
         const int64_t q0 = qb * BQ, nq = std::min(BQ, tq - q0);
         float* qs = scratch(BQ * (2 * dp + BK + 4));
         float* acc = qs + BQ * dp;          // [BlockQ, dp] unnormalized output
@@ -155,15 +238,9 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
         float* kept_s = scores != nullptr ? scratch(static_cast<size_t>(nq * tk), 2) : nullptr;
         float* kept_p = pattern != nullptr ? scratch(static_cast<size_t>(nq * (tk + nkb)), 3) : nullptr;
         float* kept_m = kept_p != nullptr ? kept_p + nq * tk : nullptr;
-        // The GEMM reads q's rows where they are (rotated ones from qs); the scores come out unscaled and the
-        // softmax's max pass scales them, so q is not copied just to be scaled.
-        const float* qa = q + (h * tq + q0) * d;
-        int64_t lda = d;
-        if (rot.on()) {
-            copy_rows_rotated(qa, nq, d, dp, 1.0f, rot, q0 + g.offset(), qs);
-            qa = qs;
-            lda = dp;
-        }
+        // The softmax's max pass scales the scores, so q is not copied just to be scaled.
+        int64_t lda = 0;
+        const float* qa = query_rows(h, q0, nq, qs, lda);
         std::fill(acc, acc + nq * dp, 0.0f);
         std::fill(row_max, row_max + nq, kNegInf);
         std::fill(row_sum, row_sum + nq, 0.0f);
@@ -232,6 +309,11 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
                 std::fill(pattern + r * tk + vis, pattern + (r + 1) * tk, 0.0f);
             }
         }
+    };
+
+    auto query_block = [&](int64_t h, int64_t qb, const float* kt, const float* vh) {
+        if (tk <= kWholeRowKeys) query_block_whole(h, qb, kt, vh);
+        else query_block_online(h, qb, kt, vh);
     };
 
     // With heads enough to keep the pool busy and a head's keys small enough to stay in L2 while its query blocks

@@ -29,7 +29,9 @@ inline int64_t round_up8(int64_t n) { return (n + 7) & ~int64_t{7}; }
 //   scale_max: x[j] *= scale for j < n, returning the largest.
 //   max: the largest x[j] for j < n (-inf for n = 0).
 //   dot: the sum of x[j] * y[j] for j < n.
-//   exp_shift: y[j] = exp(x[j] - shift) for j < n (y may be x), returning the sum; NaN stays NaN.
+//   exp_shift: y[j] = exp(x[j] * scale - shift) for j < n (y may be x; scale 1 unless given), returning the sum;
+//              NaN stays NaN.
+//   log: y[j] = log(x[j]) for j < n.
 //   transpose: dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
 struct PortableOps {
     static void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
@@ -61,15 +63,18 @@ struct PortableOps {
         for (int64_t j = 0; j < n; ++j) sum += static_cast<double>(x[j]) * y[j];
         return static_cast<float>(sum);
     }
-    static float exp_shift(const float* x, float* y, int64_t n, float shift) {
+    static float exp_shift(const float* x, float* y, int64_t n, float shift, float scale = 1.0f) {
         float sum = 0.0f;
         for (int64_t j = 0; j < n; ++j) {
-            y[j] = std::exp(x[j] - shift);
+            y[j] = std::exp(x[j] * scale - shift);
             sum += y[j];
         }
         return sum;
     }
-    static float exp_shift(float* x, int64_t n, float shift) { return exp_shift(x, x, n, shift); }
+    static float exp_shift(float* x, int64_t n, float shift, float scale = 1.0f) { return exp_shift(x, x, n, shift, scale); }
+    static void log(const float* x, float* y, int64_t n) {
+        for (int64_t j = 0; j < n; ++j) y[j] = std::log(x[j]);
+    }
     static void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
         for (int64_t c = 0; c < cols; ++c)
             for (int64_t r = 0; r < rows; ++r) dst[c * ldd + r] = src[r * lds + c];
@@ -100,6 +105,50 @@ MI_AVX2 inline __m256 exp8(__m256 x) {
     y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
     const __m256i scale = _mm256_slli_epi32(_mm256_castps_si256(t), 23);   // n << 23
     return _mm256_or_ps(nan, _mm256_andnot_ps(underflow, _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), scale))));
+}
+
+// log for 8 floats, ~1 ulp (Cephes logf): x = 2^e m with m in [sqrt(1/2), sqrt(2)), log(1 + f) for f = m - 1 from a
+// degree-9 polynomial, and e ln2 added in two parts. Lanes that are not positive finite normals (0, negatives, NaN,
+// inf, denormals) take std::log, so every special value is exactly libm's.
+MI_AVX2 inline __m256 log8(__m256 x) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    const __m256 special = _mm256_or_ps(_mm256_cmp_ps(x, _mm256_set1_ps(1.17549435e-38f), _CMP_NGE_UQ),
+                                        _mm256_cmp_ps(x, _mm256_set1_ps(3.40282347e38f), _CMP_GT_OQ));
+    const __m256i bits = _mm256_castps_si256(x);
+    __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));
+    __m256 m = _mm256_or_ps(_mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x007fffff))), _mm256_set1_ps(0.5f));   // [0.5, 1)
+    const __m256 low = _mm256_cmp_ps(m, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+    e = _mm256_sub_ps(e, _mm256_and_ps(one, low));
+    const __m256 f = _mm256_add_ps(_mm256_sub_ps(m, one), _mm256_and_ps(m, low));   // m - 1, or 2m - 1 below sqrt(1/2)
+    const __m256 z = _mm256_mul_ps(f, f);
+    __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(7.0376836292e-2f), f, _mm256_set1_ps(-1.1514610310e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.1676998740e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.2420140846e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.4249322787e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.6668057665e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.0000714765e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-2.4999993993e-1f));
+    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(3.3333331174e-1f));
+    y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
+    y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+    y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
+    __m256 r = _mm256_add_ps(f, y);
+    r = _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), r);
+    if (_mm256_movemask_ps(special) != 0) {
+        alignas(32) float in[8], out[8];
+        _mm256_store_ps(in, x);
+        _mm256_store_ps(out, r);
+        const int lanes = _mm256_movemask_ps(special);
+        for (int l = 0; l < 8; ++l)
+            if ((lanes >> l) & 1) out[l] = std::log(in[l]);
+        r = _mm256_load_ps(out);
+    }
+    return r;
+}
+
+// Lanes [0, n) of 8 set (n <= 8), for masked loads and stores of a row's ragged end.
+MI_AVX2 inline __m256i tail_mask(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 MI_AVX2 inline float hsum(__m256 v) {
@@ -241,30 +290,41 @@ struct Avx2Ops {
         return r;
     }
     MI_AVX2 static float max(const float* x, int64_t n) {
-        __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+        const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+        __m256 m = neg_inf;
         int64_t j = 0;
         for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
-        float r = avx2::hmax(m);
-        for (; j < n; ++j) r = std::max(r, x[j]);
-        return r;
+        if (j < n) {   // the ragged end in one masked load, -inf in the lanes past n
+            const __m256i mask = avx2::tail_mask(n - j);
+            m = _mm256_max_ps(m, _mm256_blendv_ps(neg_inf, _mm256_maskload_ps(x + j, mask), _mm256_castsi256_ps(mask)));
+        }
+        return avx2::hmax(m);
     }
-    MI_AVX2 static float exp_shift(const float* x, float* y, int64_t n, float shift) {
-        const __m256 s = _mm256_set1_ps(shift);
+    // x * scale - shift in one FMA: exact for scale 1.
+    MI_AVX2 static float exp_shift(const float* x, float* y, int64_t n, float shift, float scale = 1.0f) {
+        const __m256 s = _mm256_set1_ps(shift), a = _mm256_set1_ps(scale);
         __m256 sum = _mm256_setzero_ps();
         int64_t j = 0;
         for (; j + 8 <= n; j += 8) {
-            const __m256 e = avx2::exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
+            const __m256 e = avx2::exp8(_mm256_fmsub_ps(_mm256_loadu_ps(x + j), a, s));
             _mm256_storeu_ps(y + j, e);
             sum = _mm256_add_ps(sum, e);
         }
-        float r = avx2::hsum(sum);
-        for (; j < n; ++j) {
-            y[j] = std::exp(x[j] - shift);
-            r += y[j];
+        if (j < n) {   // the ragged end in one masked exp rather than a libm call an entry
+            const __m256i mask = avx2::tail_mask(n - j);
+            const __m256 e = _mm256_and_ps(avx2::exp8(_mm256_fmsub_ps(_mm256_maskload_ps(x + j, mask), a, s)),
+                                           _mm256_castsi256_ps(mask));
+            _mm256_maskstore_ps(y + j, mask, e);
+            sum = _mm256_add_ps(sum, e);
         }
-        return r;
+        return avx2::hsum(sum);
     }
-    MI_AVX2 static float exp_shift(float* x, int64_t n, float shift) { return exp_shift(x, x, n, shift); }
+    MI_AVX2 static float exp_shift(float* x, int64_t n, float shift, float scale = 1.0f) { return exp_shift(x, x, n, shift, scale); }
+    MI_AVX2 static void log(const float* x, float* y, int64_t n) {
+        int64_t j = 0;
+        for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, avx2::log8(_mm256_loadu_ps(x + j)));
+        for (; j < n; ++j) y[j] = std::log(x[j]);
+    }
     // 8 x 8 tiles transposed in registers (unpack, shuffle, lane swap); the ragged edges element by element.
     MI_AVX2 static void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
         int64_t r0 = 0;

@@ -163,7 +163,10 @@ INSTANTIATE_TEST_SUITE_P(
                                          Case{3, 4, 33, 33, 8, true, 1.0f},      // one block: K^T packed inside each head's task
                                          Case{4, 2, 150, 150, 20, true, 1.0f},   // 8 heads of three blocks, d padded
                                          Case{1, 2, 33, 33, 7, true, 100.0f},    // logits of order +-1e4
-                                         Case{1, 1, 100, 100, 32, false, 100.0f}),
+                                         Case{1, 1, 100, 100, 32, false, 100.0f},
+                                         // past kWholeRowKeys (2048): the online softmax, key block by key block
+                                         Case{1, 2, 70, 2100, 12, true, 1.0f},    // two query blocks, KV cache
+                                         Case{1, 1, 9, 2060, 8, false, 1.0f}),
                        ::testing::Bool()),
     case_name);
 
@@ -311,6 +314,25 @@ TEST_P(ExpRange, PatternIsExactToAFewUlpFromMinus80To80) {
 }
 
 INSTANTIATE_TEST_SUITE_P(BothPaths, ExpRange, ::testing::Combine(::testing::Values(0), ::testing::Bool()), case_name);
+
+// lse to 2 ulp where the shape tests' tolerance would hide a coarse log: causal, every score 0, so row i's sum is
+// exactly i + 1 and its lse is log(i + 1), for sums from 1 to 2000.
+class LseRange : public OnBothPaths<int> {};
+
+TEST_P(LseRange, LseIsLogOfTheSumToTwoUlp) {
+    const int64_t t = 2000;
+    std::vector<float> q(t, 0.0f), k(t, 1.0f), v(t, 1.0f), out(t), lse(t);
+    ASSERT_EQ(mi_attention_forward_f32(q.data(), k.data(), v.data(), 1, 1, t, t, 1, 1, out.data(), lse.data(), nullptr, nullptr),
+              MI_OK)
+        << mi_last_error();
+    for (int64_t i = 0; i < t; ++i) {
+        const double want = std::log(static_cast<double>(i + 1));
+        ASSERT_NEAR(lse[i], want, 2.0 * std::ldexp(1.0, std::ilogb(std::max(want, 1e-30)) - 23)) << "sum " << i + 1;
+        ASSERT_NEAR(out[i], 1.0, 1e-6) << "row " << i;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(BothPaths, LseRange, ::testing::Combine(::testing::Values(0), ::testing::Bool()), case_name);
 
 // NaN logits poison the rows that see them, as in libtorch, and only those. A NaN query entry makes its whole row
 // of scores NaN; a NaN key entry makes one score NaN in every row that sees that key, among finite ones, so the
