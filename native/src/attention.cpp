@@ -1,6 +1,7 @@
-// Fused scaled dot-product attention on the CPU: online softmax over key blocks (the score matrix
-// is never materialized unless the caller asks for it), log-sum-exp saved for a backward that
-// recomputes the pattern block by block. Layout: [batch, head, pos, d_head], dense float32.
+// Fused scaled dot-product attention on the CPU, a query block at a time: its whole score rows in cache up to
+// kWholeRowKeys keys, an online softmax over key blocks past that (the full score matrix is never materialized
+// unless the caller asks for it); log-sum-exp saved for a backward that recomputes the pattern block by block.
+// Layout: [batch, head, pos, d_head], dense float32.
 #include "attention.hpp"
 #include "common.hpp"
 #include "parallel.hpp"
