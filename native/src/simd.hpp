@@ -107,8 +107,8 @@ MI_AVX2 inline __m256 exp8(__m256 x) {
     return _mm256_or_ps(nan, _mm256_andnot_ps(underflow, _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), scale))));
 }
 
-// log for 8 floats, ~1 ulp (Cephes logf): x = 2^e m with m in [sqrt(1/2), sqrt(2)), log(1 + f) for f = m - 1 from a
-// degree-9 polynomial, and e ln2 added in two parts. Lanes that are not positive finite normals (0, negatives, NaN,
+// log for 8 floats, ~1 ulp (Cephes logf): x = 2^e m with m in [sqrt(1/2), sqrt(2)), log(m) = f - f^2 / 2 + f^3 P(f)
+// for f = m - 1 with P of degree 8, and e ln2 added in two parts. Lanes that are not positive finite normals (0, negatives, NaN,
 // inf, denormals) take std::log, so every special value is exactly libm's.
 MI_AVX2 inline __m256 log8(__m256 x) {
     const __m256 one = _mm256_set1_ps(1.0f);
