@@ -151,8 +151,8 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
     };
 
     // One query block of head h against all the keys it sees at once, its scores [nq, kv_end] kept whole (in L2 for
-    // kv_len <= kWholeRowKeys): exact row maxima, one exp pass, and one P·V GEMM over every key with no online
-    // rescaling, so a row's bookkeeping (maxima, sums, rescale) is paid once rather than once per key block.
+    // kv_len <= kWholeRowKeys): exact row maxima and one exp pass a row with no online rescaling, so a row's
+    // bookkeeping (maxima, sums, rescale) is paid once rather than once per key block.
     auto query_block_whole = [&](int64_t h, int64_t qb, const float* kt, const float* vh) {
         const int64_t q0 = qb * BQ, nq = std::min(BQ, tq - q0);
         const int64_t kv_end = g.causal ? std::clamp<int64_t>(q0 + nq + g.offset(), 0, tk) : tk;
