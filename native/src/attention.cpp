@@ -172,7 +172,7 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
                 Ops::gemm(std::min(pair.strip, nq - i0), mi::round_up8(pair.keys_seen(i0)), d, qa + i0 * lda, lda, 1,
                           kt + (k0 / BK) * d * BK, BK, s + i0 * lds + k0, lds, false);
         }
-        // Under a causal mask the P·V GEMM runs by kStrip-row strips, each over the keys its last row sees; a row's
+        // On a diagonal block the P·V GEMM runs by kStrip-row strips, each over the keys its last row sees; a row's
         // entries from its own last key to its strip's are zeroed, so the masked scores there add nothing.
         const int64_t strip = g.causal ? kStrip : nq;
         auto strip_keys = [&](int64_t i0) { return g.visible(q0 + std::min(nq, i0 + strip) - 1); };
@@ -207,14 +207,16 @@ void forward(const AttentionDims& g, const Rotary& rot, const float* q, const fl
                 for (int64_t j = 0; j < vis; ++j) pattern[r * tk + j] = s[i * lds + j] * inv[i];
                 std::fill(pattern + r * tk + vis, pattern + (r + 1) * tk, 0.0f);
             }
-        // P·V by key blocks, as the scores: a block of V stays in L1 across the strips. Every row sees key 0.
-        for (int64_t k0 = 0; k0 < kv_end; k0 += BK)
-            for (int64_t i0 = 0; i0 < nq; i0 += strip) {
-                const int64_t keys = std::min(BK, strip_keys(i0) - k0);
+        // P·V by key blocks with the scores' strips: a block of V stays in L1 across them. Every row sees key 0.
+        for (int64_t k0 = 0; k0 < kv_end; k0 += BK) {
+            const BlockPair pair(g, q0, nq, k0, std::min(BK, tk - k0));
+            for (int64_t i0 = 0; i0 < nq; i0 += pair.strip) {
+                const int64_t keys = pair.keys_seen(i0);
                 if (keys > 0)
-                    Ops::gemm(std::min(strip, nq - i0), dp, keys, s + i0 * lds + k0, lds, 1, vh + k0 * dp, dp, acc + i0 * dp, dp,
-                              k0 > 0);
+                    Ops::gemm(std::min(pair.strip, nq - i0), dp, keys, s + i0 * lds + k0, lds, 1, vh + k0 * dp, dp, acc + i0 * dp,
+                              dp, k0 > 0);
             }
+        }
         for (int64_t i = 0; i < nq; ++i) {
             const int64_t r = h * tq + q0 + i;
             for (int64_t c = 0; c < d; ++c) out[r * d + c] = acc[i * dp + c] * inv[i];

@@ -75,13 +75,13 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SoftmaxShapes,
 
 class SoftmaxEntries : public OnBothPaths<int> {};
 
-// A NaN anywhere in a row makes the whole row NaN (as torch.softmax does), on the vector lanes and the tail alike;
+// A NaN anywhere in a row makes the whole row NaN (as torch.softmax does), on the full vectors and the ragged end alike;
 // -inf entries (a mask) get exactly 0 and leave the rest a distribution. Other rows are untouched.
 TEST_P(SoftmaxEntries, NanPoisonsItsRowAndMinusInfGivesExactZero) {
     const int64_t rows = 4, cols = 37;
     auto x = random_vector(rows * cols, 1.0f, 11u);
     x[0 * cols + 3] = std::numeric_limits<float>::quiet_NaN();    // a vector lane
-    x[1 * cols + 35] = std::numeric_limits<float>::quiet_NaN();   // the scalar tail
+    x[1 * cols + 35] = std::numeric_limits<float>::quiet_NaN();   // the ragged end past the last 8
     for (int64_t c = 0; c < cols; c += 3) x[2 * cols + c] = -std::numeric_limits<float>::infinity();
     std::vector<float> y(x.size());
     ASSERT_EQ(mi_softmax_rows_f32(x.data(), y.data(), rows, cols), MI_OK) << mi_last_error();
