@@ -30,8 +30,8 @@ for layer in 0 .. setup.Layers - 1 do
 
 // 3. The verdicts the conclusion is written from.
 for v in MoeSection.verdicts study do
-    printfn "layer %d %-16s significant %b, above %A, ablation claimed > other in every seed %b"
-        v.Layer v.Feature v.Significant (v.AboveBaselines |> List.map Subjects.kindName) v.CausalEverySeed
+    printfn "layer %d %-16s significant %b, above in every seed %A, Holm p above hash %.3f, above hash and dense %.3f, ablation claimed > other in every seed %b: %A"
+        v.Layer v.Feature v.Significant (v.AboveBaselines |> List.map Subjects.kindName) v.HashP v.BothP v.CausalEverySeed (MoeSection.level v)
 
 // 4. Artifacts: the results file and a one-section report.
 let out = Path.Combine(__SOURCE_DIRECTORY__, "..", "artifacts", "moe-script")

@@ -31,7 +31,7 @@ let private unitCost (experiment: string) (id: string) =
     | "residual_hypothesis", "toy_language-depth4-plain" -> 92.0
     | "residual_hypothesis", _ -> 90.0
     | "experiment1", _ -> 720.0
-    | "moe", _ -> 215.0
+    | "moe", _ -> 330.0
     | "sae", _ -> 230.0
     | _ -> 60.0
 

@@ -145,11 +145,30 @@ type MoeStudyTests(_fixture: TorchFixture) =
         Assert.Equal(2, ablation.["experts"].AsArray().Count)
         Assert.Equal(20, ablation.["features"].AsArray().Count)            // every category of every feature
         Assert.Equal(2, ablation.["delta_loss"].AsArray().Count)
+        // One seed gives no comparison over seeds: every corrected p is 1 and no feature can be called specialized.
+        for v in MoeSection.verdicts study do
+            Assert.Equal(1.0, v.BothP)
+            Assert.NotEqual(MoeSection.Specializes, MoeSection.level v)
+        Assert.False((MoeSection.answer study).Verdict.StartsWith "Yes")
         let section = MoeSection.section study
         Assert.Equal("moe", section.Id)
         Assert.True(section.Paragraphs |> List.exists (fun p -> p.StartsWith "Conclusion."))
         Assert.Equal(4, section.Figures.Head.Panels.Length)                // one heatmap per model
 
+
+type VerdictLevelTests() =
+
+    [<Fact>]
+    member _.``a feature's level follows the Holm-adjusted p-values and the every-seed checks`` () =
+        let v : MoeSection.Verdict =
+            { Layer = 0; Feature = "number"; Significant = true; AboveBaselines = []; CausalEverySeed = true
+              TrainedNmi = 0.4; BaselineNmi = []; VsHash = None; VsDense = None; HashP = 0.01; BothP = 0.03 }
+        Assert.Equal(MoeSection.Specializes, MoeSection.level v)
+        Assert.Equal(MoeSection.AboveHash, MoeSection.level { v with BothP = 0.06 })
+        Assert.Equal(MoeSection.AboveHash, MoeSection.level { v with CausalEverySeed = false })
+        Assert.Equal(MoeSection.Informative, MoeSection.level { v with HashP = 0.2; BothP = 0.2 })
+        Assert.Equal(MoeSection.NotSpecialized, MoeSection.level { v with Significant = false })
+        Assert.Contains("Holm p = 0.060", MoeSection.featureVerdict { v with BothP = 0.06 })
 
 [<Collection("torch")>]
 type RuleAccuracyTests(_fixture: TorchFixture) =

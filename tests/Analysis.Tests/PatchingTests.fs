@@ -155,6 +155,15 @@ type ScoreAndQuantizationTests(_fixture: TorchFixture) =
         Assert.Equal(1.0, same.PValue, 9)
 
     [<Fact>]
+    member _.``Holm's adjustment multiplies the k-th smallest p by m - k + 1, keeps the order monotone and caps at 1`` () =
+        // sorted: 0.005 × 4 = 0.02, 0.01 × 3 = 0.03, 0.03 × 2 = 0.06, 0.04 × 1 = 0.04 → raised to 0.06 (step-down)
+        let adjusted = holm [ 0.01; 0.04; 0.03; 0.005 ]
+        List.iter2 (fun (expected: float) actual -> Assert.Equal(expected, actual, 12)) [ 0.03; 0.06; 0.06; 0.02 ] adjusted
+        Assert.Equal<float list>([ 1.0; 1.0 ], holm [ 0.5; 0.9 ])
+        Assert.Equal<float list>([ 0.2 ], holm [ 0.2 ])
+        Assert.Contains("[0, 1], got 1.5", (Assert.Throws<ArgumentException>(fun () -> holm [ 0.1; 1.5 ] |> ignore)).Message)
+
+    [<Fact>]
     member _.``quantization rounds to k levels and its gradient path is as named`` () =
         use _scope = torch.NewDisposeScope()
         let x = torch.tensor([| -2.0f; -0.4f; 0.1f; 0.9f; 3.0f |]).requires_grad_()

@@ -46,8 +46,17 @@ let private nmiP feature (m: ModelResult) = m.Stats.Specialization.[feature].Nmi
 /// An NMI below this is not called informative however small its p-value (fixed before the runs were read).
 let minimumNmi = 0.05
 
+/// Trained against one baseline on a statistic over seeds: mean difference and the exact permutation p-value.
+let private versus (r: StudyResult) layer baseline (stat: ModelResult -> float) =
+    let a = models r Trained layer |> List.map stat
+    let b = models r baseline layer |> List.map stat
+    if a.Length < 2 || b.Length < 2 || List.exists (Double.IsFinite >> not) (a @ b) then None
+    else Some(Significance.permutationTest b a)
+
 /// Per layer and feature: significant (p < 0.05) with NMI ≥ minimumNmi in every trained seed, above each
-/// baseline in every seed, and ablation hurting the claimed category more than the feature's other tokens in every seed.
+/// baseline in every seed, ablation hurting the claimed category more than the feature's other tokens in every seed,
+/// and the trained NMI against the hash router and the dense model over seeds, Holm-adjusted over the study's
+/// feature × layer tests: a "yes" picked from ten comparisons must survive having had ten chances.
 type Verdict =
     { Layer: int
       Feature: string
@@ -55,31 +64,61 @@ type Verdict =
       AboveBaselines: Kind list
       CausalEverySeed: bool
       TrainedNmi: float
-      BaselineNmi: (Kind * float) list }
+      BaselineNmi: (Kind * float) list
+      VsHash: Significance.Comparison option
+      VsDense: Significance.Comparison option
+      /// Holm-adjusted p of "trained NMI above the hash router's" over every feature × layer.
+      HashP: float
+      /// Holm-adjusted p of "above the hash router's and the dense model's": each test's raw p is the larger of the two
+      /// (an intersection–union test, which needs no correction of its own), then adjusted over every feature × layer.
+      BothP: float }
+
+/// Raw one-directional evidence from a two-sided comparison: its p when trained is ahead, else 1.
+let private aheadP (c: Significance.Comparison option) =
+    match c with
+    | Some c when c.Difference > 0.0 -> c.PValue
+    | _ -> 1.0
 
 let verdicts (r: StudyResult) =
-    [ for layer in 0 .. r.Setup.Layers - 1 do
-          for KeyValue(feature, _) in r.Features do
-              let trained = models r Trained layer
-              let baselines = [ Untrained; HashRouter; Dense ]
-              yield
-                  { Layer = layer
-                    Feature = feature
-                    Significant = trained |> List.forall (fun m -> nmiP feature m < 0.05 && nmiOf feature m >= minimumNmi)
-                    AboveBaselines = baselines |> List.filter (fun b -> beatsInEverySeed r layer b (nmiOf feature))
-                    CausalEverySeed =
-                        trained |> List.forall (fun m ->
-                            let claimed, other = m.Ablation.Claimed.[feature]
-                            Double.IsFinite claimed && claimed > other)
-                    TrainedNmi = meanOver r Trained layer (nmiOf feature)
-                    BaselineNmi = baselines |> List.map (fun b -> b, meanOver r b layer (nmiOf feature)) } ]
+    let raw =
+        [ for layer in 0 .. r.Setup.Layers - 1 do
+              for KeyValue(feature, _) in r.Features do
+                  let trained = models r Trained layer
+                  let baselines = [ Untrained; HashRouter; Dense ]
+                  yield
+                      { Layer = layer
+                        Feature = feature
+                        Significant = trained |> List.forall (fun m -> nmiP feature m < 0.05 && nmiOf feature m >= minimumNmi)
+                        AboveBaselines = baselines |> List.filter (fun b -> beatsInEverySeed r layer b (nmiOf feature))
+                        CausalEverySeed =
+                            trained |> List.forall (fun m ->
+                                let claimed, other = m.Ablation.Claimed.[feature]
+                                Double.IsFinite claimed && claimed > other)
+                        TrainedNmi = meanOver r Trained layer (nmiOf feature)
+                        BaselineNmi = baselines |> List.map (fun b -> b, meanOver r b layer (nmiOf feature))
+                        VsHash = versus r layer HashRouter (nmiOf feature)
+                        VsDense = versus r layer Dense (nmiOf feature)
+                        HashP = 1.0
+                        BothP = 1.0 } ]
+    let hash = raw |> List.map (fun v -> aheadP v.VsHash) |> Significance.holm
+    let both = raw |> List.map (fun v -> max (aheadP v.VsHash) (aheadP v.VsDense)) |> Significance.holm
+    List.map3 (fun v h b -> { v with HashP = h; BothP = b }) raw hash both
 
-/// Trained against one baseline on a statistic over seeds: mean difference and the exact permutation p-value.
-let private versus (r: StudyResult) layer baseline (stat: ModelResult -> float) =
-    let a = models r Trained layer |> List.map stat
-    let b = models r baseline layer |> List.map stat
-    if a.Length < 2 || b.Length < 2 || List.exists (Double.IsFinite >> not) (a @ b) then None
-    else Some(Significance.permutationTest b a)
+/// How far a feature's experts specialize in a layer: one classification for the answer, the conclusion and the table.
+type Level =
+    /// Informative in every seed, above the hash router and the dense model after the correction, and causal in every seed.
+    | Specializes
+    /// Informative and above the hash router after the correction, but not above the dense model or not causal.
+    | AboveHash
+    /// Informative in every seed, but not shown to carry more than token identity (the hash router) gives.
+    | Informative
+    | NotSpecialized
+
+let level (v: Verdict) =
+    if v.Significant && v.BothP < 0.05 && v.CausalEverySeed then Specializes
+    elif v.Significant && v.HashP < 0.05 then AboveHash
+    elif v.Significant then Informative
+    else NotSpecialized
 
 /// The experts of seed 0's trained model that claim a category of the feature (the one each over-represents most).
 let private claims (r: StudyResult) layer (feature: string) =
@@ -95,24 +134,26 @@ let private claims (r: StudyResult) layer (feature: string) =
         |> String.concat ", "
 
 /// One line per (layer, feature): whether its experts specialize, from the numbers of the answer table.
-let featureVerdict (r: StudyResult) (v: Verdict) =
-    let hash = versus r v.Layer HashRouter (nmiOf v.Feature)
-    let dense = versus r v.Layer Dense (nmiOf v.Feature)
-    let beats (c: Significance.Comparison option) = c |> Option.exists (fun c -> c.Difference > 0.0 && c.PValue < 0.05)
-    if v.Significant && beats hash && beats dense && v.CausalEverySeed then
-        $"experts specialize on {v.Feature} in layer {v.Layer}: above the hash router and the dense model, and removing an expert hurts its category most"
-    elif v.Significant && beats hash then
-        $"informative and above the hash router in layer {v.Layer}, but " + (if not (beats dense) then "not above the dense model's neuron groups" else "the ablation test fails in some seed")
-    elif v.Significant then $"informative in layer {v.Layer}, but no more than routing by token identity gives (hash router)"
-    else $"not specialized in layer {v.Layer}"
+let featureVerdict (v: Verdict) =
+    match level v with
+    | Specializes ->
+        $"experts specialize on {v.Feature} in layer {v.Layer}: above the hash router and the dense model (Holm p = {v.BothP:F3}), and removing an expert hurts its category most"
+    | AboveHash ->
+        $"{v.Feature} in layer {v.Layer}: informative and above the hash router (Holm p = {v.HashP:F3}), but "
+        + (if v.BothP >= 0.05 then $"not above the dense model's neuron groups after the correction (Holm p = {v.BothP:F3})"
+           else "the ablation test fails in some seed")
+    | Informative ->
+        $"{v.Feature} in layer {v.Layer}: informative, but not shown to carry more than routing by token identity gives (hash router, Holm p = {v.HashP:F3})"
+    | NotSpecialized -> $"{v.Feature} in layer {v.Layer}: not specialized"
 
 /// The expert–feature answer: per feature and layer, who claims it, NMI and purity against every baseline with
 /// permutation p-values over seeds, the causal tests, and the verdict.
 let private answerTable (r: StudyResult) =
     let vs = verdicts r
     let cmp (c: Significance.Comparison option) = match c with Some c -> sprintf "%+.3f (p = %.3f)" c.Difference c.PValue | None -> "–"
-    { Title = $"Do experts specialize? Per feature and layer, over {r.Setup.Seeds.Length} seeds (trained − baseline, exact permutation p over seeds)"
+    { Title = $"Do experts specialize? Per feature and layer, over {r.Setup.Seeds.Length} seeds (trained − baseline, exact two-sided permutation p over seeds; Holm-adjusted over the {vs.Length} feature × layer tests)"
       Header = [ "layer"; "feature"; "experts claiming (seed 0)"; "NMI trained"; "vs hash router"; "vs dense"; "vs untrained"
+                 "Holm p: above hash / above hash and dense"
                  "purity trained"; "purity vs hash"; "ablation Δloss claimed / other (every seed)"; "forcing Δloss category / random"; "verdict" ]
       Rows =
         [ for v in vs ->
@@ -123,11 +164,12 @@ let private answerTable (r: StudyResult) =
               let pairs = models r Trained v.Layer |> List.map (fun m -> m.Ablation.Claimed.[f])
               [ string v.Layer; f; claims r v.Layer f
                 meanCi (models r Trained v.Layer |> List.map (nmiOf f))
-                cmp (versus r v.Layer HashRouter (nmiOf f)); cmp (versus r v.Layer Dense (nmiOf f)); cmp (versus r v.Layer Untrained (nmiOf f))
+                cmp v.VsHash; cmp v.VsDense; cmp (versus r v.Layer Untrained (nmiOf f))
+                $"{v.HashP:F3} / {v.BothP:F3}"
                 meanCi (models r Trained v.Layer |> List.map (purityOf f)); cmp (versus r v.Layer HashRouter (purityOf f))
                 $"""{f3 (pairs |> List.averageBy fst)} / {f3 (pairs |> List.averageBy snd)} ({(if v.CausalEverySeed then "yes" else "no")})"""
                 (if forced.IsEmpty then "–" else $"{f3 (forced |> List.averageBy (fun x -> x.ForcedDelta))} / {f3 (forced |> List.averageBy (fun x -> x.RandomDelta))}")
-                featureVerdict r v ] ] }
+                featureVerdict v ] ] }
 
 /// Did every trained model learn the rules? Rule accuracies per kind, mean over seeds.
 let private rulesTable (r: StudyResult) =
@@ -149,7 +191,7 @@ let private rulesTable (r: StudyResult) =
 /// The study's answer: which features (if any) pass every check.
 let answer (r: StudyResult) : Answer =
     let vs = verdicts r
-    let full = vs |> List.filter (fun v -> (featureVerdict r v).StartsWith "experts specialize")
+    let full = vs |> List.filter (fun v -> level v = Specializes)
     let trainedKinds = [ Trained; HashRouter; Dense ]
     let trainedModels = r.Models |> List.filter (fun m -> m.Layer = 0 && List.contains m.Kind trainedKinds)
     let learned = trainedModels |> List.filter (fun m -> m.Training |> Option.exists (fun t -> t.Convergence.Learned)) |> List.length
@@ -163,11 +205,12 @@ let answer (r: StudyResult) : Answer =
             $"Not answered for every model: {learned} of {trainedModels.Length} trained models learned the language's rules"
         elif not full.IsEmpty then
             "Yes, for " + (full |> List.map (fun v -> $"{v.Feature} (layer {v.Layer})") |> String.concat ", ")
-            + ": above the hash router and the dense model over seeds, and ablation hurts the claimed category most"
-        elif vs |> List.exists (fun v -> (featureVerdict r v).StartsWith "informative and above the hash") then
-            "Partly: some features' expert choice beats the hash router, but none passes every check"
-        else "No: no feature's expert choice carries more than routing by token identity (the hash router) gives"
-      Evidence = vs |> List.map (fun v -> featureVerdict r v) |> String.concat "; "
+            + $": above the hash router and the dense model over seeds (Holm-adjusted over {vs.Length} feature × layer tests), and ablation hurts the claimed category most"
+        elif vs |> List.exists (fun v -> level v = AboveHash) then
+            $"Partly: some features' expert choice beats the hash router after the correction over {vs.Length} feature × layer tests, but none passes every check"
+        else
+            $"No: no feature's expert choice is shown to carry more than routing by token identity (the hash router) gives, after the correction over {vs.Length} feature × layer tests"
+      Evidence = vs |> List.map featureVerdict |> String.concat "; "
       KeyNumber =
         $"layer {layer}, {best}: NMI trained {meanCi (models r Trained layer |> List.map (nmiOf best))}, hash router {meanCi (models r HashRouter layer |> List.map (nmiOf best))}"
         + (match hashVs with Some c -> $" (permutation p = {c.PValue:F3})" | None -> "")
@@ -177,26 +220,29 @@ let answer (r: StudyResult) : Answer =
 
 let private conclusion (r: StudyResult) =
     let vs = verdicts r
-    let full = vs |> List.filter (fun v -> v.Significant && v.AboveBaselines.Length = 3 && v.CausalEverySeed)
-    let beatsHash = vs |> List.filter (fun v -> v.Significant && List.contains HashRouter v.AboveBaselines)
+    let full = vs |> List.filter (fun v -> level v = Specializes)
+    let beatsHash = vs |> List.filter (fun v -> level v = AboveHash)
     let describe (v: Verdict) =
         let b = v.BaselineNmi |> List.map (fun (k, x) -> $"{kindName k} {f3 x}") |> String.concat ", "
         $"{v.Feature} in layer {v.Layer} (NMI {f3 v.TrainedNmi}; {b})"
     let seeds = r.Setup.Seeds.Length
+    // The exact test of n seeds against n can go no lower than 2 / C(2n, n); Holm's first step asks for 0.05 / tests.
+    let smallestP = 2.0 / Seq.fold (fun acc i -> acc * float (seeds + i) / float i) 1.0 [ 1 .. seeds ]
     let caveat =
-        $"With {seeds} seeds, \"above a baseline in every seed\" is a sign test with p = {0.5 ** float seeds:g3} per comparison; "
-        + "the per-seed permutation p-values test dependence on the labels, not superiority over a baseline."
+        $"With {seeds} seeds a kind, the exact two-sided permutation test of trained against a baseline can reach p = {smallestP:g3} at best, and Holm's correction over the {vs.Length} feature × layer tests asks for p ≤ {0.05 / float vs.Length:g3} from the strongest; "
+        + (if smallestP > 0.05 / float vs.Length then "so no feature can pass at this seed count. " else "so a pass needs the seeds to separate nearly or wholly. ")
+        + "The per-seed label-shuffle p-values test dependence on the labels, not superiority over a baseline."
     let answer =
         if not full.IsEmpty then
             "Yes, for some features: "
             + (full |> List.map describe |> String.concat "; ")
-            + ". For these the trained router's expert choice carries more information about the feature than the hash router, the dense model's neuron groups and the untrained router do in every seed, and removing an expert costs more loss on the category it over-represents than on the feature's other tokens."
+            + ". For these the trained router's expert choice carries more information about the feature than the hash router and the dense model's neuron groups do over seeds, after the correction for testing every feature in every layer, and removing an expert costs more loss on the category it over-represents than on the feature's other tokens in every seed."
         elif not beatsHash.IsEmpty then
-            "Partly: the trained router's choice is informative and beats the hash router for "
+            "Partly: the trained router's choice is informative and beats the hash router after the correction for "
             + (beatsHash |> List.map describe |> String.concat "; ")
-            + ", but no feature passes all checks (every baseline in every seed, and the ablation test)."
+            + ", but no feature passes all checks (above the dense model too after the correction, and the ablation test in every seed)."
         else
-            "No: at this scale no feature's expert choice beats the hash-router baseline in every seed; what specialization the tables show is what routing by token identity gives for free."
+            "No: at this scale no feature's expert choice beats the hash-router baseline after the correction for testing every feature in every layer; what specialization the tables show is not shown to exceed what routing by token identity gives for free."
     let weak = vs |> List.filter (fun v -> not v.Significant || v.AboveBaselines.Length < 3) |> List.map (fun v -> $"{v.Feature}@{v.Layer}")
     let steeringLine =
         [ for layer in 0 .. r.Setup.Layers - 1 ->

@@ -68,3 +68,18 @@ let permutationTest (a: float seq) (b: float seq) =
       WelchT = (if se > 0.0 then observed / se else if observed = 0.0 then 0.0 else Double.PositiveInfinity * float (sign observed))
       PValue = float extreme.Value / float count
       Permutations = count }
+
+/// Holm's step-down adjustment of a family of p-values, returned in their order: the family-wise error rate stays at
+/// most α when every adjusted p below α is called significant, whatever the tests' dependence. The smallest of m is
+/// multiplied by m, the next by m − 1, and so on, each kept at least the one before it and at most 1.
+let holm (ps: float list) =
+    match ps |> List.tryFind (fun p -> Double.IsNaN p || p < 0.0 || p > 1.0) with
+    | Some bad -> invalidArg (nameof ps) $"p-values must lie in [0, 1], got {bad}"
+    | None -> ()
+    let m = ps.Length
+    let adjusted = Array.zeroCreate m
+    let mutable running = 0.0
+    ps |> List.indexed |> List.sortBy snd |> List.iteri (fun rank (i, p) ->
+        running <- max running (min 1.0 (float (m - rank) * p))
+        adjusted.[i] <- running)
+    List.ofArray adjusted
