@@ -150,7 +150,7 @@ let featureVerdict (v: Verdict) =
 /// permutation p-values over seeds, the causal tests, and the verdict.
 let private answerTable (r: StudyResult) =
     let vs = verdicts r
-    let cmp (c: Significance.Comparison option) = match c with Some c -> sprintf "%+.3f (p = %.3f)" c.Difference c.PValue | None -> "–"
+    let cmp (c: Significance.Comparison option) = match c with Some c -> sprintf "%+.3f (p = %.3g)" c.Difference c.PValue | None -> "–"
     { Title = $"Do experts specialize? Per feature and layer, over {r.Setup.Seeds.Length} seeds (trained − baseline, exact two-sided permutation p over seeds; Holm-adjusted over the {vs.Length} feature × layer tests)"
       Header = [ "layer"; "feature"; "experts claiming (seed 0)"; "NMI trained"; "vs hash router"; "vs dense"; "vs untrained"
                  "Holm p: above hash / above hash and dense"
@@ -213,7 +213,7 @@ let answer (r: StudyResult) : Answer =
       Evidence = vs |> List.map featureVerdict |> String.concat "; "
       KeyNumber =
         $"layer {layer}, {best}: NMI trained {meanCi (models r Trained layer |> List.map (nmiOf best))}, hash router {meanCi (models r HashRouter layer |> List.map (nmiOf best))}"
-        + (match hashVs with Some c -> $" (permutation p = {c.PValue:F3})" | None -> "")
+        + (match hashVs with Some c -> $" (permutation p = {c.PValue:g3})" | None -> "")
       Seeds = r.Setup.Seeds.Length
       Runs = trainedModels.Length
       Converged = converged }
@@ -229,8 +229,8 @@ let private conclusion (r: StudyResult) =
     // The exact test of n seeds against n can go no lower than 2 / C(2n, n); Holm's first step asks for 0.05 / tests.
     let smallestP = 2.0 / Seq.fold (fun acc i -> acc * float (seeds + i) / float i) 1.0 [ 1 .. seeds ]
     let caveat =
-        $"With {seeds} seeds a kind, the exact two-sided permutation test of trained against a baseline can reach p = {smallestP:g3} at best, and Holm's correction over the {vs.Length} feature × layer tests asks for p ≤ {0.05 / float vs.Length:g3} from the strongest; "
-        + (if smallestP > 0.05 / float vs.Length then "so no feature can pass at this seed count. " else "so a pass needs the seeds to separate nearly or wholly. ")
+        $"With {seeds} seeds a kind, the exact two-sided permutation test of trained against a baseline can reach p = {smallestP:g3} at best, and Holm's correction over the {vs.Length} feature × layer tests asks for p ≤ {0.05 / float vs.Length:g3} from the strongest"
+        + (if smallestP > 0.05 / float vs.Length then "; so no feature can pass at this seed count. " else ". ")
         + "The per-seed label-shuffle p-values test dependence on the labels, not superiority over a baseline."
     let answer =
         if not full.IsEmpty then
