@@ -198,7 +198,7 @@ let answer (r: StudyResult) : Answer =
     let converged = trainedModels |> List.filter (fun m -> m.Training |> Option.exists (fun t -> t.Convergence.Converged)) |> List.length
     let layer = r.Setup.Layers - 1
     let best = r.Features |> Map.toList |> List.map fst |> List.maxBy (fun f -> meanOver r Trained layer (nmiOf f))
-    let hashVs = versus r layer HashRouter (nmiOf best)
+    let hashVs = vs |> List.tryFind (fun v -> v.Layer = layer && v.Feature = best) |> Option.bind (fun v -> v.VsHash)
     { Question = "Do specific experts fire for specific interpretable features, against honest baselines (hash router, dense, untrained)?"
       Verdict =
         if learned < trainedModels.Length then
