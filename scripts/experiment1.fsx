@@ -2,7 +2,7 @@
 // Trains the standard decoder and its quantized variants (straight-through and not) over several seeds, all
 // as one batched model with the same data order per seed, then prints each variant's verdict, the steps each
 // run learned and converged, final losses with 95% intervals, p-values and what the residual analysis shows.
-// Usage: dotnet fsi scripts/experiment1.fsx [--full] [--levels 2,16] [--codebooks 256] [--seeds 5] [--steps N]
+// Usage: dotnet fsi scripts/experiment1.fsx [--full] [--levels 2,16] [--codebooks 256] [--seeds 5] [--first-seed 0] [--steps N]
 #load "Prelude.fsx"
 
 open Prelude
@@ -12,16 +12,15 @@ open MechInterp.Analysis.Discretization.Experiment1
 
 let baseSettings = if args |> Array.contains "--full" then fullSettings else quickSettings
 let settings =
-    let levels = valueOf "--levels" |> Option.map (fun s -> s.Split(',') |> Array.map int |> List.ofArray)
+    let levels = intsOf "--levels"
     { baseSettings with
         StraightThroughLevels = defaultArg levels baseSettings.StraightThroughLevels
         CodebookSizes =
-            valueOf "--codebooks" |> Option.map (fun s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) |> Array.map int |> List.ofArray)
-            |> Option.defaultValue baseSettings.CodebookSizes
-        Seeds = valueOf "--seeds" |> Option.map (fun n -> [ 0 .. int n - 1 ]) |> Option.defaultValue baseSettings.Seeds
+            intsOf "--codebooks" |> Option.defaultValue baseSettings.CodebookSizes
+        Seeds = seedsOr baseSettings.Seeds
         Training =
-            match valueOf "--steps" with
-            | Some n -> { baseSettings.Training with Steps = int n; SnapshotEvery = max 1 (int n / 4) }
+            match intOf "--steps" with
+            | Some n -> { baseSettings.Training with Steps = n; SnapshotEvery = max 1 (n / 4) }
             | None -> baseSettings.Training }
 
 let result = run settings (printfn "%s")

@@ -1,17 +1,20 @@
 // Do mixture-of-experts experts specialize on interpretable features? Reproduces the report's "moe"
 // section and artifacts/results/moe.json: trains the toy MoE decoder and its baselines (untrained,
-// hash router, dense with equal active parameters) on the toy language over 3 seeds, tests NMI and
+// hash router, dense with equal active parameters) on the toy language over 8 seeds (or --seeds), tests NMI and
 // purity per ground-truth feature against label shuffles, runs the ablation / forcing / steering
 // checks, and the MoE toy model of superposition.
-//   dotnet fsi build.fsx build && dotnet fsi scripts/moe_experts.fsx [--full]
+//   dotnet fsi build.fsx build && dotnet fsi scripts/moe_experts.fsx [--full] [--seeds 8] [--first-seed 0]
 #load "Prelude.fsx"
 
+open Prelude
 open System.IO
 open MechInterp.Analysis.Report
 open MechInterp.Analysis.Experts
 
-let full = fsi.CommandLineArgs |> Array.contains "--full"
-let setup, toy = if full then MoeStudy.fullSetup, MoeStudy.fullToy else MoeStudy.quickSetup, MoeStudy.quickToy
+let full = args |> Array.contains "--full"
+let setup, toy =
+    let setup, toy = if full then MoeStudy.fullSetup, MoeStudy.fullToy else MoeStudy.quickSetup, MoeStudy.quickToy
+    { setup with Seeds = seedsOr setup.Seeds }, toy
 
 // 1. Train the four models per seed and analyse them on a held-out batch.
 let study = MoeStudy.run (printfn "%s") setup toy None

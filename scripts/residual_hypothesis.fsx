@@ -4,7 +4,7 @@
 // each prediction's verdict (optimization, logit and tuned lens, deletion and swaps, CKA, edit size), saves
 // seed 0 of each arm at the largest depth in artifacts/checkpoints/ and the numbers in
 // artifacts/results/residual_hypothesis.json.
-// Usage: dotnet fsi scripts/residual_hypothesis.fsx [--full] [--depths 2,4] [--seeds 5] [--tasks induction,toy_language] [--steps N]
+// Usage: dotnet fsi scripts/residual_hypothesis.fsx [--full] [--depths 2,4] [--seeds 5] [--first-seed 0] [--tasks induction,toy_language] [--steps N]
 #load "Prelude.fsx"
 
 open Prelude
@@ -13,21 +13,20 @@ open System.IO
 open MechInterp.Analysis.Residual
 open MechInterp.Analysis.Residual.Hypothesis
 
-let list (s: string) = s.Split(',', StringSplitOptions.RemoveEmptyEntries) |> List.ofArray
 let baseSettings = HypothesisSection.settings (if args |> Array.contains "--full" then MechInterp.Analysis.Report.Full else MechInterp.Analysis.Report.Quick)
 let settings =
     { baseSettings with
-        Depths = valueOf "--depths" |> Option.map (list >> List.map int) |> Option.defaultValue baseSettings.Depths
-        Seeds = valueOf "--seeds" |> Option.map (fun n -> [ 0 .. int n - 1 ]) |> Option.defaultValue baseSettings.Seeds
+        Depths = intsOf "--depths" |> Option.defaultValue baseSettings.Depths
+        Seeds = seedsOr baseSettings.Seeds
         Tasks =
-            valueOf "--tasks"
-            |> Option.map (list >> List.map (function
+            listOf "--tasks"
+            |> Option.map (List.map (function
                 | "induction" -> Induction
                 | "toy_language" -> Language
                 | other -> failwith $"unknown task '{other}': induction or toy_language"))
             |> Option.defaultValue baseSettings.Tasks
-        Induction = valueOf "--steps" |> Option.map (fun n -> { baseSettings.Induction with Steps = int n }) |> Option.defaultValue baseSettings.Induction
-        Language = valueOf "--steps" |> Option.map (fun n -> { baseSettings.Language with Steps = int n }) |> Option.defaultValue baseSettings.Language }
+        Induction = intOf "--steps" |> Option.map (fun n -> { baseSettings.Induction with Steps = n }) |> Option.defaultValue baseSettings.Induction
+        Language = intOf "--steps" |> Option.map (fun n -> { baseSettings.Language with Steps = n }) |> Option.defaultValue baseSettings.Language }
 
 let results = run settings (printfn "%s") (Some(Path.Combine("artifacts", "checkpoints")))
 for v in HypothesisSection.verdicts results do

@@ -13,8 +13,8 @@ open MechInterp.Analysis.Residual.InductionStudy
 
 let settings =
     let s = if args |> Array.contains "--full" then fullSettings else quickSettings
-    match valueOf "--steps" with
-    | Some n -> { s with Steps = int n; SnapshotEvery = max 1 (int n / 10) }
+    match intOf "--steps" with
+    | Some n -> { s with Steps = n; SnapshotEvery = max 1 (n / 10) }
     | None -> s
 let checkpoint = valueOf "--checkpoint" |> Option.defaultValue "artifacts/checkpoints/induction.safetensors"
 

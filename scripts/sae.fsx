@@ -16,8 +16,7 @@ let baseSettings = SaeSection.settings (if args |> Array.contains "--full" then 
 let settings =
     { baseSettings with
         Architectures =
-            valueOf "--architectures"
-            |> Option.map (fun s -> s.Split(',', StringSplitOptions.RemoveEmptyEntries) |> List.ofArray |> List.map Architecture.parse)
+            listOf "--architectures" |> Option.map (List.map Architecture.parse)
             |> Option.defaultValue baseSettings.Architectures }
 
 let result = SaeStudy.run (printfn "%s") settings
