@@ -12,9 +12,8 @@ open MechInterp.Analysis.Report
 open MechInterp.Analysis.Experts
 
 let full = args |> Array.contains "--full"
-let setup, toy =
-    let setup, toy = if full then MoeStudy.fullSetup, MoeStudy.fullToy else MoeStudy.quickSetup, MoeStudy.quickToy
-    { setup with Seeds = seedsOr setup.Seeds }, toy
+let baseSetup, toy = if full then MoeStudy.fullSetup, MoeStudy.fullToy else MoeStudy.quickSetup, MoeStudy.quickToy
+let setup = { baseSetup with Seeds = seedsOr baseSetup.Seeds }
 
 // 1. Train the four models per seed and analyse them on a held-out batch.
 let study = MoeStudy.run (printfn "%s") setup toy None

@@ -14,6 +14,7 @@ open MechInterp.Analysis.Residual
 open MechInterp.Analysis.Residual.Hypothesis
 
 let baseSettings = HypothesisSection.settings (if args |> Array.contains "--full" then MechInterp.Analysis.Report.Full else MechInterp.Analysis.Report.Quick)
+let steps = intOf "--steps"
 let settings =
     { baseSettings with
         Depths = intsOf "--depths" |> Option.defaultValue baseSettings.Depths
@@ -25,8 +26,8 @@ let settings =
                 | "toy_language" -> Language
                 | other -> failwith $"unknown task '{other}': induction or toy_language"))
             |> Option.defaultValue baseSettings.Tasks
-        Induction = intOf "--steps" |> Option.map (fun n -> { baseSettings.Induction with Steps = n }) |> Option.defaultValue baseSettings.Induction
-        Language = intOf "--steps" |> Option.map (fun n -> { baseSettings.Language with Steps = n }) |> Option.defaultValue baseSettings.Language }
+        Induction = steps |> Option.map (fun n -> { baseSettings.Induction with Steps = n }) |> Option.defaultValue baseSettings.Induction
+        Language = steps |> Option.map (fun n -> { baseSettings.Language with Steps = n }) |> Option.defaultValue baseSettings.Language }
 
 let results = run settings (printfn "%s") (Some(Path.Combine("artifacts", "checkpoints")))
 for v in HypothesisSection.verdicts results do
