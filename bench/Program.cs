@@ -17,7 +17,7 @@ if (!NativeKernels.IsAvailable)
 // marking the setting as chosen: the Trainer rows measure the default thread choice.
 MechInterp.Runtime.ThreadSettings.Apply(Settings.Threads);
 bool warmHeap = MechInterp.Native.Allocator.KeepHeapWarm();
-Console.WriteLine($"threads: {Settings.Threads} (libtorch {get_num_threads()}), AVX2: {NativeKernels.CpuHasAvx2}, heap kept warm: {warmHeap}");
+Console.WriteLine($"threads: {Settings.Threads} (libtorch {get_num_threads()}), native back end: {NativeKernels.Simd}, heap kept warm: {warmHeap}");
 
 var results = new List<BenchResult>();
 if (args is ["train", "spin", var kind, var arm, var seconds])

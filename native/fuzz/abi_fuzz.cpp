@@ -324,8 +324,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if ((s == MI_OK) != (n >= 1 && n <= 4096)) std::abort();
         if (mi_get_num_threads() < 1) std::abort();
     } else if (t < 24) {
-        const int32_t e = int32_t(t % 4) - 1;
-        if ((mi_set_simd(e) == MI_OK) != (e == 0 || e == 1)) std::abort();
+        const int32_t e = int32_t(t % 5) - 1;
+        if ((mi_set_simd(e) == MI_OK) != (e >= 0 && e <= 2)) std::abort();
+        if (mi_get_simd() < 0 || mi_get_simd() > 2) std::abort();
     }
     return 0;
 }

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header; the C# side refuses a mismatch. */
-#define MI_ABI_VERSION 4
+#define MI_ABI_VERSION 5
 
 typedef int32_t mi_status;
 enum {
@@ -49,9 +49,15 @@ MI_API mi_status mi_set_num_threads(int32_t n);
 MI_API int32_t mi_get_num_threads(void);
 /* 1 when the kernels have an AVX2/FMA path and this CPU runs it. */
 MI_API int32_t mi_cpu_has_avx2(void);
-/* enabled = 0 forces the portable kernels even where AVX2 runs (for tests and comparisons); 1 (the default)
- * uses AVX2/FMA when mi_cpu_has_avx2(). Process-wide. */
-MI_API mi_status mi_set_simd(int32_t enabled);
+/* 1 when the kernels have an AVX-512 path (F, DQ, VL) and this CPU and OS run it. */
+MI_API int32_t mi_cpu_has_avx512(void);
+/* The widest back end the kernels may use, process-wide: MI_SIMD_PORTABLE (plain loops), MI_SIMD_AVX2 (AVX2/FMA)
+ * or MI_SIMD_AVX512 (the default). Each runs only where the CPU has it, else the next narrower one does; a lower
+ * level is for tests and comparisons. */
+enum { MI_SIMD_PORTABLE = 0, MI_SIMD_AVX2 = 1, MI_SIMD_AVX512 = 2 };
+MI_API mi_status mi_set_simd(int32_t level);
+/* The back end the kernels use now: the lower of mi_set_simd's level and what this CPU runs. */
+MI_API int32_t mi_get_simd(void);
 /* 1 when CUDA kernels were compiled into this library. */
 MI_API int32_t mi_has_cuda(void);
 

@@ -3,11 +3,12 @@
 #include "parallel.hpp"
 #include "simd.hpp"
 
+#include <algorithm>
 #include <atomic>
 
 namespace {
 thread_local std::string last_error;
-std::atomic<bool> simd_allowed{true};
+std::atomic<int32_t> simd_cap{MI_SIMD_AVX512};   // the widest back end mi_set_simd allows
 }
 
 namespace mi {
@@ -16,7 +17,10 @@ mi_status fail(mi_status status, const std::string& message) {
     return status;
 }
 void clear_error() { last_error.clear(); }
-bool simd_enabled() { return simd_allowed.load(std::memory_order_relaxed) && mi_cpu_has_avx2() == 1; }
+int simd_level() {
+    const int32_t cpu = mi_cpu_has_avx512() == 1 ? MI_SIMD_AVX512 : mi_cpu_has_avx2() == 1 ? MI_SIMD_AVX2 : MI_SIMD_PORTABLE;
+    return std::min(simd_cap.load(std::memory_order_relaxed), cpu);
+}
 }  // namespace mi
 
 extern "C" {
@@ -43,13 +47,28 @@ MI_API int32_t mi_cpu_has_avx2(void) {
 #endif
 }
 
-MI_API mi_status mi_set_simd(int32_t enabled) {
+// AVX-512F with DQ and VL (what the back end uses); __builtin_cpu_supports also checks that the OS saves zmm state.
+MI_API int32_t mi_cpu_has_avx512(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return mi_cpu_has_avx2() == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                   __builtin_cpu_supports("avx512vl")
+               ? 1
+               : 0;
+#else
+    return 0;
+#endif
+}
+
+MI_API mi_status mi_set_simd(int32_t level) {
     return mi::guard([&] {
-        if (enabled != 0 && enabled != 1)
-            throw mi::Error{MI_ERR_INVALID_ARGUMENT, "simd must be 0 or 1, got " + std::to_string(enabled)};
-        simd_allowed = enabled == 1;
+        if (level < MI_SIMD_PORTABLE || level > MI_SIMD_AVX512)
+            throw mi::Error{MI_ERR_INVALID_ARGUMENT,
+                            "simd level must be 0 (portable), 1 (AVX2) or 2 (AVX-512), got " + std::to_string(level)};
+        simd_cap = level;
     });
 }
+
+MI_API int32_t mi_get_simd(void) { return mi::simd_level(); }
 
 MI_API int32_t mi_has_cuda(void) {
 #ifdef MI_WITH_CUDA

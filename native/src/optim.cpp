@@ -74,14 +74,14 @@ MI_AVX2 double sum_squares_avx2(const float* x, int64_t n) {
 
 void adamw_chunk(const AdamW& a, float* p, const float* g, float* m, float* v, int64_t n) {
 #ifdef MI_HAVE_X86
-    if (mi::simd_enabled()) return adamw_avx2(a, p, g, m, v, n);
+    if (mi::simd_level() >= MI_SIMD_AVX2) return adamw_avx2(a, p, g, m, v, n);
 #endif
     adamw_portable(a, p, g, m, v, n);
 }
 
 double sum_squares_chunk(const float* x, int64_t n) {
 #ifdef MI_HAVE_X86
-    if (mi::simd_enabled()) return sum_squares_avx2(x, n);
+    if (mi::simd_level() >= MI_SIMD_AVX2) return sum_squares_avx2(x, n);
 #endif
     return sum_squares_portable(x, n);
 }

@@ -1,7 +1,9 @@
-// The two inner-loop back ends the blocked kernels are written against: a portable one (plain
-// loops the compiler may vectorize for the baseline ISA) and an AVX2/FMA one, chosen at run time
-// (simd_enabled()), so one binary runs everywhere and is fast where the CPU allows.
+// The inner-loop back ends the blocked kernels are written against: a portable one (plain loops the
+// compiler may vectorize for the baseline ISA), an AVX2/FMA one and an AVX-512 one, chosen at run time
+// (simd_level()), so one binary runs everywhere and is fast where the CPU allows.
 #pragma once
+
+#include "mechinterp.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,15 +11,26 @@
 #include <limits>
 
 #if defined(__x86_64__) || defined(__i386__)
+// GCC 12's AVX-512 headers spell "undefined" as a self-initialized variable and then warn about it once inlined
+// (GCC bug 105593, fixed in 13): silenced for the header's own lines only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #define MI_HAVE_X86 1
 #define MI_AVX2 __attribute__((target("avx2,fma")))
 #endif
 
 namespace mi {
 
-// True when the AVX2 path should run: the CPU has AVX2 and FMA, and mi_set_simd did not turn it off.
-bool simd_enabled();
+// The back end to run (MI_SIMD_PORTABLE, MI_SIMD_AVX2 or MI_SIMD_AVX512): the widest this CPU runs, at most the level
+// mi_set_simd allows.
+int simd_level();
 
 inline int64_t round_up8(int64_t n) { return (n + 7) & ~int64_t{7}; }
 
@@ -339,15 +352,200 @@ struct Avx2Ops {
     }
 };
 
+
+// The AVX-512 back end: 16-float vectors where the CPU runs them (on Zen 5 a 512-bit FMA costs what a 256-bit one
+// does, so the GEMMs and the exp pass do twice the work per instruction). Same algorithms as the AVX2 path, the
+// ragged ends in masked loads and stores; log and transpose, off the hot path, stay AVX2.
+#define MI_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma")))
+
+namespace avx512 {
+
+// exp8's algorithm and constants on 16 lanes: the same result, lane for lane.
+MI_AVX512 inline __m512 exp16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.37f), shifter = _mm512_set1_ps(12582912.0f);
+    const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    const __m512 input = x;
+    x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), shifter);
+    const __m512 n = _mm512_sub_ps(t, shifter);
+    __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
+    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.39261761e-3f), f, _mm512_set1_ps(8.36317307e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(4.16665547e-2f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.66665770e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(0.5f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+    const __m512i scale = _mm512_slli_epi32(_mm512_castps_si512(t), 23);
+    y = _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(y), scale)));
+    return _mm512_mask_mov_ps(y, nan, input);   // a NaN in gives that NaN out
+}
+
+// Lanes [0, n) of 16 set (n <= 16).
+MI_AVX512 inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+
+// An R x (16*NV) tile of C in registers across the whole k loop, the last of its NV vectors masked to `last`
+// (a row's ragged 8): NV loads and R broadcasts feed R*NV FMAs per step. 6 x 64 keeps 24 accumulators, 4 B vectors
+// and a broadcast within the 32 zmm registers. Named accumulators, as in avx2::tile.
+template <int R, int NV>
+MI_AVX512 inline void tile(int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b, int64_t ldb, float* c,
+                           int64_t ldc, bool accumulate, const float* c_scale, __mmask16 last) {
+    const __mmask16 m0 = NV == 1 ? last : 0xFFFF, m1 = NV == 2 ? last : 0xFFFF, m2 = NV == 3 ? last : 0xFFFF, m3 = last;
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+    __m512 c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+    __m512 c40 = c00, c41 = c00, c42 = c00, c43 = c00, c50 = c00, c51 = c00, c52 = c00, c53 = c00;
+#define MI_Z_LOAD(r, v, cv, mv)                                                   \
+    if constexpr (NV > v) {                                                       \
+        cv = _mm512_maskz_loadu_ps(mv, c + r * ldc + 16 * v);                     \
+        if (c_scale != nullptr) cv = _mm512_mul_ps(cv, _mm512_set1_ps(c_scale[r])); \
+    }
+#define MI_Z_ROW_LOAD(r, x0, x1, x2, x3)                                          \
+    if constexpr (R > r) {                                                        \
+        if (accumulate) {                                                         \
+            MI_Z_LOAD(r, 0, x0, m0) MI_Z_LOAD(r, 1, x1, m1) MI_Z_LOAD(r, 2, x2, m2) MI_Z_LOAD(r, 3, x3, m3) \
+        }                                                                         \
+    }
+    MI_Z_ROW_LOAD(0, c00, c01, c02, c03) MI_Z_ROW_LOAD(1, c10, c11, c12, c13) MI_Z_ROW_LOAD(2, c20, c21, c22, c23)
+    MI_Z_ROW_LOAD(3, c30, c31, c32, c33) MI_Z_ROW_LOAD(4, c40, c41, c42, c43) MI_Z_ROW_LOAD(5, c50, c51, c52, c53)
+#undef MI_Z_ROW_LOAD
+#undef MI_Z_LOAD
+    const float* a1 = a + a_row;
+    const float* a2 = a + 2 * a_row;
+    const float* a3 = a + 3 * a_row;
+    const float* a4 = a + 4 * a_row;
+    const float* a5 = a + 5 * a_row;
+    for (int64_t p = 0; p < k; ++p) {
+        const __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+        const __m512 b1 = NV > 1 ? _mm512_maskz_loadu_ps(m1, b + 16) : b0;
+        const __m512 b2 = NV > 2 ? _mm512_maskz_loadu_ps(m2, b + 32) : b0;
+        const __m512 b3 = NV > 3 ? _mm512_maskz_loadu_ps(m3, b + 48) : b0;
+        b += ldb;
+        const int64_t o = p * a_col;
+#define MI_Z_FMA(r, ar, x0, x1, x2, x3)                                           \
+    if constexpr (R > r) {                                                        \
+        const __m512 av = _mm512_set1_ps(ar[o]);                                  \
+        x0 = _mm512_fmadd_ps(av, b0, x0);                                         \
+        if constexpr (NV > 1) x1 = _mm512_fmadd_ps(av, b1, x1);                   \
+        if constexpr (NV > 2) x2 = _mm512_fmadd_ps(av, b2, x2);                   \
+        if constexpr (NV > 3) x3 = _mm512_fmadd_ps(av, b3, x3);                   \
+    }
+        MI_Z_FMA(0, a, c00, c01, c02, c03) MI_Z_FMA(1, a1, c10, c11, c12, c13) MI_Z_FMA(2, a2, c20, c21, c22, c23)
+        MI_Z_FMA(3, a3, c30, c31, c32, c33) MI_Z_FMA(4, a4, c40, c41, c42, c43) MI_Z_FMA(5, a5, c50, c51, c52, c53)
+#undef MI_Z_FMA
+    }
+#define MI_Z_STORE(r, v, cv, mv) \
+    if constexpr (NV > v) _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mv, cv);
+#define MI_Z_ROW_STORE(r, x0, x1, x2, x3) \
+    if constexpr (R > r) { MI_Z_STORE(r, 0, x0, m0) MI_Z_STORE(r, 1, x1, m1) MI_Z_STORE(r, 2, x2, m2) MI_Z_STORE(r, 3, x3, m3) }
+    MI_Z_ROW_STORE(0, c00, c01, c02, c03) MI_Z_ROW_STORE(1, c10, c11, c12, c13) MI_Z_ROW_STORE(2, c20, c21, c22, c23)
+    MI_Z_ROW_STORE(3, c30, c31, c32, c33) MI_Z_ROW_STORE(4, c40, c41, c42, c43) MI_Z_ROW_STORE(5, c50, c51, c52, c53)
+#undef MI_Z_ROW_STORE
+#undef MI_Z_STORE
+}
+
+template <int NV>
+MI_AVX512 inline void tile_rows(int64_t rows, int64_t k, const float* a, int64_t a_row, int64_t a_col, const float* b,
+                                int64_t ldb, float* c, int64_t ldc, bool accumulate, const float* c_scale, __mmask16 last) {
+    switch (rows) {
+        case 6: tile<6, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale, last); break;
+        case 5: tile<5, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale, last); break;
+        case 4: tile<4, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale, last); break;
+        case 3: tile<3, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale, last); break;
+        case 2: tile<2, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale, last); break;
+        default: tile<1, NV>(k, a, a_row, a_col, b, ldb, c, ldc, accumulate, c_scale, last); break;
+    }
+}
+
+}  // namespace avx512
+
+struct Avx512Ops : Avx2Ops {
+    // Column tiles of 64 while they last, then one tile of the 8 to 56 left, its last vector masked when 8 remain.
+    MI_AVX512 static void gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_col,
+                               const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate, const float* c_scale = nullptr) {
+        for (int64_t i = 0; i < m; i += 6) {
+            const int64_t rows = std::min<int64_t>(6, m - i);
+            const float* ai = a + i * a_row;
+            const float* si = c_scale != nullptr ? c_scale + i : nullptr;
+            float* ci = c + i * ldc;
+            int64_t j = 0;
+            for (; j + 64 <= n; j += 64)
+                avx512::tile_rows<4>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate, si, 0xFFFF);
+            const int64_t left = n - j;
+            if (left <= 0) continue;
+            const __mmask16 last = avx512::tail_mask(left % 16 == 0 ? 16 : left % 16);
+            switch ((left + 15) / 16) {
+                case 4: avx512::tile_rows<4>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate, si, last); break;
+                case 3: avx512::tile_rows<3>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate, si, last); break;
+                case 2: avx512::tile_rows<2>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate, si, last); break;
+                default: avx512::tile_rows<1>(rows, k, ai, a_row, a_col, b + j, ldb, ci + j, ldc, accumulate, si, last); break;
+            }
+        }
+    }
+    MI_AVX512 static float scale_max(float* x, int64_t n, float scale) {
+        const __m512 a = _mm512_set1_ps(scale);
+        __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+        int64_t j = 0;
+        for (; j + 16 <= n; j += 16) {
+            const __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + j), a);
+            _mm512_storeu_ps(x + j, y);
+            m = _mm512_max_ps(m, y);
+        }
+        if (j < n) {
+            const __mmask16 mask = avx512::tail_mask(n - j);
+            const __m512 y = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + j), a);
+            _mm512_mask_storeu_ps(x + j, mask, y);
+            m = _mm512_mask_max_ps(m, mask, m, y);
+        }
+        return _mm512_reduce_max_ps(m);
+    }
+    MI_AVX512 static float dot(const float* x, const float* y, int64_t n) {
+        __m512 acc = _mm512_setzero_ps();
+        int64_t j = 0;
+        for (; j + 16 <= n; j += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(y + j), acc);
+        if (j < n) {
+            const __mmask16 mask = avx512::tail_mask(n - j);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + j), _mm512_maskz_loadu_ps(mask, y + j), acc);
+        }
+        return _mm512_reduce_add_ps(acc);
+    }
+    MI_AVX512 static float max(const float* x, int64_t n) {
+        const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+        __m512 m = neg_inf;
+        int64_t j = 0;
+        for (; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + j));
+        if (j < n) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(neg_inf, avx512::tail_mask(n - j), x + j));
+        return _mm512_reduce_max_ps(m);
+    }
+    MI_AVX512 static float exp_shift(const float* x, float* y, int64_t n, float shift, float scale = 1.0f) {
+        const __m512 s = _mm512_set1_ps(shift), a = _mm512_set1_ps(scale);
+        __m512 sum = _mm512_setzero_ps();
+        int64_t j = 0;
+        for (; j + 16 <= n; j += 16) {
+            const __m512 e = avx512::exp16(_mm512_fmsub_ps(_mm512_loadu_ps(x + j), a, s));
+            _mm512_storeu_ps(y + j, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        if (j < n) {
+            const __mmask16 mask = avx512::tail_mask(n - j);
+            const __m512 e = _mm512_maskz_mov_ps(mask, avx512::exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(mask, x + j), a, s)));
+            _mm512_mask_storeu_ps(y + j, mask, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        return _mm512_reduce_add_ps(sum);
+    }
+    MI_AVX512 static float exp_shift(float* x, int64_t n, float shift, float scale = 1.0f) { return exp_shift(x, x, n, shift, scale); }
+};
+
 #endif  // MI_HAVE_X86
 
-// Calls fn.template operator()<Ops>() with the back end simd_enabled() selects.
+// Calls fn.template operator()<Ops>() with the back end simd_level() selects.
 template <class Fn>
 void dispatch_simd(Fn&& fn) {
 #ifdef MI_HAVE_X86
-    if (simd_enabled()) {
-        fn(Avx2Ops{});
-        return;
+    switch (simd_level()) {
+        case MI_SIMD_AVX512: fn(Avx512Ops{}); return;
+        case MI_SIMD_AVX2: fn(Avx2Ops{}); return;
+        default: break;
     }
 #endif
     fn(PortableOps{});

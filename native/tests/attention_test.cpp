@@ -1,7 +1,7 @@
 // Fused attention against a naive double-precision reference (forward, lse, scores, pattern,
 // backward) on both the AVX2 and the portable path, and every argument rejection.
 #include "mechinterp.h"
-#include "both_paths.hpp"
+#include "each_path.hpp"
 #include "random_vector.hpp"
 
 #include <gtest/gtest.h>
@@ -95,7 +95,7 @@ void expect_close(const float* got, const std::vector<double>& want, double tol,
     }
 }
 
-class AttentionShapes : public OnBothPaths<Case> {};
+class AttentionShapes : public OnEachPath<Case> {};
 
 TEST_P(AttentionShapes, ForwardBackwardPatternMatchReference) {
     const Case c = std::get<0>(GetParam());
@@ -167,7 +167,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          // past kWholeRowKeys (2048): the online softmax, key block by key block
                                          Case{1, 2, 70, 2100, 12, true, 1.0f},    // two query blocks, KV cache
                                          Case{1, 1, 9, 2060, 8, false, 1.0f}),
-                       ::testing::Bool()),
+                       kSimdLevels),
     case_name);
 
 // Rotary attention: the kernel rotates q and k itself. Reference: rotate in double (GPT-NeoX rotate-half at
@@ -182,7 +182,7 @@ std::ostream& operator<<(std::ostream& os, const RotaryCase& c) {
     return os << "B" << c.b << "H" << c.h << "Tq" << c.tq << "Tk" << c.tk << "D" << c.d << "R" << c.rd << (c.causal ? "causal" : "full");
 }
 
-class RotaryAttention : public OnBothPaths<RotaryCase> {};
+class RotaryAttention : public OnEachPath<RotaryCase> {};
 
 TEST_P(RotaryAttention, MatchesTheReferenceOnRotatedRows) {
     const RotaryCase c = std::get<0>(GetParam());
@@ -249,7 +249,7 @@ INSTANTIATE_TEST_SUITE_P(
                                          RotaryCase{1, 1, 5, 40, 8, 8, true},      // fewer queries than keys (KV cache)
                                          RotaryCase{1, 1, 130, 130, 8, 8, true},   // one head, three key blocks: dq partials
                                          RotaryCase{2, 1, 20, 20, 8, 4, false}),
-                       ::testing::Bool()),
+                       kSimdLevels),
     case_name);
 
 TEST(Attention, RotaryRejectsBadTables) {
@@ -292,7 +292,7 @@ TEST(Attention, ExtremeLogitsGiveNoNaN) {
 // The pattern to a few ulp over the whole range of the exp (|logit| up to 80), where the tolerance of the
 // shape tests would hide a coarse exp: one query, eight keys scored [x, 0, ..., 0] (d = 1, so no scaling), whose
 // pattern is e^x / (e^x + 7) and 1 / (e^x + 7). Eight keys put the exp on the vector path.
-class ExpRange : public OnBothPaths<int> {};
+class ExpRange : public OnEachPath<int> {};
 
 TEST_P(ExpRange, PatternIsExactToAFewUlpFromMinus80To80) {
     const int64_t n = 1601, tk = 8;   // x = -80, -79.9, ..., 80
@@ -313,11 +313,11 @@ TEST_P(ExpRange, PatternIsExactToAFewUlpFromMinus80To80) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(BothPaths, ExpRange, ::testing::Combine(::testing::Values(0), ::testing::Bool()), case_name);
+INSTANTIATE_TEST_SUITE_P(EachPath, ExpRange, ::testing::Combine(::testing::Values(0), kSimdLevels), case_name);
 
 // lse to 2 ulp where the shape tests' tolerance would hide a coarse log: causal, every score 0, so row i's sum is
 // exactly i + 1 and its lse is log(i + 1), for sums from 1 to 2000.
-class LseRange : public OnBothPaths<int> {};
+class LseRange : public OnEachPath<int> {};
 
 TEST_P(LseRange, LseIsLogOfTheSumToTwoUlp) {
     const int64_t t = 2000;
@@ -332,12 +332,12 @@ TEST_P(LseRange, LseIsLogOfTheSumToTwoUlp) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(BothPaths, LseRange, ::testing::Combine(::testing::Values(0), ::testing::Bool()), case_name);
+INSTANTIATE_TEST_SUITE_P(EachPath, LseRange, ::testing::Combine(::testing::Values(0), kSimdLevels), case_name);
 
 // NaN logits poison the rows that see them, as in libtorch, and only those. A NaN query entry makes its whole row
 // of scores NaN; a NaN key entry makes one score NaN in every row that sees that key, among finite ones, so the
 // row's max stays finite and only the exp can carry the NaN on (its clamp would turn it into a number).
-class NanInput : public OnBothPaths<int> {};
+class NanInput : public OnEachPath<int> {};
 
 TEST_P(NanInput, PoisonsTheRowsThatSeeItOnly) {
     const int64_t t = 40, d = 16, bad_query = 33, bad_key = 3;   // row 33 sees 34 keys: four vector groups and a tail
@@ -370,7 +370,7 @@ TEST_P(NanInput, PoisonsTheRowsThatSeeItOnly) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(BothPaths, NanInput, ::testing::Combine(::testing::Values(0), ::testing::Bool()), case_name);
+INSTANTIATE_TEST_SUITE_P(EachPath, NanInput, ::testing::Combine(::testing::Values(0), kSimdLevels), case_name);
 
 // Calls forward with one argument replaced, for the rejection tests.
 struct ForwardCall {
@@ -453,8 +453,19 @@ TEST(Attention, BackwardRejectsNullPointersAndBadSizes) {
 }
 
 TEST(Library, SimdSwitchRejectsBadValues) {
-    expect_error(mi_set_simd(3), MI_ERR_INVALID_ARGUMENT, "simd must be 0 or 1, got 3");
-    EXPECT_EQ(mi_set_simd(1), MI_OK);
+    expect_error(mi_set_simd(3), MI_ERR_INVALID_ARGUMENT, "simd level must be 0 (portable), 1 (AVX2) or 2 (AVX-512), got 3");
+    expect_error(mi_set_simd(-1), MI_ERR_INVALID_ARGUMENT, "simd level must be 0 (portable), 1 (AVX2) or 2 (AVX-512), got -1");
+    EXPECT_EQ(mi_set_simd(MI_SIMD_AVX512), MI_OK);
+}
+
+// The level in use is the lower of the one allowed and the CPU's widest.
+TEST(Library, SimdLevelIsCappedByTheCpu) {
+    const int cpu = mi_cpu_has_avx512() == 1 ? MI_SIMD_AVX512 : mi_cpu_has_avx2() == 1 ? MI_SIMD_AVX2 : MI_SIMD_PORTABLE;
+    for (int level : {MI_SIMD_PORTABLE, MI_SIMD_AVX2, MI_SIMD_AVX512}) {
+        ASSERT_EQ(mi_set_simd(level), MI_OK);
+        EXPECT_EQ(mi_get_simd(), std::min(level, cpu)) << "allowed " << level;
+    }
+    EXPECT_EQ(mi_cpu_has_avx512() == 1 ? mi_cpu_has_avx2() : 1, 1) << "AVX-512 reported without AVX2";
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Row softmax against a naive double-precision reference on both paths, NaN and -inf entries, and every argument
 // rejection.
 #include "mechinterp.h"
-#include "both_paths.hpp"
+#include "each_path.hpp"
 #include "random_vector.hpp"
 
 #include <gtest/gtest.h>
@@ -34,7 +34,7 @@ struct Shape {
 
 std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.rows << "x" << s.cols << "scale" << s.scale; }
 
-class SoftmaxShapes : public OnBothPaths<Shape> {};
+class SoftmaxShapes : public OnEachPath<Shape> {};
 
 TEST_P(SoftmaxShapes, MatchesReference) {
     const auto [rows, cols, scale] = std::get<0>(GetParam());
@@ -70,10 +70,10 @@ TEST_P(SoftmaxShapes, BackwardMatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, SoftmaxShapes,
                          ::testing::Combine(::testing::Values(Shape{1, 1, 1.0f}, Shape{3, 7, 1.0f}, Shape{130, 33, 3.0f},
                                                               Shape{257, 256, 1.0f}, Shape{5, 100, 1e4f}, Shape{2, 50257, 4.0f}),
-                                            ::testing::Bool()),
+                                            kSimdLevels),
                          case_name);
 
-class SoftmaxEntries : public OnBothPaths<int> {};
+class SoftmaxEntries : public OnEachPath<int> {};
 
 // A NaN anywhere in a row makes the whole row NaN (as torch.softmax does), on the full vectors and the ragged end alike;
 // -inf entries (a mask) get exactly 0 and leave the rest a distribution. Other rows are untouched.
@@ -98,7 +98,7 @@ TEST_P(SoftmaxEntries, NanPoisonsItsRowAndMinusInfGivesExactZero) {
     for (int64_t c = 0; c < cols; ++c) EXPECT_NEAR(y[3 * cols + c], ref[c], 1e-6) << "col " << c;
 }
 
-INSTANTIATE_TEST_SUITE_P(BothPaths, SoftmaxEntries, ::testing::Combine(::testing::Values(0), ::testing::Bool()), case_name);
+INSTANTIATE_TEST_SUITE_P(EachPath, SoftmaxEntries, ::testing::Combine(::testing::Values(0), kSimdLevels), case_name);
 
 TEST(Softmax, AliasedOutputIsAllowed) {
     auto x = random_vector(64, 1.0f, 5u);

@@ -20,6 +20,12 @@ public static class NativeKernels
     /// <summary>Whether the AVX2/FMA paths run on this CPU (false when the library is missing).</summary>
     public static bool CpuHasAvx2 => IsAvailable && NativeMethods.mi_cpu_has_avx2() == 1;
 
+    /// <summary>Whether the AVX-512 paths run on this CPU (false when the library is missing).</summary>
+    public static bool CpuHasAvx512 => IsAvailable && NativeMethods.mi_cpu_has_avx512() == 1;
+
+    /// <summary>The back end the kernels use now: "avx512", "avx2" or "portable" ("none" when the library is missing).</summary>
+    public static string Simd => !IsAvailable ? "none" : NativeMethods.mi_get_simd() switch { 2 => "avx512", 1 => "avx2", _ => "portable" };
+
     /// <summary>Whether CUDA kernels were compiled into the library.</summary>
     public static bool HasCuda => IsAvailable && NativeMethods.mi_has_cuda() == 1;
 

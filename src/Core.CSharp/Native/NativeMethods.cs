@@ -8,7 +8,7 @@ internal static unsafe partial class NativeMethods
     public const string Library = "mechinterp_native";
 
     /// <summary>The ABI version this assembly was written against (MI_ABI_VERSION).</summary>
-    public const int AbiVersion = 4;
+    public const int AbiVersion = 5;
 
     [LibraryImport(Library)] public static partial int mi_version();
     [LibraryImport(Library)] public static partial IntPtr mi_last_error();
@@ -16,7 +16,9 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(Library)] public static partial int mi_get_num_threads();
     [LibraryImport(Library)] public static partial int mi_cpu_has_avx2();
     [LibraryImport(Library)] public static partial int mi_has_cuda();
-    [LibraryImport(Library)] public static partial int mi_set_simd(int enabled);
+    [LibraryImport(Library)] public static partial int mi_cpu_has_avx512();
+    [LibraryImport(Library)] public static partial int mi_set_simd(int level);
+    [LibraryImport(Library)] public static partial int mi_get_simd();
 
     /// <summary>The data pointer of a TorchSharp tensor (at its storage offset): TorchSharp exposes no public one.</summary>
     [LibraryImport("LibTorchSharp")] public static partial IntPtr THSTensor_data(IntPtr tensor);
