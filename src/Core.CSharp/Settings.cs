@@ -13,7 +13,8 @@ public enum KernelBackend
 
 /// <summary>
 /// Process-wide settings, read once from the environment and changeable in code.
-/// <c>MECHINTERP_THREADS</c> (default: all cores) and <c>MECHINTERP_KERNELS</c> (auto|native|managed).
+/// <c>MECHINTERP_THREADS</c> (default: all cores), <c>MECHINTERP_KERNELS</c> (auto|native|managed) and
+/// <c>MECHINTERP_SIMD</c> (avx512|avx2|portable: the widest back end the native kernels may use).
 /// </summary>
 public static class Settings
 {
@@ -99,6 +100,21 @@ public static class Settings
 
     /// <summary>Which kernel implementation runs.</summary>
     public static KernelBackend Kernels { get; set; } = ReadKernels();
+
+    /// <summary>
+    /// The widest back end the native kernels may use: 2 AVX-512 (the default), 1 AVX2, 0 the portable loops; each runs
+    /// only where the CPU has it, else the next narrower one does. Read once from MECHINTERP_SIMD, for comparisons.
+    /// </summary>
+    public static int SimdLevel { get; } = ParseSimd(Environment.GetEnvironmentVariable("MECHINTERP_SIMD"));
+
+    internal static int ParseSimd(string? v) =>
+        v?.ToLowerInvariant() switch
+        {
+            null or "" or "avx512" => 2,
+            "avx2" => 1,
+            "portable" => 0,
+            _ => throw new ArgumentException($"MECHINTERP_SIMD must be avx512, avx2 or portable, got '{v}'."),
+        };
 
     private static int ReadThreads()
     {

@@ -184,7 +184,21 @@ public class NativeAttentionTests
                 AssertClose(portable.Pattern!, fast.Pattern!, $"pattern portable vs {NativeKernels.Simd}");
             }
         }
-        finally { Ensure.Ok(NativeMethods.mi_set_simd(2), "mi_set_simd"); }
+        finally { Ensure.Ok(NativeMethods.mi_set_simd(Settings.SimdLevel), "mi_set_simd"); }
+    }
+
+    [Fact]
+    public void SimdSettingParsesItsThreeNamesAndReachesTheLibrary()
+    {
+        Assert.Equal(2, Settings.ParseSimd(null));
+        Assert.Equal(2, Settings.ParseSimd("AVX512"));
+        Assert.Equal(1, Settings.ParseSimd("avx2"));
+        Assert.Equal(0, Settings.ParseSimd("portable"));
+        var e = Assert.Throws<ArgumentException>(() => Settings.ParseSimd("sse"));
+        Assert.Contains("MECHINTERP_SIMD must be avx512, avx2 or portable, got 'sse'", e.Message);
+        Assert.True(NativeKernels.IsAvailable, NativeKernels.UnavailableReason);
+        int cpu = NativeKernels.CpuHasAvx512 ? 2 : NativeKernels.CpuHasAvx2 ? 1 : 0;
+        Assert.Equal(Math.Min(Settings.SimdLevel, cpu), NativeMethods.mi_get_simd());
     }
 
     [Fact]

@@ -66,6 +66,7 @@ public static class NativeKernels
             if (version != NativeMethods.AbiVersion)
                 return $"libmechinterp_native has ABI version {version}, this assembly needs {NativeMethods.AbiVersion}; rebuild it";
             Ensure.Ok(NativeMethods.mi_set_num_threads(Settings.Threads), nameof(NativeMethods.mi_set_num_threads));
+            Ensure.Ok(NativeMethods.mi_set_simd(Settings.SimdLevel), nameof(NativeMethods.mi_set_simd));
             return null;
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException or BadImageFormatException)
