@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -96,6 +97,14 @@ struct PortableOps {
 
 #ifdef MI_HAVE_X86
 
+// The exp's constants, shared by every vector width: clamps, the 1.5 * 2^23 shifter, log2(e), ln2 in two parts, and
+// the degree-6 minimax coefficients of e^f from f^6 down to f^1 (e^0 = 1 exactly).
+namespace exp_poly {
+constexpr float lo = -87.3f, hi = 88.37f, shifter = 12582912.0f, log2e = 1.44269504088896341f;
+constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+constexpr float c6 = 1.39261761e-3f, c5 = 8.36317307e-3f, c4 = 4.16665547e-2f, c3 = 1.66665770e-1f, c2 = 0.5f, c1 = 1.0f;
+}  // namespace exp_poly
+
 namespace avx2 {
 
 // exp for 8 floats, ~1 ulp: x = n ln2 + f with |f| <= ln2 / 2 (n rounded by the 1.5 * 2^23 shifter, ln2 in two
@@ -103,19 +112,15 @@ namespace avx2 {
 // bits. Inputs below -87.3 give exactly 0, so far-masked and -inf entries cannot produce denormals or NaN; a NaN
 // input gives NaN (the clamp would turn it into a number), so a NaN logit poisons its row as in libtorch.
 MI_AVX2 inline __m256 exp8(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.37f), shifter = _mm256_set1_ps(12582912.0f);
+    namespace e = exp_poly;
+    const __m256 lo = _mm256_set1_ps(e::lo), hi = _mm256_set1_ps(e::hi), shifter = _mm256_set1_ps(e::shifter);
     const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ), nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
     x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shifter);   // n in t's low mantissa bits
+    const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(e::log2e), shifter);   // n in t's low mantissa bits
     const __m256 n = _mm256_sub_ps(t, shifter);
-    __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    f = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), f);
-    __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(1.39261761e-3f), f, _mm256_set1_ps(8.36317307e-3f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(4.16665547e-2f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.66665770e-1f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(0.5f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
-    y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.0f));
+    const __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(e::ln2_lo), _mm256_fnmadd_ps(n, _mm256_set1_ps(e::ln2_hi), x));
+    __m256 y = _mm256_set1_ps(e::c6);
+    for (const float c : {e::c5, e::c4, e::c3, e::c2, e::c1, 1.0f}) y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(c));
     const __m256i scale = _mm256_slli_epi32(_mm256_castps_si256(t), 23);   // n << 23
     return _mm256_or_ps(nan, _mm256_andnot_ps(underflow, _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), scale))));
 }
@@ -362,20 +367,16 @@ namespace avx512 {
 
 // exp8's algorithm and constants on 16 lanes: the same result, lane for lane.
 MI_AVX512 inline __m512 exp16(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.37f), shifter = _mm512_set1_ps(12582912.0f);
+    namespace e = exp_poly;
+    const __m512 lo = _mm512_set1_ps(e::lo), hi = _mm512_set1_ps(e::hi), shifter = _mm512_set1_ps(e::shifter);
     const __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
     const __m512 input = x;
     x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-    const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), shifter);
+    const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(e::log2e), shifter);
     const __m512 n = _mm512_sub_ps(t, shifter);
-    __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    f = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), f);
-    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.39261761e-3f), f, _mm512_set1_ps(8.36317307e-3f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(4.16665547e-2f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.66665770e-1f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(0.5f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+    const __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(e::ln2_lo), _mm512_fnmadd_ps(n, _mm512_set1_ps(e::ln2_hi), x));
+    __m512 y = _mm512_set1_ps(e::c6);
+    for (const float c : {e::c5, e::c4, e::c3, e::c2, e::c1, 1.0f}) y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(c));
     const __m512i scale = _mm512_slli_epi32(_mm512_castps_si512(t), 23);
     y = _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(y), scale)));
     return _mm512_mask_mov_ps(y, nan, input);   // a NaN in gives that NaN out
