@@ -153,6 +153,12 @@ type ScoreAndQuantizationTests(_fixture: TorchFixture) =
         Assert.Equal(1.0, clear.Difference, 9)
         let same = permutationTest a a
         Assert.Equal(1.0, same.PValue, 9)
+        // 16 against 16 seeds is past the exact limit (C(32, 16) = 6e8): the sample counts the observed labelling too,
+        // so two groups that never overlap get 1 / 100,001 (only it and its mirror are as extreme), not 0.
+        let low, high = [ for i in 0 .. 15 -> float i ], [ for i in 0 .. 15 -> 100.0 + float i ]
+        let sampled = permutationTest low high
+        Assert.Equal(100_001, sampled.Permutations)
+        Assert.Equal(1.0 / 100_001.0, sampled.PValue, 12)
 
     [<Fact>]
     member _.``Holm's adjustment multiplies the k-th smallest p by m - k + 1, keeps the order monotone and caps at 1`` () =

@@ -31,6 +31,16 @@ let ``runs that never learn against runs that all learn give the smallest p, and
     Assert.True((logRank learned learned).PValue > 0.5)
 
 [<Fact>]
+let ``past the exact limit the sampled relabellings include the observed one, so p is never 0`` () =
+    // 20 against 14 runs: C(34, 14) = 1.4e9 relabellings, so 100,000 are sampled; the observed split (b: the 14 that
+    // never learned) is the only one as extreme, and it is counted whether or not the sample draws it.
+    let learned = [ for i in 0 .. 19 -> observed (float (500 + 10 * i)) ]
+    let never = List.replicate 14 (censored 1200.0)
+    let r = logRank learned never
+    Assert.Equal(100_001, r.Permutations)
+    Assert.Equal(1.0 / 100_001.0, r.PValue, 12)
+
+[<Fact>]
 let ``the difference of means has the Welch interval`` () =
     let d, (lo, hi) = Intervals.differenceCi95 [ 1.0; 2.0; 3.0 ] [ 4.0; 5.0; 6.0 ]
     // equal variances 1, n = 3 each: se = sqrt(2/3), Welch df = 4, t = 2.776

@@ -11,7 +11,7 @@ type Comparison =
       WelchT: float
       /// Two-sided p-value: the share of relabellings whose |difference| is at least the observed one.
       PValue: float
-      /// Relabellings counted (all of them when there are at most 200,000, else a fixed-seed sample).
+      /// Relabellings counted (all of them when there are at most 200,000, else the observed one and a fixed-seed sample).
       Permutations: int }
 
 let private check (name: string) (xs: float[]) =
@@ -24,9 +24,12 @@ let private combinations n k =
     let rec go n k = if k = 0 || k = n then 1.0 else go (n - 1) (k - 1) * float n / float k
     go n k
 
-/// Visits every way of choosing k of n indices as one group (exact while there are at most 200,000), else 100,000
-/// random choices from a fixed seed; returns how many were visited. The relabellings of a permutation test.
-let relabellings (n: int) (k: int) (visit: int[] -> unit) =
+/// Visits every way of choosing k of n indices as one group (exact while there are at most 200,000), else the
+/// observed group (its k indices) and 100,000 random choices from a fixed seed; returns how many were visited. The
+/// relabellings of a permutation test: the observed one is always among them, so a p-value is at least one over the
+/// count, never 0 (Phipson and Smyth 2010, "Permutation p-values should never be zero").
+let relabellings (n: int) (k: int) (observed: int[]) (visit: int[] -> unit) =
+    if observed.Length <> k then invalidArg (nameof observed) $"the observed group has {observed.Length} indices, expected {k}"
     if combinations n k <= 200_000.0 then
         let chosen = Array.zeroCreate k
         let count = ref 0
@@ -42,9 +45,10 @@ let relabellings (n: int) (k: int) (visit: int[] -> unit) =
         count.Value
     else
         let rng = Random 12345
+        visit observed
         for _ in 1 .. 100_000 do
             visit (Array.init n id |> Array.sortBy (fun _ -> rng.Next()) |> Array.take k)
-        100_000
+        100_001
 
 /// Compares b against a (e.g. a variant against the baseline).
 let permutationTest (a: float seq) (b: float seq) =
@@ -59,7 +63,7 @@ let permutationTest (a: float seq) (b: float seq) =
     let tolerance = 1e-12 * (1.0 + abs observed)
     let extreme = ref 0
     // Every subset of size na of the pooled values plays group a once.
-    let count = relabellings n na (fun group -> if abs (diffOf (group |> Array.sumBy (fun i -> all.[i]))) >= abs observed - tolerance then extreme.Value <- extreme.Value + 1)
+    let count = relabellings n na (Array.init na id) (fun group -> if abs (diffOf (group |> Array.sumBy (fun i -> all.[i]))) >= abs observed - tolerance then extreme.Value <- extreme.Value + 1)
     let var (xs: float[]) =
         let m = Array.average xs
         (xs |> Array.sumBy (fun x -> (x - m) ** 2.0)) / float (xs.Length - 1)

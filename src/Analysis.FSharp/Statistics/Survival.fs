@@ -65,12 +65,13 @@ let logRank (a: Observation seq) (b: Observation seq) =
         let f = Array.zeroCreate n
         for j in members do f.[j] <- true
         f
-    let observedU, observedV = statistic pooled (flags [| a.Length .. n - 1 |])
+    let observedGroup = [| a.Length .. n - 1 |]
+    let observedU, observedV = statistic pooled (flags observedGroup)
     let observedChi = chiSquare (observedU, observedV)
     let tolerance = 1e-12 * (1.0 + observedChi)
     let extreme = ref 0
     let count =
-        Significance.relabellings n nb (fun group ->
+        Significance.relabellings n nb observedGroup (fun group ->
             if chiSquare (statistic pooled (flags group)) >= observedChi - tolerance then extreme.Value <- extreme.Value + 1)
     { ObservedMinusExpected = observedU; ChiSquare = observedChi
       PValue = float extreme.Value / float count; Permutations = count }
