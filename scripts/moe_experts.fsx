@@ -32,8 +32,9 @@ for layer in 0 .. setup.Layers - 1 do
 
 // 3. The verdicts the conclusion is written from.
 for v in MoeSection.verdicts study do
-    printfn "layer %d %-16s significant %b, above in every seed %A, Holm p above hash %.3f, above hash and dense %.3f, ablation claimed > other in every seed %b: %A"
-        v.Layer v.Feature v.Significant (v.AboveBaselines |> List.map Subjects.kindName) v.HashP v.BothP v.CausalEverySeed (MoeSection.level v)
+    let seeds = match v.Causal with Some c -> sprintf "%d of %d seeds" c.Positive c.Pairs | None -> "not finite in some seed"
+    printfn "layer %d %-16s significant %b, above in every seed %A, Holm p above hash %.3f, above hash and dense %.3f, ablation claimed > other in %s (Holm p %.3f): %A"
+        v.Layer v.Feature v.Significant (v.AboveBaselines |> List.map Subjects.kindName) v.HashP v.BothP seeds v.CausalP (MoeSection.level v)
 
 // 4. Artifacts: the results file and a one-section report.
 let out = Path.Combine(__SOURCE_DIRECTORY__, "..", "artifacts", "moe-script")

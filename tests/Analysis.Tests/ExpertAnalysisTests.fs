@@ -8,6 +8,7 @@ open TorchSharp
 open MechInterp.Hooks
 open MechInterp.Model
 open MechInterp.Analysis.Experts
+open MechInterp.Analysis.Statistics
 open MechInterp.Analysis.Experts.Specialization
 open System.Text.Json.Nodes
 
@@ -148,6 +149,7 @@ type MoeStudyTests(_fixture: TorchFixture) =
         // One seed gives no comparison over seeds: every corrected p is 1 and no feature can be called specialized.
         for v in MoeSection.verdicts study do
             Assert.Equal(1.0, v.BothP)
+            Assert.Equal(1.0, v.CausalP)
             Assert.NotEqual(MoeSection.Specializes, MoeSection.level v)
         Assert.False((MoeSection.answer study).Verdict.StartsWith "Yes")
         let section = MoeSection.section study
@@ -159,13 +161,15 @@ type MoeStudyTests(_fixture: TorchFixture) =
 type VerdictLevelTests() =
 
     [<Fact>]
-    member _.``a feature's level follows the Holm-adjusted p-values and the every-seed checks`` () =
+    member _.``a feature's level follows the Holm-adjusted p-values and the every-seed check`` () =
+        let causal = Significance.signFlipTest [ 0.02; 0.03; 0.01; 0.04; 0.0; 0.02; 0.05; 0.01 ]
         let v : MoeSection.Verdict =
-            { Layer = 0; Feature = "number"; Significant = true; AboveBaselines = []; CausalEverySeed = true
-              TrainedNmi = 0.4; BaselineNmi = []; VsHash = None; VsDense = None; HashP = 0.01; BothP = 0.03 }
+            { Layer = 0; Feature = "number"; Significant = true; AboveBaselines = []; Causal = Some causal
+              TrainedNmi = 0.4; BaselineNmi = []; VsHash = None; VsDense = None; HashP = 0.01; BothP = 0.03; CausalP = 0.04 }
         Assert.Equal(MoeSection.Specializes, MoeSection.level v)
         Assert.Equal(MoeSection.AboveHash, MoeSection.level { v with BothP = 0.06 })
-        Assert.Equal(MoeSection.AboveHash, MoeSection.level { v with CausalEverySeed = false })
+        Assert.Equal(MoeSection.AboveHash, MoeSection.level { v with CausalP = 0.07 })
+        Assert.Contains("claimed > other in 7 of 8 seeds, Holm p = 0.070", MoeSection.featureVerdict { v with CausalP = 0.07 })
         Assert.Equal(MoeSection.Informative, MoeSection.level { v with HashP = 0.2; BothP = 0.2 })
         Assert.Equal(MoeSection.NotSpecialized, MoeSection.level { v with Significant = false })
         Assert.Contains("Holm p = 0.060", MoeSection.featureVerdict { v with BothP = 0.06 })

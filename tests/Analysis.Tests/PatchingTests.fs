@@ -161,6 +161,28 @@ type ScoreAndQuantizationTests(_fixture: TorchFixture) =
         Assert.Equal(1.0 / 100_001.0, sampled.PValue, 12)
 
     [<Fact>]
+    member _.``the sign-flip test counts every assignment of signs and asks no unanimity`` () =
+        // Eight positive differences: only the observed signs reach the observed sum, p = 1/256.
+        let all = signFlipTest [ 0.1; 0.2; 0.3; 0.4; 0.5; 0.6; 0.7; 0.8 ]
+        Assert.Equal(256, all.Flips)
+        Assert.Equal(1.0 / 256.0, all.PValue, 12)
+        Assert.Equal(8, all.Positive)
+        // A tie (0) among them: flipping it changes nothing, so two assignments reach the sum.
+        Assert.Equal(2.0 / 256.0, (signFlipTest [ 0.0; 0.2; 0.3; 0.4; 0.5; 0.6; 0.7; 0.8 ]).PValue, 12)
+        // One small negative among large positives: the p-value is the share of the 32 sign assignments, counted by brute force.
+        let d = [| 1.0; 1.0; 1.0; -0.1; 0.6 |]
+        let brute =
+            [ for signs in 0 .. 31 -> Array.mapi (fun i x -> if (signs >>> i) &&& 1 = 1 then -x else x) d |> Array.sum ]
+            |> List.filter (fun sum -> sum >= Array.sum d - 1e-12) |> List.length
+        Assert.Equal(float brute / 32.0, (signFlipTest d).PValue, 12)
+        // Symmetric differences lean nowhere.
+        Assert.True((signFlipTest [ -0.3; 0.3; -0.1; 0.1 ]).PValue > 0.5)
+        // Past 17 pairs the flips are sampled, the observed one among them: p is never 0.
+        let sampled = signFlipTest [ for i in 1 .. 20 -> float i ]
+        Assert.Equal(100_001, sampled.Flips)
+        Assert.Equal(1.0 / 100_001.0, sampled.PValue, 12)
+
+    [<Fact>]
     member _.``Holm's adjustment multiplies the k-th smallest p by m - k + 1, keeps the order monotone and caps at 1`` () =
         // sorted: 0.005 × 4 = 0.02, 0.01 × 3 = 0.03, 0.03 × 2 = 0.06, 0.04 × 1 = 0.04 → raised to 0.06 (step-down)
         let adjusted = holm [ 0.01; 0.04; 0.03; 0.005 ]

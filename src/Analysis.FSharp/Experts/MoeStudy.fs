@@ -50,8 +50,11 @@ let quickSetup =
       Steps = 2000; EvalEvery = 50; ConvergenceWindow = 300; BatchSize = 16; LearningRate = 3e-3; AnalysisBatch = 48
       Shuffles = 200; Seeds = [ 0 .. 7 ] }
 
+/// Paper scale: 8 experts, longer training, and 16 seeds, which the comparison against the dense model needs (at 8 it
+/// fell short after the correction on some machines and seed sets and passed on others; see the README).
 let fullSetup =
-    { quickSetup with Experts = 8; Steps = 6000; EvalEvery = 100; ConvergenceWindow = 1000; BatchSize = 32; AnalysisBatch = 256; Shuffles = 1000 }
+    { quickSetup with Experts = 8; Steps = 6000; EvalEvery = 100; ConvergenceWindow = 1000; BatchSize = 32; AnalysisBatch = 256; Shuffles = 1000
+                      Seeds = [ 0 .. 15 ] }
 
 /// 20 equally important features at sparsity 0.9; 4 experts of width 2 against a dense width of 8.
 let quickToy =
