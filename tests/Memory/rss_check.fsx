@@ -22,12 +22,13 @@ open MechInterp.Analysis.Superposition
 
 MechInterp.Runtime.TorchRuntime.EnsureLoaded()
 let args = fsi.CommandLineArgs |> Array.skip 1
+let every = MechInterp.Native.Allocator.TrimEverySteps   // every log line falls right after a trim
+// Forty trims by default: thirty after the warm-up, enough for four quarters' medians.
 let steps =
     match args |> Array.tryFindIndex ((=) "--steps") with
     | Some i -> int args.[i + 1]
-    | None -> 400
+    | None -> 40 * every
 let warmup = steps / 4
-let every = MechInterp.Native.Allocator.TrimEverySteps   // every log line falls right after a trim
 
 let rssMb () =
     File.ReadAllLines "/proc/self/status"
