@@ -18,7 +18,8 @@ mi_status fail(mi_status status, const std::string& message) {
 }
 void clear_error() { last_error.clear(); }
 int simd_level() {
-    const int32_t cpu = mi_cpu_has_avx512() == 1 ? MI_SIMD_AVX512 : mi_cpu_has_avx2() == 1 ? MI_SIMD_AVX2 : MI_SIMD_PORTABLE;
+    // Every kernel call dispatches through here: the CPU's widest back end is read once, not probed per call.
+    static const int32_t cpu = mi_cpu_has_avx512() == 1 ? MI_SIMD_AVX512 : mi_cpu_has_avx2() == 1 ? MI_SIMD_AVX2 : MI_SIMD_PORTABLE;
     return std::min(simd_cap.load(std::memory_order_relaxed), cpu);
 }
 }  // namespace mi
