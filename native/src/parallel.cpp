@@ -6,6 +6,7 @@
 namespace mi {
 namespace {
 thread_local bool inside_pool = false;
+thread_local bool holds_submit_for_fork = false;
 }
 
 ThreadPool& ThreadPool::instance() {
@@ -16,13 +17,29 @@ ThreadPool& ThreadPool::instance() {
 ThreadPool::ThreadPool() {
     unsigned hw = std::thread::hardware_concurrency();
     start(hw == 0 ? 1 : static_cast<int>(hw));
-    pthread_atfork(nullptr, nullptr, [] { ThreadPool::instance().after_fork_in_child(); });
+    // A fork waits for the job in flight, so the child never copies workers in the middle of one. A fork from inside
+    // a task (the submitter's own thread holds submit_) goes ahead.
+    pthread_atfork([] { ThreadPool::instance().before_fork(); }, [] { ThreadPool::instance().after_fork_in_parent(); },
+                   [] { ThreadPool::instance().after_fork_in_child(); });
+}
+
+void ThreadPool::before_fork() {
+    if (inside_pool) return;
+    submit_.lock();
+    holds_submit_for_fork = true;
+}
+
+void ThreadPool::after_fork_in_parent() {
+    if (!holds_submit_for_fork) return;
+    holds_submit_for_fork = false;
+    submit_.unlock();
 }
 
 // fork() copies only the calling thread: the workers are gone, and the locks and condition variables may have been
 // held by them. The child forgets both without touching them (destroying a std::thread that was never joined
 // terminates; joining a thread that does not exist hangs) and starts new workers on its next job.
 void ThreadPool::after_fork_in_child() {
+    holds_submit_for_fork = false;
     new (&workers_) std::vector<std::thread>();   // the old vector's storage is leaked, once per fork
     new (&mutex_) std::mutex();
     new (&submit_) std::mutex();
@@ -32,6 +49,7 @@ void ThreadPool::after_fork_in_child() {
     total_ = 0;
     next_ = 0;
     active_ = 0;
+    parked_ = 0;
     generation_ = 0;
     stopping_ = false;
     error_ = nullptr;
@@ -40,10 +58,15 @@ void ThreadPool::after_fork_in_child() {
 
 ThreadPool::~ThreadPool() { stop(); }
 
+// Returns once every worker is parked on wake_: a thread still starting up may hold the allocator's lock (ASan's
+// does, glibc's can), and a fork at that moment would hand the child a lock nobody will release.
 void ThreadPool::start(int n) {
     threads_ = n;
     stopping_ = false;
+    parked_ = 0;
     for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return parked_ == n - 1; });
 }
 
 void ThreadPool::stop() {
@@ -81,6 +104,11 @@ void ThreadPool::run_tasks() {
 void ThreadPool::worker_loop() {
     inside_pool = true;
     uint64_t seen = 0;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        seen = generation_;
+        if (++parked_ == threads_.load() - 1) done_.notify_all();
+    }
     for (;;) {
         {
             std::unique_lock<std::mutex> lock(mutex_);

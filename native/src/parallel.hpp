@@ -28,6 +28,8 @@ public:
 
 private:
     ThreadPool();
+    void before_fork();
+    void after_fork_in_parent();
     void after_fork_in_child();
     void start(int n);
     void stop();
@@ -46,6 +48,7 @@ private:
     int64_t total_ = 0;
     std::atomic<int64_t> next_{0};
     int active_ = 0;
+    int parked_ = 0;  // workers that reached their wait loop; start() waits for all of them
     uint64_t generation_ = 0;
     bool stopping_ = false;
     bool restart_ = false;  // in a forked child: the workers are gone, start new ones on the next job
