@@ -6,7 +6,6 @@
 namespace mi {
 namespace {
 thread_local bool inside_pool = false;
-thread_local bool holds_submit_for_fork = false;
 }
 
 ThreadPool& ThreadPool::instance() {
@@ -18,28 +17,24 @@ ThreadPool::ThreadPool() {
     unsigned hw = std::thread::hardware_concurrency();
     start(hw == 0 ? 1 : static_cast<int>(hw));
     // A fork waits for the job in flight, so the child never copies workers in the middle of one. A fork from inside
-    // a task (the submitter's own thread holds submit_) goes ahead.
+    // a task goes ahead: that job cannot finish while the task waits, so taking submit_ there would deadlock.
     pthread_atfork([] { ThreadPool::instance().before_fork(); }, [] { ThreadPool::instance().after_fork_in_parent(); },
                    [] { ThreadPool::instance().after_fork_in_child(); });
 }
 
+// The prepare and parent handlers run on the forking thread, so inside_pool says the same to both.
 void ThreadPool::before_fork() {
-    if (inside_pool) return;
-    submit_.lock();
-    holds_submit_for_fork = true;
+    if (!inside_pool) submit_.lock();
 }
 
 void ThreadPool::after_fork_in_parent() {
-    if (!holds_submit_for_fork) return;
-    holds_submit_for_fork = false;
-    submit_.unlock();
+    if (!inside_pool) submit_.unlock();
 }
 
 // fork() copies only the calling thread: the workers are gone, and the locks and condition variables may have been
 // held by them. The child forgets both without touching them (destroying a std::thread that was never joined
 // terminates; joining a thread that does not exist hangs) and starts new workers on its next job.
 void ThreadPool::after_fork_in_child() {
-    holds_submit_for_fork = false;
     new (&workers_) std::vector<std::thread>();   // the old vector's storage is leaked, once per fork
     new (&mutex_) std::mutex();
     new (&submit_) std::mutex();
