@@ -37,48 +37,39 @@ internal static class AttentionCases
 
             using (no_grad())
             {
-                var fwd = Timing.MedianMsInterleaved([
+                var fwd = Timing.Interleaved([
                     () => Step(() => Kernel.Attention(q, k, v, causal: true, backend: KernelBackend.Native).Z),
                     () => Step(() => nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true)),
                     () => Step(() => Naive(q, k, v, false, out _)),
                     peak.Step,
                 ]);
-                double peakGflops = GemmPeak.Gflops(fwd[3]);
-                Console.WriteLine($"  attention fwd {shape}: {flops / fwd[0] / 1e6:F1} GFLOP/s (useful causal FLOPs), sdpa {flops / fwd[1] / 1e6:F1}, GEMM peak {peakGflops:F1}");
-                yield return new BenchResult($"attn fwd causal {shape}", fwd[0], "sdpa", fwd[1]);
-                yield return new BenchResult($"attn fwd causal {shape}", fwd[0], "naive", fwd[2]);
-                yield return ShareOfPeak($"attn fwd causal {shape}", fwd[0], flops, peakGflops);
+                Console.WriteLine($"  attention fwd {shape}: {flops / fwd.Median(0) / 1e6:F1} GFLOP/s (useful causal FLOPs), sdpa {flops / fwd.Median(1) / 1e6:F1}, GEMM peak {GemmPeak.Gflops(fwd.Median(3)):F1}");
+                yield return fwd.Compare($"attn fwd causal {shape}", 0, "sdpa", 1);
+                yield return fwd.Compare($"attn fwd causal {shape}", 0, "naive", 2);
+                yield return fwd.ShareOfPeak($"attn fwd causal {shape}", 0, 3, flops);
 
                 // z and the pattern from each, the outputs naive attention delivers; with the scores too, ours writes a
                 // second [b, h, t, t] tensor that naive does not.
-                var pat = Timing.MedianMsInterleaved([
+                var pat = Timing.Interleaved([
                     () => Step(() => Kernel.Attention(q, k, v, causal: true, returnPattern: true, backend: KernelBackend.Native, returnScores: false).Pattern!),
                     () => Step(() => { Naive(q, k, v, true, out var p); return p!; }),
                     () => Step(() => Kernel.Attention(q, k, v, causal: true, returnPattern: true, backend: KernelBackend.Native).Pattern!),
                 ]);
-                yield return new BenchResult($"attn fwd+pattern {shape}", pat[0], "naive", pat[1]);
-                yield return new BenchResult($"attn fwd+pattern+scores {shape}", pat[2], "naive", pat[1]);
+                yield return pat.Compare($"attn fwd+pattern {shape}", 0, "naive", 1);
+                yield return pat.Compare($"attn fwd+pattern+scores {shape}", 2, "naive", 1);
             }
 
             var w = randn(b, h, t, d);
-            var fb = Timing.MedianMsInterleaved([
+            var fb = Timing.Interleaved([
                 () => Step(() => FwdBwd(q, k, v, w, (qq, kk, vv) => Kernel.Attention(qq, kk, vv, causal: true, backend: KernelBackend.Native).Z)),
                 () => Step(() => FwdBwd(q, k, v, w, (qq, kk, vv) => nn.functional.scaled_dot_product_attention(qq, kk, vv, is_casual: true))),
                 peak.Step,
             ]);
-            double fbPeak = GemmPeak.Gflops(fb[2]);
-            Console.WriteLine($"  attention fwd+bwd {shape}: {3.5 * flops / fb[0] / 1e6:F1} GFLOP/s (fwd + 2.5x for bwd), sdpa {3.5 * flops / fb[1] / 1e6:F1}, GEMM peak {fbPeak:F1}");
-            yield return new BenchResult($"attn fwd+bwd causal {shape}", fb[0], "sdpa", fb[1]);
-            yield return ShareOfPeak($"attn fwd+bwd causal {shape}", fb[0], 3.5 * flops, fbPeak);
+            Console.WriteLine($"  attention fwd+bwd {shape}: {3.5 * flops / fb.Median(0) / 1e6:F1} GFLOP/s (fwd + 2.5x for bwd), sdpa {3.5 * flops / fb.Median(1) / 1e6:F1}, GEMM peak {GemmPeak.Gflops(fb.Median(2)):F1}");
+            yield return fb.Compare($"attn fwd+bwd causal {shape}", 0, "sdpa", 1);
+            yield return fb.ShareOfPeak($"attn fwd+bwd causal {shape}", 0, 2, 3.5 * flops);
         }
     }
-
-    /// <summary>
-    /// The kernel's FLOP rate as a share of the GEMM peak timed in the same rounds: ours is the kernel's time,
-    /// the baseline the time its FLOPs would take at the peak, so the speedup column is the share.
-    /// </summary>
-    private static BenchResult ShareOfPeak(string name, double ms, double flops, double peakGflops) =>
-        new($"{name}: share of GEMM peak", ms, "its FLOPs at peak", flops / (peakGflops * 1e6));
 
     private static Tensor FwdBwd(Tensor q, Tensor k, Tensor v, Tensor w, Func<Tensor, Tensor, Tensor, Tensor> attention)
     {

@@ -65,20 +65,21 @@ internal static class BatchedTrainingCases
 
     public static IEnumerable<BenchResult> Run()
     {
-        var ms = Timing.MedianMsInterleaved([TrainBatched, TrainOneAfterAnother], warmup: 1, repetitions: 5);
-        Console.WriteLine($"  {Seeds} seeds × {Steps} steps: batched {ms[0]:F0} ms, one after another {ms[1]:F0} ms");
-        yield return new BenchResult($"train {Seeds} seeds of the quick induction model, batched", ms[0], "one after another", ms[1]);
+        var ms = Timing.Interleaved([TrainBatched, TrainOneAfterAnother], warmup: 1, repetitions: 5);
+        double batched = ms.Median(0);
+        Console.WriteLine($"  {Seeds} seeds × {Steps} steps: batched {batched:F0} ms, one after another {ms.Median(1):F0} ms");
+        yield return ms.Compare($"train {Seeds} seeds of the quick induction model, batched", 0, "one after another", 1);
 
         double peak = GemmPeak.Measure();
-        double rate = Seeds * Steps * StepFlops() / (ms[0] * 1e6);
+        double rate = Seeds * Steps * StepFlops() / (batched * 1e6);
         Console.WriteLine($"  batched training: {rate:F1} GFLOP/s model FLOPs against a GEMM peak of {peak:F1} GFLOP/s");
         // Ours: the batched step; baseline: the time the same FLOPs take at the GEMM peak. Speedup = share of the peak.
-        double perStep = ms[0] / Steps;
+        double perStep = batched / Steps;
         yield return new BenchResult($"batched training, {Seeds} seeds: share of GEMM peak {peak:F0} GFLOP/s", perStep,
                                      "the step's FLOPs at peak", perStep * rate / peak);
 
-        var threads = Timing.MedianMsInterleaved([TrainOne, () => Settings.WithThreads(1, () => { TrainOne(); return 0; })], warmup: 1, repetitions: 5);
-        Console.WriteLine($"  one model: Trainer default {threads[0] / Steps:F1} ms a step, one thread {threads[1] / Steps:F1} ms a step");
-        yield return new BenchResult("train the quick induction model, Trainer default threads", threads[0], "one thread", threads[1]);
+        var threads = Timing.Interleaved([TrainOne, () => Settings.WithThreads(1, () => { TrainOne(); return 0; })], warmup: 1, repetitions: 5);
+        Console.WriteLine($"  one model: Trainer default {threads.Median(0) / Steps:F1} ms a step, one thread {threads.Median(1) / Steps:F1} ms a step");
+        yield return threads.Compare("train the quick induction model, Trainer default threads", 0, "one thread", 1);
     }
 }

@@ -19,11 +19,11 @@ internal static class HookedModelCases
             d_model = 128, n_layers = 2, n_heads = 4, d_vocab = 512, n_ctx = 128, seed = 0,
         });
         var tokens = randint(0, 512, [8, 128], dtype: ScalarType.Int64);
-        var ms = Timing.MedianMsInterleaved([
+        var ms = Timing.Interleaved([
             () => { HookPoint.CompiledOut = false; using var l = model.forward(tokens); },
             () => { HookPoint.CompiledOut = true; using var l = model.forward(tokens); },
         ], repetitions: 21);
         HookPoint.CompiledOut = false;
-        yield return new BenchResult("hooked forward, no hooks, B8 T128 d128 L2", ms[0], "hooks compiled out", ms[1]);
+        yield return ms.Compare("hooked forward, no hooks, B8 T128 d128 L2", 0, "hooks compiled out", 1);
     }
 }

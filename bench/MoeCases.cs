@@ -43,13 +43,13 @@ internal static class MoeCases
             y.mul(dy).sum().backward();
             return xx.grad!;
         });
-        var ms = Timing.MedianMsInterleaved([Layer(KernelBackend.Native), Layer(KernelBackend.Managed), denseK], repetitions: 11);
-        double ours = ms[0], loop = ms[1], dense = ms[2];
+        var ms = Timing.Interleaved([Layer(KernelBackend.Native), Layer(KernelBackend.Managed), denseK], repetitions: 11);
+        double ours = ms.Median(0), dense = ms.Median(2);
         string name = $"moe fwd+bwd N{n} d{d} f{f} E{e} top{k}";
         double flops = 3 * 2.0 * n * k * 2 * d * f;   // two GEMMs per pair, backward twice the forward
         Console.WriteLine($"  {name}: ours {flops / ours / 1e6:F1} GFLOP/s, dense_k {flops / dense / 1e6:F1} GFLOP/s");
-        yield return new BenchResult(name, ours, "loop", loop);
-        yield return new BenchResult(name, ours, "dense_k", dense);
+        yield return ms.Compare(name, 0, "loop", 1);
+        yield return ms.Compare(name, 0, "dense_k", 2);
     }
 
     private static (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor) Leaves(params Tensor[] t) =>

@@ -30,12 +30,11 @@ foreach (var (rows, cols) in Wanted("softmax") ? new[] { (8L * 8 * 256, 256L), (
 {
     using var scope = NewDisposeScope();
     var x = randn(rows, cols);
-    var ms = Timing.MedianMsInterleaved([
+    var ms = Timing.Interleaved([
         () => { using var _ = Kernel.SoftmaxLastDim(x, KernelBackend.Native); },
         () => { using var _ = x.softmax(-1); },
     ]);
-    double ours = ms[0], baseline = ms[1];
-    results.Add(new BenchResult($"softmax rows {rows}x{cols}", ours, "torch.softmax", baseline));
+    results.Add(ms.Compare($"softmax rows {rows}x{cols}", 0, "torch.softmax", 1));
 }
 
 // `dotnet run -- train` (or attn, moe, softmax, hooks, batched, sae) runs one group only, for quick iteration.
@@ -48,15 +47,26 @@ if (Wanted("batched")) results.AddRange(BatchedTrainingCases.Run());
 if (Wanted("sae")) results.AddRange(SaeCases.Run());
 
 Console.WriteLine();
-Console.WriteLine($"{"case",-48} {"ours ms",10} {"baseline",-16} {"base ms",10} {"speedup",8}");
+// The speedup is the ratio of medians; "rounds p25-p75" is the interquartile range of the per-round ratios.
+Console.WriteLine($"{"case",-48} {"ours ms",10} {"baseline",-16} {"base ms",10} {"speedup",8}  {"rounds p25-p75",-14}");
 foreach (var r in results)
-    Console.WriteLine($"{r.Case,-48} {r.OursMs,10:F3} {r.Baseline,-16} {r.BaselineMs,10:F3} {r.Speedup,8:F2}");
+    Console.WriteLine($"{r.Case,-48} {r.OursMs,10:F3} {r.Baseline,-16} {r.BaselineMs,10:F3} {r.Speedup,8:F2}  " +
+                      (r.Rounds is { } spread ? $"{spread.P25:F2}-{spread.P75:F2}" : ""));
 
 string outDir = Path.Combine(FindRoot(), "artifacts", "bench");
 Directory.CreateDirectory(outDir);
-string json = JsonSerializer.Serialize(results.Select(r => new Dictionary<string, object>
+string json = JsonSerializer.Serialize(results.Select(r =>
 {
-    ["case"] = r.Case, ["ours_ms"] = r.OursMs, ["baseline"] = r.Baseline, ["baseline_ms"] = r.BaselineMs, ["speedup"] = r.Speedup,
+    var row = new Dictionary<string, object>
+    {
+        ["case"] = r.Case, ["ours_ms"] = r.OursMs, ["baseline"] = r.Baseline, ["baseline_ms"] = r.BaselineMs, ["speedup"] = r.Speedup,
+    };
+    if (r.Rounds is { } spread)
+    {
+        row["speedup_rounds_p25"] = spread.P25;
+        row["speedup_rounds_p75"] = spread.P75;
+    }
+    return row;
 }), new JsonSerializerOptions { WriteIndented = true });
 // A run of some groups only must not replace the full record.
 string path = Path.Combine(outDir, args.Length == 0 ? "bench.json" : "bench.partial.json");

@@ -29,12 +29,12 @@ internal static class SaeCases
         var config = SaeConfigModule.create(Architecture.TopK, DIn, DSae, K, "x", "bench");
         var log = FuncConvert.FromAction<string>(_ => { });
         var next = FuncConvert.FromFunc<int, Tensor>(Next);
-        var ms = Timing.MedianMsInterleaved([
+        var ms = Timing.Interleaved([
             () => { using var s = NewDisposeScope(); var t = SaeTraining.train(log, settings, config, next); ((IDisposable)t.Sae).Dispose(); },
             () => { using var s = NewDisposeScope(); PlainTopK(Next); },
         ], warmup: 1, repetitions: 5);
-        Console.WriteLine($"SAE TopK training: ours {Steps * Batch / (ms[0] / 1000):N0} activations/s, plain TorchSharp {Steps * Batch / (ms[1] / 1000):N0} activations/s");
-        yield return new BenchResult($"SAE TopK train {Steps} steps d{DIn}->{DSae} k{K} b{Batch}", ms[0], "plain TorchSharp", ms[1]);
+        Console.WriteLine($"SAE TopK training: ours {Steps * Batch / (ms.Median(0) / 1000):N0} activations/s, plain TorchSharp {Steps * Batch / (ms.Median(1) / 1000):N0} activations/s");
+        yield return ms.Compare($"SAE TopK train {Steps} steps d{DIn}->{DSae} k{K} b{Batch}", 0, "plain TorchSharp", 1);
     }
 
     /// <summary>The same architecture and optimizer written out directly, as a user would without the library.</summary>

@@ -42,16 +42,16 @@ internal static class TrainingStep
             {
                 using var native = new Stepper(Config(moe), tokens, mask, KernelBackend.Native);
                 using var managed = new Stepper(Config(moe), tokens, mask, KernelBackend.Managed);
-                var ms = Timing.MedianMsInterleaved([native.Step, managed.Step], warmup: 2, repetitions: 11);
+                var ms = Timing.Interleaved([native.Step, managed.Step], warmup: 2, repetitions: 11);
                 string name = moe ? $"train step HookedTransformer 2L d{DModel} MoE E{Experts} top{TopK} B{Batch} T{Pos}"
                                   : $"train step HookedTransformer 2L d{DModel} dense B{Batch} T{Pos}";
-                Console.WriteLine($"  {name}: native {ms[0]:F1} ms, managed {ms[1]:F1} ms");
+                Console.WriteLine($"  {name}: native {ms.Median(0):F1} ms, managed {ms.Median(1):F1} ms");
                 if (profile)
                 {
                     native.Profile();
                     managed.Profile();
                 }
-                yield return new BenchResult(name, ms[0], "managed", ms[1]);
+                yield return ms.Compare(name, 0, "managed", 1);
             }
         }
         finally { Settings.Kernels = previous; }
